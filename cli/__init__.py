@@ -1,0 +1,1 @@
+"""The ``splitserve`` command line. Each part's commands import that part lazily."""

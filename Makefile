@@ -1,0 +1,53 @@
+# splitserve: the two commands a newcomer runs are `make demo` and `make test`.
+# Both create (or reuse) .venv with the pinned versions in requirements.lock.
+
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+FMNIST := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
+export PYTHONUNBUFFERED := 1
+
+.PHONY: demo test venv data system-deps protos lock bench-rate-accuracy clean
+
+demo: venv data  ## Run the demo: real split model, real endpoint, edge client, real images.
+	$(BIN)/splitserve demo
+
+test: venv data system-deps  ## Run the test suite.
+	$(BIN)/python -m pytest -q
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.lock
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -c requirements.lock -e ".[dev]"
+	@touch $(STAMP)
+
+data:  ## Fashion-MNIST from Debian's dataset-fashion-mnist (installed when running as root).
+	@if [ ! -f $(FMNIST) ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian package dataset-fashion-mnist"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
+	  else \
+	    echo "Fashion-MNIST is not installed. Run:  sudo apt-get install -y dataset-fashion-mnist  then retry."; \
+	    exit 1; \
+	  fi; \
+	fi
+
+system-deps:  ## Prometheus and iproute2 for integration tests (installed when root; tests skip otherwise).
+	@if [ "$$(id -u)" = 0 ] && { [ ! -x /usr/bin/prometheus ] || ! command -v tc >/dev/null; }; then \
+	  echo "installing Debian packages prometheus iproute2"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus iproute2 >/dev/null; \
+	fi
+
+protos: venv  ## Regenerate protos/v1/*_pb2*.py from the .proto files.
+	$(BIN)/python protos/gen_protos.py
+
+lock: venv  ## Re-pin requirements.lock from the current environment.
+	$(BIN)/pip freeze --exclude-editable | grep -v '^-e ' > requirements.lock
+
+bench-rate-accuracy: venv data
+	$(BIN)/splitserve bench rate-accuracy
+
+clean:
+	rm -rf $(VENV) build *.egg-info

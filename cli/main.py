@@ -1,0 +1,115 @@
+"""``splitserve``: train, export, evaluate and benchmark models; serve the cloud endpoint; run the edge.
+
+Commands import their part only when they run, so ``splitserve cloud serve`` never imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from splitserve.core.errors import SplitServeError
+
+
+class _Group(click.Group):
+    """A group that turns splitserve errors into one clear line and exit code 2."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except SplitServeError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Group)
+@click.version_option(package_name="splitserve")
+def cli() -> None:
+    """splitserve: split-computing edge-cloud serving."""
+
+
+@cli.group(cls=_Group)
+def train() -> None:
+    """Train backbones and bottlenecks (needs the [train] extra)."""
+
+
+@train.command("backbone")
+@click.option("--recipe", default="fmnist_resnet", show_default=True, help="Recipe name (see `splitserve recipes`).")
+def train_backbone(recipe: str) -> None:
+    """Train (or load from the cache) the recipe's backbone and print its test accuracy."""
+    from splitserve.models.zoo import RECIPES, trained_backbone
+
+    _, acc = trained_backbone(RECIPES[_recipe(recipe)])
+    click.echo(f"{recipe}: test accuracy {acc:.4f}")
+
+
+@cli.command("recipes")
+def recipes() -> None:
+    """List the build recipes."""
+    from splitserve.models.zoo import RECIPES
+
+    for name, r in RECIPES.items():
+        click.echo(f"{name:24s} backbone={r.backbone} splits={','.join(r.splits)} eval_size={r.eval_size}")
+
+
+@cli.command("export")
+@click.option("--recipe", default="fmnist_resnet", show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Bundle directory (default: the cache).")
+@click.option("--force", is_flag=True, help="Rebuild the bundle even if a valid one exists.")
+def export(recipe: str, out: Path | None, force: bool) -> None:
+    """Train what is missing and write the recipe's bundle; prints its path."""
+    from splitserve.models.zoo import build_bundle
+
+    click.echo(build_bundle(_recipe(recipe), out, force=force))
+
+
+@cli.command("eval")
+@click.argument("bundle", type=click.Path(exists=True, path_type=Path))
+def eval_bundle(bundle: Path) -> None:
+    """Verify a bundle (every sha256) and print its measured figures."""
+    from splitserve.core.bundle import Bundle
+
+    b = Bundle.open(bundle)
+    m = b.manifest
+    click.echo(f"{m.name} v{m.version}: unsplit accuracy {m.unsplit_accuracy:.4f} on {m.extra.get('eval_set')}")
+    click.echo(f"{'option':18s} {'bytes':>8s} {'acc int8':>9s} {'acc fp32':>9s} {'fidelity':>9s} {'head MACs':>10s}")
+    for s in m.splits:
+        for lv in s.levels:
+            click.echo(
+                f"{s.name + '/L' + str(lv.level):18s} {lv.bytes_per_sample:8.1f} {lv.accuracy:9.4f} "
+                f"{lv.accuracy_fp32:9.4f} {lv.fidelity:9.4f} {s.head_mac_share:9.1%}"
+            )
+    click.echo(f"{'local':18s} {0:8.1f} {m.local['accuracy']:9.4f} {m.local['accuracy_fp32']:9.4f}")
+    click.echo(f"{'offload (png)':18s} {m.offload['bytes_per_sample']:8.1f} {m.offload['accuracy']:9.4f}")
+    b.close()
+
+
+@cli.group(cls=_Group)
+def bench() -> None:
+    """Benchmarks; each writes JSON (and a PNG) under results/."""
+
+
+@bench.command("rate-accuracy")
+@click.option("--recipe", default="fmnist_resnet", show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
+def bench_rate_accuracy(recipe: str, out: Path) -> None:
+    """Bytes per sample vs top-1 on the Fashion-MNIST test set, against image-codec baselines."""
+    from splitserve.benchmarks.rate_accuracy import run
+
+    result = run(_recipe(recipe), out)
+    click.echo(json.dumps(result["summary"], indent=1))
+
+
+def _recipe(name: str) -> str:
+    from splitserve.models.zoo import RECIPES
+
+    if name not in RECIPES:
+        raise click.BadParameter(f"unknown recipe {name!r} (known: {', '.join(RECIPES)})", param_hint="--recipe")
+    return name
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    cli()

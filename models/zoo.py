@@ -1,0 +1,161 @@
+"""Recipes that build bundles end to end, with every trained artifact cached (never committed).
+
+``build_bundle("fmnist_resnet")`` trains the backbone (if not cached), trains a bottleneck per split
+(if not cached), and exports the bundle. Cache keys are hashes of the recipe, so changing a recipe
+retrains exactly what it touches. The cache lives in ``$SPLITSERVE_CACHE`` (default
+``~/.cache/splitserve``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from splitserve.core.bundle import Bundle
+from splitserve.core.datasets import load_fashion_mnist
+
+from ._config import BottleneckCfg
+from ._registry import get_backbone, get_backbone_cfg
+from ._split import SplitBackbone
+from .export import EvalData, export_bundle
+from .split_model import SplitModel
+from .train import evaluate, train_classifier, train_split
+
+__all__ = ["RECIPES", "Recipe", "build_bundle", "build_test_bundle", "cache_dir", "trained_backbone"]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that determines a trained bundle (hashed into its cache key)."""
+
+    backbone: str = "fmnist_resnet"
+    backbone_epochs: int = 5
+    train_size: int = 60000
+    splits: tuple[str, ...] = ("stem", "layer1")
+    hd_epochs: float = 1.0
+    kd_epochs: float = 2.0
+    rate_weight: float = 0.002
+    bottleneck: dict[str, BottleneckCfg] = field(default_factory=dict)
+    eval_size: int = 10000
+    calib_size: int = 512
+    seed: int = 0
+    # Bump when training or export code changes what a recipe produces: it invalidates the cache.
+    code_version: int = 2
+
+    def key(self, *fields: str) -> str:
+        d = dataclasses.asdict(self)
+        chosen = {k: d[k] for k in fields} if fields else d
+        return hashlib.sha256(json.dumps(chosen, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+RECIPES: dict[str, Recipe] = {
+    # The demo and the rate-accuracy benchmark: the full training set and the full test set.
+    "fmnist_resnet": Recipe(),
+    # The test suite's bundle: small and quick (about a minute on 2 cores), same code path.
+    "fmnist_resnet-test": Recipe(
+        backbone_epochs=1,
+        train_size=8000,
+        splits=("stem", "layer1"),
+        hd_epochs=0.5,
+        kd_epochs=0.5,
+        eval_size=1000,
+        calib_size=128,
+        bottleneck={
+            "stem": BottleneckCfg(latent_chs=8, hidden_chs=16, stride=4, level_steps=(1.0, 2.0)),
+            "layer1": BottleneckCfg(latent_chs=8, hidden_chs=16, stride=2, level_steps=(1.0, 2.0)),
+        },
+    ),
+}
+
+
+_CDF_BUFFERS = ("_offset", "_quantized_cdf", "_cdf_length")
+
+
+def cache_dir() -> Path:
+    d = Path(os.environ.get("SPLITSERVE_CACHE", Path.home() / ".cache" / "splitserve"))
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def _atomic_save(state: dict, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def trained_backbone(recipe: Recipe) -> tuple[SplitBackbone, float]:
+    """The recipe's backbone, trained (or loaded from the cache), and its test accuracy."""
+    cfg = get_backbone_cfg(recipe.backbone)
+    factory = get_backbone(recipe.backbone)
+    if cfg.weights != "train":
+        return factory(), float("nan")
+    path = cache_dir() / f"{recipe.backbone}-{recipe.key('backbone', 'backbone_epochs', 'train_size', 'seed', 'code_version')}.pt"
+    meta = path.with_suffix(".json")
+    if path.exists() and meta.exists():
+        return factory(path).eval(), json.loads(meta.read_text())["test_accuracy"]
+    x, y = load_fashion_mnist("train")
+    x, y = x[: recipe.train_size], y[: recipe.train_size]
+    model = train_classifier(factory(), x, y, epochs=recipe.backbone_epochs, seed=recipe.seed)
+    xt, yt = load_fashion_mnist("test")
+    acc, _ = evaluate(model, xt, yt)
+    _atomic_save(model.state_dict(), path)
+    meta.write_text(json.dumps({"test_accuracy": acc, "recipe": dataclasses.asdict(recipe)}, default=str))
+    return model, acc
+
+
+def _trained_split(recipe: Recipe, teacher: SplitBackbone, split: str, x: np.ndarray) -> SplitModel:
+    bcfg = recipe.bottleneck.get(split) or teacher.cfg.bottleneck.get(split) or BottleneckCfg()
+    key = hashlib.sha256(
+        json.dumps([recipe.key("backbone", "backbone_epochs", "train_size", "hd_epochs", "kd_epochs",
+                               "rate_weight", "seed", "code_version"), split, dataclasses.asdict(bcfg)]).encode()
+    ).hexdigest()[:12]
+    path = cache_dir() / f"{recipe.backbone}-{split}-{key}.pt"
+    if path.exists():
+        model = SplitModel(teacher, split, bcfg)
+        missing, unexpected = model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=False)
+        if unexpected or any(not k.endswith(_CDF_BUFFERS) for k in missing):
+            raise RuntimeError(f"cached split model {path} does not fit the recipe: delete it to retrain")
+        model.eval()
+        model.codec.update(force=True)
+        return model
+    model = train_split(
+        teacher, split, bcfg, x, hd_epochs=recipe.hd_epochs, kd_epochs=recipe.kd_epochs,
+        rate_weight=recipe.rate_weight, seed=recipe.seed,
+    )
+    # The CDF buffers are derived by update(); their shapes vary, so they are never stored (DESIGN).
+    _atomic_save({k: v for k, v in model.state_dict().items() if not k.endswith(_CDF_BUFFERS)}, path)
+    return model
+
+
+def build_bundle(recipe_name: str, out_dir: Path | None = None, *, force: bool = False) -> Path:
+    """Build (or reuse) the bundle of a named recipe; returns its directory."""
+    recipe = RECIPES[recipe_name]
+    out_dir = Path(out_dir) if out_dir else cache_dir() / "bundles" / f"{recipe_name}-{recipe.key()}"
+    if out_dir.exists() and not force:
+        try:
+            Bundle.open(out_dir).close()
+            return out_dir
+        except Exception:  # a stale or damaged bundle is rebuilt
+            pass
+    teacher, _ = trained_backbone(recipe)
+    x, _ = load_fashion_mnist("train")
+    x = x[: recipe.train_size]
+    models = {s: _trained_split(recipe, teacher, s, x) for s in recipe.splits}
+    xt, yt = load_fashion_mnist("test")
+    rng = np.random.default_rng(recipe.seed)
+    calib = x[rng.choice(len(x), recipe.calib_size, replace=False)]
+    data = EvalData(calib=calib, images=xt[: recipe.eval_size], labels=yt[: recipe.eval_size],
+                    name=f"fashion-mnist test[:{recipe.eval_size}]")
+    return export_bundle(out_dir, teacher, models, data)
+
+
+def build_test_bundle(out_dir: Path | None = None) -> Path:
+    """The small bundle the test suite serves (cached)."""
+    return build_bundle("fmnist_resnet-test", out_dir)

@@ -1,0 +1,23 @@
+"""Shared fixtures: the small test bundle every part is tested against (built once, cached)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def test_bundle() -> Path:
+    """A small Fashion-MNIST bundle (2 splits x 2 levels, int8 heads, both Triton flavours).
+
+    Built by the real toolkit (train, quantize, export) the first time, then reused from the cache
+    (``$SPLITSERVE_CACHE``, default ``~/.cache/splitserve``).
+    """
+    import torch
+
+    from splitserve.models.zoo import build_test_bundle
+
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    return build_test_bundle()

@@ -1,0 +1,160 @@
+"""The wire codec: round trips, escapes, chunking, corruption, rate, and bit-exactness across processes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from splitserve.core import codec
+from splitserve.core.codec import EntropyTables
+from splitserve.core.errors import CodecError, CodecVersionError, DecodeError
+
+
+def make_tables(channels: int, bins: int = 11, step: float = 1.0, seed: int = 0) -> EntropyTables:
+    """Discretized Gaussians of different widths per channel, plus an escape bin of frequency 1."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for c in range(channels):
+        width = 0.3 + 3 * rng.random()
+        p = np.exp(-0.5 * ((np.arange(bins) - bins // 2) / width) ** 2)
+        f = np.maximum(1, np.floor(p / p.sum() * ((1 << 16) - bins - 1))).astype(int).tolist() + [1]
+        f[bins // 2] += (1 << 16) - sum(f)
+        rows.append(tuple(f))
+    return EntropyTables(
+        step=step,
+        medians=tuple(rng.normal(0, 0.2, channels).tolist()),
+        offsets=tuple([-(bins // 2)] * channels),
+        freqs=tuple(rows),
+    )
+
+
+class TestEntropyTables:
+    def test_json_round_trip(self, tmp_path):
+        t = make_tables(4)
+        t.save(tmp_path / "t.json")
+        assert EntropyTables.load(tmp_path / "t.json") == t
+
+    def test_rejects_bad_frequencies(self):
+        t = make_tables(2)
+        with pytest.raises(CodecError, match="sum to 65536"):
+            EntropyTables(step=1.0, medians=(0.0,), offsets=(0,), freqs=((1, 2, 3),))
+        with pytest.raises(CodecError, match="invalid step"):
+            EntropyTables(step=0.0, medians=t.medians, offsets=t.offsets, freqs=t.freqs)
+
+    def test_rejects_unknown_version(self):
+        d = make_tables(2).to_dict()
+        d["codec_version"] = 99
+        with pytest.raises(CodecVersionError, match="not supported"):
+            EntropyTables.from_dict(d)
+
+
+class TestRoundTrip:
+    @settings(max_examples=60, deadline=None, derandomize=True)
+    @given(
+        channels=st.integers(1, 6),
+        h=st.integers(1, 9),
+        w=st.integers(1, 9),
+        scale=st.floats(0.1, 8.0),
+        seed=st.integers(0, 2**16),
+    )
+    def test_decode_inverts_encode(self, channels, h, w, scale, seed):
+        tables = make_tables(channels, seed=seed)
+        y = np.random.default_rng(seed).normal(0, scale, (channels, h, w)).astype(np.float32)
+        data, q = codec.encode(y, tables)
+        y_hat, q2 = codec.decode(data, (channels, h, w), tables)
+        np.testing.assert_array_equal(q, q2)
+        np.testing.assert_array_equal(y_hat, codec.dequantize(q, tables))
+        # Dequantization error is at most half a step wherever no clipping happened.
+        assert np.all(np.abs(y_hat - y) <= tables.step / 2 + 1e-4)
+
+    def test_escape_values_survive(self):
+        tables = make_tables(2)
+        q = np.zeros((2, 3, 3), dtype=np.int32)
+        q[0, 0, 0], q[1, 2, 2], q[1, 1, 1] = 500, -32768, 32767
+        data = codec.encode_symbols(q, tables)
+        np.testing.assert_array_equal(codec.decode_symbols(data, q.shape, tables), q)
+
+    def test_long_latents_are_chunked(self):
+        tables = make_tables(3)
+        shape = (3, 40, 40)  # 4800 symbols: two chunks
+        q = np.random.default_rng(1).integers(-3, 4, shape).astype(np.int32)
+        data = codec.encode_symbols(q, tables)
+        np.testing.assert_array_equal(codec.decode_symbols(data, shape, tables), q)
+
+
+class TestCorruption:
+    def setup_method(self):
+        self.tables = make_tables(4)
+        y = np.random.default_rng(3).normal(0, 3, (4, 6, 6)).astype(np.float32)
+        self.data, self.q = codec.encode(y, self.tables)
+
+    @pytest.mark.parametrize("cut", [1, 2, 5])
+    def test_truncated_stream_is_an_error(self, cut):
+        with pytest.raises(DecodeError):
+            codec.decode_symbols(self.data[:-cut], (4, 6, 6), self.tables)
+
+    def test_trailing_bytes_are_an_error(self):
+        with pytest.raises(DecodeError):
+            codec.decode_symbols(self.data + b"\x01", (4, 6, 6), self.tables)
+
+    def test_wrong_shape_is_an_error(self):
+        with pytest.raises(DecodeError):
+            codec.decode_symbols(self.data, (3, 6, 6), self.tables)
+        with pytest.raises(DecodeError):
+            codec.decode_symbols(self.data, (4, 6, 7), self.tables)
+
+    def test_crc_catches_a_flipped_bit(self):
+        """A flipped bit can decode to other valid symbols; the CRC sent beside the stream catches it."""
+        caught = 0
+        for i in range(len(self.data) - 1):
+            bad = bytearray(self.data)
+            bad[i] ^= 0x04
+            try:
+                q = codec.decode_symbols(bytes(bad), (4, 6, 6), self.tables)
+            except DecodeError:
+                caught += 1
+                continue
+            caught += codec.symbols_crc32(q) != codec.symbols_crc32(self.q)
+        assert caught == len(self.data) - 1
+
+    def test_empty_stream_is_an_error(self):
+        with pytest.raises(DecodeError):
+            codec.decode_symbols(b"", (4, 6, 6), self.tables)
+
+
+def test_bytes_match_predicted_rate():
+    """The stream is the information content plus under one byte: within 2% over a batch of latents."""
+    tables = make_tables(12, seed=7)
+    rng = np.random.default_rng(7)
+    real = predicted = 0.0
+    for _ in range(200):
+        q = codec.quantize(rng.normal(0, 1.5, (12, 7, 7)).astype(np.float32), tables)
+        real += len(codec.encode_symbols(q, tables))
+        predicted += codec.predicted_bits(q, tables) / 8
+    assert abs(real / predicted - 1) < 0.02, (real, predicted)
+
+
+def test_bit_exact_across_processes(tmp_path):
+    """Another interpreter encodes from the same JSON tables; this one decodes the same symbols."""
+    tables = make_tables(5, seed=11)
+    tables.save(tmp_path / "tables.json")
+    y = np.random.default_rng(11).normal(0, 2, (5, 7, 7)).astype(np.float32)
+    np.save(tmp_path / "y.npy", y)
+    script = (
+        "import sys, numpy as np; from splitserve.core import codec; "
+        "t = codec.EntropyTables.load(sys.argv[1] + '/tables.json'); "
+        "data, q = codec.encode(np.load(sys.argv[1] + '/y.npy'), t); "
+        "open(sys.argv[1] + '/stream.bin', 'wb').write(data); print(codec.symbols_crc32(q))"
+    )
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path)], check=True, capture_output=True, text=True)
+    data = (tmp_path / "stream.bin").read_bytes()
+    loaded = EntropyTables.from_dict(json.loads((tmp_path / "tables.json").read_text()))
+    y_hat, q = codec.decode(data, (5, 7, 7), loaded)
+    assert codec.symbols_crc32(q) == int(out.stdout)
+    np.testing.assert_array_equal(y_hat, codec.dequantize(codec.quantize(y, tables), tables))

@@ -1,0 +1,109 @@
+"""Model toolkit: registry, splitting, bottleneck lifecycle, exported int8 heads, rate of the real stream."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from splitserve.core import codec
+from splitserve.core.bundle import Bundle
+from splitserve.core.datasets import load_fashion_mnist
+from splitserve.core.errors import DuplicateRegistrationError, UnknownBackboneError, UnknownSplitPointError
+from splitserve.models import (
+    BottleneckCfg,
+    get_backbone,
+    get_backbone_cfg,
+    list_backbones,
+    list_split_points,
+    register_backbone,
+)
+from splitserve.models._split import count_macs
+from splitserve.models.bottleneck import BottleneckCodec
+
+torch.manual_seed(0)
+
+
+class TestRegistry:
+    def test_lists_backbones_and_split_points(self):
+        assert "fmnist_resnet" in list_backbones()
+        assert list_split_points("fmnist_resnet") == ["stem", "layer1", "layer2"]
+
+    def test_unknown_names_raise(self):
+        with pytest.raises(UnknownBackboneError, match="unknown backbone 'nope'"):
+            get_backbone("nope")
+        with pytest.raises(UnknownSplitPointError, match="no split point 'layer9'"):
+            get_backbone_cfg("fmnist_resnet").split_point("layer9")
+
+    def test_duplicate_registration_raises(self):
+        with pytest.raises(DuplicateRegistrationError):
+            register_backbone(get_backbone_cfg("fmnist_resnet"))(lambda: None)
+
+
+@pytest.mark.parametrize("name", list_backbones())
+class TestSplitBackbone:
+    def test_edge_then_cloud_equals_whole_model(self, name):
+        model = get_backbone(name)().eval()
+        cfg = model.cfg
+        x = torch.randint(0, 256, (3, *cfg.input_shape), dtype=torch.uint8)
+        with torch.no_grad():
+            whole = model(x)
+            for sp in cfg.split_points:
+                f = model.forward_edge(x, sp.name)
+                assert f.shape[1] == sp.num_chs
+                assert f.shape[-1] == cfg.input_shape[-1] // sp.reduction
+                torch.testing.assert_close(model.forward_cloud(f, sp.name), whole)
+
+    def test_bottleneck_lifecycle(self, name):
+        model = get_backbone(name)().eval()
+        sp = model.cfg.split_points[-1]
+        bcfg = model.cfg.bottleneck.get(sp.name, BottleneckCfg())
+        bn = BottleneckCodec(sp.num_chs, bcfg).eval()
+        x = torch.randint(0, 256, (2, *model.cfg.input_shape), dtype=torch.uint8)
+        f = model.forward_edge(x, sp.name)
+        with pytest.raises(RuntimeError, match="Run update"):
+            bn.export_tables(0)
+        out = bn(f, level=0)
+        assert out["y_hat"].shape == f.shape
+        assert torch.all((out["likelihoods"] > 0) & (out["likelihoods"] <= 1))
+        bn.update()
+        for level in range(bn.num_levels):
+            tables = bn.export_tables(level)
+            assert tables.channels == bcfg.latent_chs
+            assert tables.step == pytest.approx(bcfg.level_steps[level])
+
+
+def test_count_macs_counts_convolutions():
+    conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+    assert count_macs(conv, torch.zeros(1, 3, 10, 10)) == 10 * 10 * 8 * 3 * 9
+
+
+def test_int8_heads_are_quantized(test_bundle):
+    b = Bundle.open(test_bundle)
+    for s in b.manifest.splits:
+        graph = onnx.load(str(b.path(s.head_int8))).graph
+        ops = {n.op_type for n in graph.node}
+        assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+        int8_weights = [t for t in graph.initializer if t.data_type == onnx.TensorProto.INT8]
+        assert int8_weights, "weights are not stored as int8"
+
+
+def test_stream_bytes_match_the_entropy_models_rate(test_bundle):
+    """Bytes on the wire are within 2% of the rate the trained EntropyBottleneck predicts."""
+    from splitserve.models.zoo import RECIPES, _trained_split, trained_backbone
+
+    recipe = RECIPES["fmnist_resnet-test"]
+    teacher, _ = trained_backbone(recipe)
+    x, _ = load_fashion_mnist("test")
+    x = torch.from_numpy(x[:300])
+    for split in recipe.splits:
+        sm = _trained_split(recipe, teacher, split, np.empty((0, 1, 28, 28), np.uint8))
+        with torch.no_grad():
+            f = sm.features(x)
+            y = sm.codec.encoder(f).numpy()
+            for level in range(sm.codec.num_levels):
+                model_bits = -torch.log2(sm.codec(f, level)["likelihoods"]).sum().item()
+                tables = sm.codec.export_tables(level)
+                real = sum(len(codec.encode(v, tables)[0]) for v in y)
+                assert abs(real * 8 / model_bits - 1) < 0.02, (split, level, real * 8, model_bits)
