@@ -103,6 +103,28 @@ def bench_rate_accuracy(recipe: str, out: Path) -> None:
     click.echo(json.dumps(result["summary"], indent=1))
 
 
+@cli.command("demo")
+@click.option("--recipe", default="fmnist_resnet", show_default=True)
+@click.option("--images", "n_images", default=2000, show_default=True, help="Test images per option.")
+def demo(recipe: str, n_images: int) -> None:
+    """The main job: real split model, real endpoint, edge client, real images -> a table."""
+    from splitserve.cli.demo import run_demo
+
+    run_demo(_recipe(recipe), n_images)
+
+
+def _mount_part_commands() -> None:
+    """Mount the cloud and edge command groups (they import only their own, torch-free, parts)."""
+    from splitserve.cloud.cli import cloud
+    from splitserve.edge.cli import edge
+
+    cli.add_command(cloud)
+    cli.add_command(edge)
+
+
+_mount_part_commands()
+
+
 def _recipe(name: str) -> str:
     from splitserve.models.zoo import RECIPES
 
