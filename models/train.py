@@ -114,6 +114,8 @@ def train_split(
     match the teacher's logits. Both stages add ``rate_weight`` times the rate in bits per image at a
     rate level drawn at random for each batch, so every level's entropy model is trained.
     """
+    if len(images) < batch:
+        raise ValueError(f"train_split needs at least one batch of {batch} images, got {len(images)}")
     gen = seed_everything(seed)
     model = SplitModel(teacher, split, cfg)
     x_all = torch.from_numpy(images)

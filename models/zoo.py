@@ -28,7 +28,7 @@ from .export import EvalData, export_bundle
 from .split_model import SplitModel
 from .train import evaluate, train_classifier, train_split
 
-__all__ = ["RECIPES", "Recipe", "build_bundle", "build_test_bundle", "cache_dir", "trained_backbone"]
+__all__ = ["RECIPES", "Recipe", "build_bundle", "build_test_bundle", "cache_dir", "trained_backbone", "trained_split"]
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,8 @@ def trained_backbone(recipe: Recipe) -> tuple[SplitBackbone, float]:
     return model, acc
 
 
-def _trained_split(recipe: Recipe, teacher: SplitBackbone, split: str, x: np.ndarray) -> SplitModel:
+def trained_split(recipe: Recipe, teacher: SplitBackbone, split: str) -> SplitModel:
+    """The recipe's bottleneck at ``split``, trained (or loaded from the cache), CDFs updated."""
     bcfg = recipe.bottleneck.get(split) or teacher.cfg.bottleneck.get(split) or BottleneckCfg()
     key = hashlib.sha256(
         json.dumps([recipe.key("backbone", "backbone_epochs", "train_size", "hd_epochs", "kd_epochs",
@@ -125,8 +126,9 @@ def _trained_split(recipe: Recipe, teacher: SplitBackbone, split: str, x: np.nda
         model.eval()
         model.codec.update(force=True)
         return model
+    x, _ = load_fashion_mnist("train")
     model = train_split(
-        teacher, split, bcfg, x, hd_epochs=recipe.hd_epochs, kd_epochs=recipe.kd_epochs,
+        teacher, split, bcfg, x[: recipe.train_size], hd_epochs=recipe.hd_epochs, kd_epochs=recipe.kd_epochs,
         rate_weight=recipe.rate_weight, seed=recipe.seed,
     )
     # The CDF buffers are derived by update(); their shapes vary, so they are never stored (DESIGN).
@@ -145,9 +147,9 @@ def build_bundle(recipe_name: str, out_dir: Path | None = None, *, force: bool =
         except Exception:  # a stale or damaged bundle is rebuilt
             pass
     teacher, _ = trained_backbone(recipe)
+    models = {s: trained_split(recipe, teacher, s) for s in recipe.splits}
     x, _ = load_fashion_mnist("train")
     x = x[: recipe.train_size]
-    models = {s: _trained_split(recipe, teacher, s, x) for s in recipe.splits}
     xt, yt = load_fashion_mnist("test")
     rng = np.random.default_rng(recipe.seed)
     calib = x[rng.choice(len(x), recipe.calib_size, replace=False)]

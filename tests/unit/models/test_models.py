@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import onnx
 import pytest
 import torch
@@ -91,14 +90,14 @@ def test_int8_heads_are_quantized(test_bundle):
 
 def test_stream_bytes_match_the_entropy_models_rate(test_bundle):
     """Bytes on the wire are within 2% of the rate the trained EntropyBottleneck predicts."""
-    from splitserve.models.zoo import RECIPES, _trained_split, trained_backbone
+    from splitserve.models.zoo import RECIPES, trained_backbone, trained_split
 
     recipe = RECIPES["fmnist_resnet-test"]
     teacher, _ = trained_backbone(recipe)
     x, _ = load_fashion_mnist("test")
     x = torch.from_numpy(x[:300])
     for split in recipe.splits:
-        sm = _trained_split(recipe, teacher, split, np.empty((0, 1, 28, 28), np.uint8))
+        sm = trained_split(recipe, teacher, split)
         with torch.no_grad():
             f = sm.features(x)
             y = sm.codec.encoder(f).numpy()
