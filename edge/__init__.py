@@ -1,0 +1,56 @@
+"""The splitserve edge client: the library apps embed (torch-free).
+
+::
+
+    from splitserve.edge import EdgeClient, FixedPolicy
+
+    with EdgeClient("bundle/", "cloud.example:50051", policy=FixedPolicy(split="layer1", level=0)) as client:
+        result = client.infer(image)                  # one input
+        for result in client.stream(frames):          # pipelined, results in input order
+            print(result.label, result.computed, result.bytes_sent, result.timings.total_ms)
+
+The default policy is the orchestrator (``min_latency``), which picks split, level, local or offload
+per request from what it measures; a :class:`FixedPolicy` or ``"local"`` / ``"offload"`` /
+``"SPLIT@LEVEL"`` pins one option. Whatever happens to the endpoint, every input gets one
+:class:`Result`: the whole model runs on the device when the endpoint fails or cannot meet the deadline.
+"""
+
+from __future__ import annotations
+
+from ._breaker import CircuitBreaker as CircuitBreaker
+from ._client import AsyncEdgeClient as AsyncEdgeClient
+from ._client import BaseEdgeClient as BaseEdgeClient
+from ._client import EdgeClient as EdgeClient
+from ._client import Result as Result
+from ._client import Timings as Timings
+from ._config import Credentials as Credentials
+from ._config import EdgeConfig as EdgeConfig
+from ._policy import EdgePolicy as EdgePolicy
+from ._policy import FixedPolicy as FixedPolicy
+from ._runtime import EdgeRuntime as EdgeRuntime
+from ._runtime import ImageLike as ImageLike
+from ._transports import AsyncBaseTransport as AsyncBaseTransport
+from ._transports import AsyncGrpcTransport as AsyncGrpcTransport
+from ._transports import BaseTransport as BaseTransport
+from ._transports import GrpcTransport as GrpcTransport
+from ._transports import MockTransport as MockTransport
+
+__all__ = [
+    "AsyncBaseTransport",
+    "AsyncEdgeClient",
+    "AsyncGrpcTransport",
+    "BaseEdgeClient",
+    "BaseTransport",
+    "CircuitBreaker",
+    "Credentials",
+    "EdgeClient",
+    "EdgeConfig",
+    "EdgePolicy",
+    "EdgeRuntime",
+    "FixedPolicy",
+    "GrpcTransport",
+    "ImageLike",
+    "MockTransport",
+    "Result",
+    "Timings",
+]
