@@ -103,6 +103,58 @@ def bench_rate_accuracy(recipe: str, out: Path) -> None:
     click.echo(json.dumps(result["summary"], indent=1))
 
 
+def _bundle_option(fn):
+    return click.option(
+        "--bundle", "bundle_path", type=click.Path(exists=True, path_type=Path), default=None,
+        help="Bundle to measure (default: the recipe's, built if missing).",
+    )(fn)
+
+
+def _bundle_for(bundle_path: Path | None, recipe: str) -> Path:
+    if bundle_path is not None:
+        return bundle_path
+    from splitserve.models.zoo import build_bundle
+
+    return build_bundle(_recipe(recipe))
+
+
+@bench.command("edge")
+@click.option("--recipe", default="fmnist_resnet", show_default=True)
+@_bundle_option
+@click.option("--out", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
+def bench_edge(recipe: str, bundle_path: Path | None, out: Path) -> None:
+    """Head latency fp32 vs int8 per split, encode time, client overhead, int8 accuracy cost."""
+    from splitserve.benchmarks.edge import run
+
+    click.echo(json.dumps(run(out, _bundle_for(bundle_path, recipe)), indent=1)[:4000])
+
+
+@bench.command("cloud")
+@click.option("--recipe", default="fmnist_resnet", show_default=True)
+@_bundle_option
+@click.option("--out", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
+@click.option("--duration-s", default=5.0, show_default=True, help="Seconds measured per run.")
+def bench_cloud(recipe: str, bundle_path: Path | None, out: Path, duration_s: float) -> None:
+    """Requests/s and p50/p99 at 1/8/64 clients, embedded and Triton backends, endpoint overhead."""
+    from splitserve.benchmarks.cloud import run
+
+    result = run(out, _bundle_for(bundle_path, recipe), duration_s=duration_s)
+    click.echo(json.dumps(result.get("runs", result), indent=1)[:4000])
+
+
+@bench.command("adaptation")
+@click.option("--profile", "profile_path", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Profile JSON (default: the shipped example profile, with a warning).")
+@click.option("--live", is_flag=True, help="Also run the live harness (root: netns + tc tbf).")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
+def bench_adaptation(profile_path: Path | None, live: bool, out: Path) -> None:
+    """Orchestrator vs every fixed option vs the hindsight oracle over bandwidth traces."""
+    from splitserve.benchmarks.adaptation import run
+
+    result = run(out, profile_path, live)
+    click.echo(f"wrote {out / 'adaptation.json'} ({len(result['traces'])} traces)")
+
+
 @cli.command("demo")
 @click.option("--recipe", default="fmnist_resnet", show_default=True)
 @click.option("--images", "n_images", default=2000, show_default=True, help="Test images per option.")

@@ -1,0 +1,343 @@
+"""Benchmark ``edge``: what the device pays per request, per split, on this CPU.
+
+For every split of a bundle:
+
+- **head latency**, fp32 vs int8 ONNX, at batch 1 (one request), median and p95 over real Fashion-MNIST
+  test images, each session with the client's settings (``threads`` intra-op threads, sequential);
+  ``speedup`` = fp32 median / int8 median. The per-sample time at batch 64 is reported beside it
+  (``batch64``): a head this small is dominated by per-call overhead at batch 1, not by arithmetic.
+- **entropy encoding** (quantize, rANS-code, CRC32 of the symbols) of the int8 latent, per level.
+- **client overhead**: everything :class:`~splitserve.edge.EdgeClient` spends on a request beyond the
+  head itself: preprocessing, the policy, encoding, building and serialising the request, parsing the
+  reply, building the result. It is measured with a transport that serialises the request and parses a
+  serialised reply, as a gRPC stub does, but sends nothing: network and server time are not the client's.
+  ``client_overhead_ms`` includes entropy encoding; ``overhead_excl_encode_ms`` leaves it out.
+- **int8 accuracy cost**: top-1 of head (int8 or fp32) -> quantize -> dequantize -> tail on the manifest's
+  evaluation set, measured here with ONNX Runtime, in percentage points.
+
+The local model (int8 vs fp32) and the offload payload (PNG) are measured the same way, and the cost of
+the orchestrator's ``decide`` + ``observe`` per request. Targets: int8 at least 2x faster than fp32, and
+client overhead at most 0.5 ms per request.
+
+Writes ``<out_dir>/edge.json`` and ``<out_dir>/edge.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from splitserve.core import codec
+from splitserve.core.bundle import Bundle
+from splitserve.core.datasets import load_fashion_mnist
+from splitserve.edge import EdgeClient, EdgeConfig, FixedPolicy
+from splitserve.edge._runtime import load_session, png_bytes
+from splitserve.edge._transports.base import BaseTransport, StreamCall
+from splitserve.orchestrator import DeviceLatency, Observation, Orchestrator, ServerTimings
+from splitserve.protos.v1 import inference_pb2 as pb
+
+__all__ = ["TARGET_OVERHEAD_MS", "TARGET_SPEEDUP", "run"]
+
+TARGET_SPEEDUP = 2.0
+TARGET_OVERHEAD_MS = 0.5
+_WARMUP = 20
+_BATCH = 64
+
+
+def run(
+    out_dir: str | Path,
+    bundle_path: str | Path,
+    *,
+    repeats: int = 1000,
+    eval_size: int | None = None,
+    threads: int = 1,
+    plot: bool = True,
+) -> dict[str, Any]:
+    """Measure the device side of every split of a bundle and write ``edge.json`` (and ``edge.png``).
+
+    Args:
+        out_dir: results directory (created).
+        bundle_path: the bundle to measure.
+        repeats: timed runs per latency figure.
+        eval_size: images for the accuracy figures (default: the manifest's evaluation-set size).
+        threads: ONNX Runtime intra-op threads per session (the client's default is 1).
+        plot: also write the PNG plot.
+
+    Returns:
+        The report written to ``edge.json``.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    bundle = Bundle.open(bundle_path)
+    try:
+        m = bundle.manifest
+        images, labels = load_fashion_mnist("test")
+        n_eval = int(eval_size or m.extra.get("eval_size", 1000))
+        images, labels = images[:n_eval], labels[:n_eval]
+        splits = [_split_figures(bundle, s.name, images, labels, repeats, threads) for s in m.splits]
+        local = _local_figures(bundle, images, labels, repeats, threads)
+        report: dict[str, Any] = {
+            "benchmark": "edge",
+            "bundle": {"name": m.name, "version": m.version, "path": str(bundle.root)},
+            "machine": _machine(threads),
+            "repeats": repeats,
+            "eval_size": n_eval,
+            "targets": {"speedup": TARGET_SPEEDUP, "client_overhead_ms": TARGET_OVERHEAD_MS},
+            "splits": splits,
+            "local": local,
+            "offload": {"encode_ms": _timed(lambda i: png_bytes(images[i % len(images)]), repeats)},
+            "orchestrator_ms": _orchestrator_ms(bundle, repeats),
+            "met": {
+                "speedup": all(s["speedup"] >= TARGET_SPEEDUP for s in splits),
+                "client_overhead_ms": all(s["client_overhead_ms"] <= TARGET_OVERHEAD_MS for s in splits),
+            },
+            "command": f"splitserve bench edge --bundle {bundle_path} --out {out_dir}",
+        }
+    finally:
+        bundle.close()
+    (out / "edge.json").write_text(json.dumps(report, indent=1))
+    if plot:
+        _plot(report, out / "edge.png")
+    return report
+
+
+def _timed(fn: Callable[[int], object], repeats: int) -> dict[str, float]:
+    """Median and p95 wall time of ``fn(i)`` in ms, after a warm-up."""
+    for i in range(_WARMUP):
+        fn(i)
+    times = np.empty(repeats)
+    for i in range(repeats):
+        t0 = time.perf_counter()
+        fn(i)
+        times[i] = time.perf_counter() - t0
+    return {"median": float(np.median(times) * 1e3), "p95": float(np.percentile(times, 95) * 1e3)}
+
+
+def _latency(sess: ort.InferenceSession, images: np.ndarray, repeats: int) -> dict[str, float]:
+    name = sess.get_inputs()[0].name
+    batch1 = _timed(lambda i: sess.run(None, {name: images[i % len(images)][None]}), repeats)
+    batch = images[:_BATCH]
+    runs = max(repeats // _BATCH, 5)
+    per_sample = _timed(lambda i: sess.run(None, {name: batch}), runs)["median"] / len(batch)
+    return {**batch1, "batch64_per_sample": per_sample}
+
+
+def _run_all(sess: ort.InferenceSession, images: np.ndarray) -> np.ndarray:
+    name = sess.get_inputs()[0].name
+    return np.concatenate(
+        [sess.run(None, {name: images[i : i + 256]})[0] for i in range(0, len(images), 256)]
+    )
+
+
+def _split_figures(
+    bundle: Bundle, split: str, images: np.ndarray, labels: np.ndarray, repeats: int, threads: int
+) -> dict[str, Any]:
+    info = bundle.manifest.split(split)
+    heads = {p: load_session(bundle.path(getattr(info, f"head_{p}")), threads) for p in ("int8", "fp32")}
+    lat = {p: _latency(s, images, repeats) for p, s in heads.items()}
+    tail = load_session(bundle.path(info.tail_onnx), threads)
+    latents = {p: _run_all(s, images) for p, s in heads.items()}
+    levels = []
+    for lv in info.levels:
+        tables = bundle.tables(split, lv.level)
+        y = latents["int8"]
+
+        def encode(i: int, y: np.ndarray = y, tables: codec.EntropyTables = tables) -> None:
+            _, q = codec.encode(y[i % len(y)], tables)
+            codec.symbols_crc32(q)
+
+        acc = {}
+        for p, lat_y in latents.items():
+            y_hat = np.stack([codec.dequantize(codec.quantize(v, tables), tables) for v in lat_y])
+            acc[p] = float((_run_all(tail, y_hat).argmax(1) == labels).mean())
+        levels.append(
+            {
+                "level": lv.level,
+                "encode_ms": _timed(encode, repeats)["median"],
+                "accuracy_int8": acc["int8"],
+                "accuracy_fp32": acc["fp32"],
+                "int8_accuracy_drop_pp": (acc["fp32"] - acc["int8"]) * 100,
+                "manifest_accuracy": lv.accuracy,
+            }
+        )
+    overhead = _client_overhead(bundle, split, info.levels[0].level, images, repeats)
+    return {
+        "split": split,
+        "fp32_ms": lat["fp32"]["median"],
+        "int8_ms": lat["int8"]["median"],
+        "fp32_p95_ms": lat["fp32"]["p95"],
+        "int8_p95_ms": lat["int8"]["p95"],
+        "speedup": lat["fp32"]["median"] / lat["int8"]["median"],
+        "batch64": {
+            "fp32_ms_per_sample": lat["fp32"]["batch64_per_sample"],
+            "int8_ms_per_sample": lat["int8"]["batch64_per_sample"],
+            "speedup": lat["fp32"]["batch64_per_sample"] / lat["int8"]["batch64_per_sample"],
+        },
+        "encode_ms": levels[0]["encode_ms"],
+        **overhead,
+        "int8_accuracy_drop_pp": levels[0]["int8_accuracy_drop_pp"],
+        "head_macs": info.head_macs,
+        "levels": levels,
+    }
+
+
+class _SerializingTransport(BaseTransport):
+    """Does what a gRPC stub does to a message (serialise the request, parse the reply) and nothing else."""
+
+    def __init__(self, reply: pb.InferResponse) -> None:
+        self._reply = reply.SerializeToString()
+
+    def infer(self, request: pb.InferRequest, *, timeout_s: float) -> pb.InferResponse:
+        wire = request.SerializeToString()
+        reply: pb.InferResponse = pb.InferResponse.FromString(self._reply)
+        reply.request_id = pb.InferRequest.FromString(wire).request_id
+        return reply
+
+    def stream(self) -> StreamCall:
+        raise NotImplementedError("the overhead benchmark uses unary calls")
+
+    def ping(self, *, timeout_s: float) -> None:
+        """Nothing to ping."""
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def _client_overhead(
+    bundle: Bundle, split: str, level: int, images: np.ndarray, repeats: int
+) -> dict[str, float]:
+    reply = pb.InferResponse(
+        model=bundle.manifest.name,
+        version=bundle.manifest.version,
+        classes=[1, 2, 3, 4, 5],
+        scores=[0.5, 0.2, 0.1, 0.1, 0.1],
+        timings=pb.ServerTimings(receive_ms=0.1, decode_ms=0.4, queue_ms=0.1, tail_ms=0.5, total_ms=1.2),
+    )
+    config = EdgeConfig(timeout_s=10.0)
+    policy = FixedPolicy(split=split, level=level)
+    with EdgeClient(bundle, transport=_SerializingTransport(reply), policy=policy, config=config) as client:
+        for i in range(_WARMUP):
+            client.infer(images[i % len(images)])
+        results = [client.infer(images[i % len(images)]) for i in range(repeats)]
+    beyond_head = np.array([r.timings.total_ms - r.timings.head_ms for r in results])
+    encode = np.array([r.timings.encode_ms for r in results])
+    return {
+        "client_overhead_ms": float(np.median(beyond_head)),
+        "client_overhead_p95_ms": float(np.percentile(beyond_head, 95)),
+        "overhead_excl_encode_ms": float(np.median(beyond_head - encode)),
+        "client_total_ms": float(np.median([r.timings.total_ms for r in results])),
+    }
+
+
+def _local_figures(
+    bundle: Bundle, images: np.ndarray, labels: np.ndarray, repeats: int, threads: int
+) -> dict[str, Any]:
+    local = bundle.manifest.local
+    sessions = {p: load_session(bundle.path(local[p]), threads) for p in ("int8", "fp32")}
+    lat = {p: _latency(s, images, repeats) for p, s in sessions.items()}
+    acc = {p: float((_run_all(s, images).argmax(1) == labels).mean()) for p, s in sessions.items()}
+    return {
+        "fp32_ms": lat["fp32"]["median"],
+        "int8_ms": lat["int8"]["median"],
+        "speedup": lat["fp32"]["median"] / lat["int8"]["median"],
+        "batch64_speedup": lat["fp32"]["batch64_per_sample"] / lat["int8"]["batch64_per_sample"],
+        "accuracy_int8": acc["int8"],
+        "accuracy_fp32": acc["fp32"],
+        "int8_accuracy_drop_pp": (acc["fp32"] - acc["int8"]) * 100,
+    }
+
+
+def _orchestrator_ms(bundle: Bundle, repeats: int) -> dict[str, float]:
+    """Median cost of the default orchestrator's ``decide`` and of ``observe`` of a remote reply, in ms.
+
+    With a :class:`FixedPolicy`, as in ``client_overhead_ms``, neither is paid.
+    """
+    m = bundle.manifest
+    orch = Orchestrator.from_manifest(m, DeviceLatency({s.name: 0.5 for s in m.splits}, 0.5, 0.1))
+    server = ServerTimings(decode_ms=0.4, queue_ms=0.1, tail_ms=0.5, total_ms=1.2)
+    remote = f"{m.splits[0].name}@{m.splits[0].levels[0].level}"
+    decide = _timed(lambda i: orch.decide(deadline_ms=1000.0), repeats)["median"]
+    observe = _timed(
+        lambda i: orch.observe(Observation(remote, 0.5, 250, 330, 3.0 + (i % 7) * 0.1, server)), repeats
+    )["median"]
+    return {"decide": decide, "observe": observe}
+
+
+def _machine(threads: int) -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "onnxruntime": ort.__version__,
+        "ort_threads": threads,
+        "python": platform.python_version(),
+    }
+
+
+def _plot(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    splits = report["splits"]
+    names = [s["split"] for s in splits] + ["local"]
+    fp32 = [s["fp32_ms"] for s in splits] + [report["local"]["fp32_ms"]]
+    int8 = [s["int8_ms"] for s in splits] + [report["local"]["int8_ms"]]
+    x = np.arange(len(names))
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(14, 4.2))
+    ax1.bar(x - 0.2, fp32, 0.4, label="fp32")
+    ax1.bar(x + 0.2, int8, 0.4, label="int8")
+    for i, (a, b) in enumerate(zip(fp32, int8, strict=True)):
+        ax1.text(i, max(a, b), f"{a / b:.2f}x", ha="center", va="bottom", fontsize=9)
+    ax1.set_xticks(x, names)
+    ax1.set_ylabel("ms per request (batch 1, median)")
+    ax1.set_title("model latency on this CPU")
+    ax1.legend()
+    xs = np.arange(len(splits))
+    head = [s["int8_ms"] for s in splits]
+    encode = [s["encode_ms"] for s in splits]
+    rest = [s["overhead_excl_encode_ms"] for s in splits]
+    ax2.bar(xs, head, label="int8 head")
+    ax2.bar(xs, encode, bottom=head, label="entropy encode")
+    ax2.bar(xs, rest, bottom=np.add(head, encode), label="rest of the client")
+    target = report["targets"]["client_overhead_ms"]
+    ax2.hlines(
+        np.add(head, target), xs - 0.4, xs + 0.4, color="k", ls="--", lw=1, label="head + overhead target"
+    )
+    ax2.set_xticks(xs, [s["split"] for s in splits])
+    ax2.set_ylabel("ms per request (median)")
+    ax2.set_title("device time of one split request")
+    ax2.legend(fontsize=8)
+    for s in splits:
+        ax3.plot(
+            [lv["level"] for lv in s["levels"]],
+            [lv["int8_accuracy_drop_pp"] for lv in s["levels"]],
+            "o-",
+            label=s["split"],
+        )
+    ax3.axhline(0, color="k", lw=0.5)
+    ax3.set_xticks(sorted({lv["level"] for s in splits for lv in s["levels"]}))
+    ax3.set_xlabel("rate level")
+    ax3.set_ylabel("top-1 fp32 - int8 (pp)")
+    ax3.set_title(f"int8 accuracy cost ({report['eval_size']} images)")
+    ax3.legend()
+    fig.suptitle(f"splitserve edge: {report['bundle']['name']} on {report['machine']['cpu']}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

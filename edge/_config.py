@@ -1,0 +1,261 @@
+"""Configuration of the edge client: one frozen dataclass, read from ``SPLITSERVE_EDGE_*`` variables.
+
+Apps usually build an :class:`EdgeConfig` in code; :meth:`EdgeConfig.from_env` reads the same fields
+from the environment (the ``splitserve edge run`` command does, and its flags override it).
+
+=============================================  ===========================  ==================================
+variable                                       field                        default
+=============================================  ===========================  ==================================
+``SPLITSERVE_EDGE_ENDPOINT``                   ``endpoint``                 (none: ``HOST:PORT``)
+``SPLITSERVE_EDGE_POLICY``                     ``policy``                   ``min_latency`` (or ``local``,
+                                                                            ``offload``, ``SPLIT@LEVEL``,
+                                                                            another orchestrator policy)
+``SPLITSERVE_EDGE_TIMEOUT_S``                  ``timeout_s``                ``1.0`` (per-request deadline)
+``SPLITSERVE_EDGE_MAX_INFLIGHT``               ``max_inflight``             ``8`` (stream window)
+``SPLITSERVE_EDGE_TOKEN`` / ``_TOKEN_FILE``    ``token``, ``token_file``    empty: no bearer token
+``SPLITSERVE_EDGE_TLS``                        ``tls``                      ``false`` (true with any TLS file)
+``SPLITSERVE_EDGE_TLS_CA``                     ``tls_ca``                   empty: the system roots
+``SPLITSERVE_EDGE_TLS_CERT`` / ``_KEY``        ``tls_cert``, ``tls_key``    empty: no client certificate
+``SPLITSERVE_EDGE_TLS_SERVER_NAME``            ``tls_server_name``          empty: the endpoint's host
+``SPLITSERVE_EDGE_RETRY_ATTEMPTS``             ``retry_attempts``           ``3`` (gRPC retryPolicy)
+``SPLITSERVE_EDGE_RETRY_BACKOFF_S``            ``retry_backoff_s``          ``0.01``
+``SPLITSERVE_EDGE_RETRY_MAX_BACKOFF_S``        ``retry_max_backoff_s``      ``0.2``
+``SPLITSERVE_EDGE_RECONNECT_MAX_S``            ``reconnect_max_s``          ``1.0``
+``SPLITSERVE_EDGE_BREAKER_FAILURES``           ``breaker_failures``         ``3``
+``SPLITSERVE_EDGE_BREAKER_RESET_S``            ``breaker_reset_s``          ``2.0``
+``SPLITSERVE_EDGE_FALLBACK``                   ``fallback``                 ``true``
+``SPLITSERVE_EDGE_PRECISION``                  ``precision``                ``int8`` (or ``fp32``, ``auto``)
+``SPLITSERVE_EDGE_ORT_THREADS``                ``ort_threads``              ``1`` (0: ONNX Runtime's choice)
+``SPLITSERVE_EDGE_TOP_K``                      ``top_k``                    ``5``
+``SPLITSERVE_EDGE_PROBE_TIMEOUT_S``            ``probe_timeout_s``          ``0.5``
+``SPLITSERVE_EDGE_MAX_MESSAGE_BYTES``          ``max_message_bytes``        ``4194304``
+=============================================  ===========================  ==================================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from splitserve.core.errors import ConfigError
+
+__all__ = ["ENV_PREFIX", "PRECISIONS", "Credentials", "EdgeConfig"]
+
+ENV_PREFIX = "SPLITSERVE_EDGE_"
+PRECISIONS = ("int8", "fp32", "auto")
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+@dataclass(frozen=True)
+class EdgeConfig:
+    """Everything the edge client needs besides the bundle; see the module docstring for the variables.
+
+    Attributes:
+        endpoint: ``HOST:PORT`` of the cloud endpoint; empty is allowed only for a local-only policy.
+        policy: policy used when the client is given none: ``local``, ``offload``, ``SPLIT@LEVEL`` or
+            a registered orchestrator policy name (``min_latency``, ``max_accuracy``, ``mpc``).
+        timeout_s: per-request deadline, from the call to the result, local fallback included.
+        max_inflight: requests :meth:`EdgeClient.stream` keeps in flight (at least 2).
+        token: bearer token sent as ``authorization: Bearer <token>``.
+        token_file: file holding the bearer token (first non-empty line), used when ``token`` is empty.
+        tls: use TLS (implied by any ``tls_*`` file).
+        tls_ca: PEM file of the CA that signed the endpoint's certificate (default: system roots).
+        tls_cert: PEM client certificate chain, for mutual TLS (with ``tls_key``).
+        tls_key: PEM private key of ``tls_cert``.
+        tls_server_name: name to verify the endpoint's certificate against (default: its host).
+        retry_attempts: attempts per call on UNAVAILABLE (gRPC service-config ``retryPolicy``), 1 to 5.
+        retry_backoff_s: initial backoff between attempts.
+        retry_max_backoff_s: largest backoff between attempts.
+        reconnect_max_s: largest backoff between reconnection attempts to a lost endpoint.
+        breaker_failures: consecutive remote failures that open the circuit breaker.
+        breaker_reset_s: how long an open breaker sends everything local before one trial request.
+        fallback: run the whole model on the device when the endpoint fails; ``False`` raises instead.
+        precision: heads and local model in ``int8``, ``fp32``, or ``auto`` (whichever is faster here).
+        ort_threads: ONNX Runtime intra-op threads per session (0 lets ONNX Runtime choose).
+        top_k: classes returned per result.
+        probe_timeout_s: deadline of the background link probes the orchestrator asks for.
+        max_message_bytes: largest gRPC message sent or received.
+    """
+
+    endpoint: str = ""
+    policy: str = "min_latency"
+    timeout_s: float = 1.0
+    max_inflight: int = 8
+    token: str = ""
+    token_file: str = ""
+    tls: bool = False
+    tls_ca: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_server_name: str = ""
+    retry_attempts: int = 3
+    retry_backoff_s: float = 0.01
+    retry_max_backoff_s: float = 0.2
+    reconnect_max_s: float = 1.0
+    breaker_failures: int = 3
+    breaker_reset_s: float = 2.0
+    fallback: bool = True
+    precision: str = "int8"
+    ort_threads: int = 1
+    top_k: int = 5
+    probe_timeout_s: float = 0.5
+    max_message_bytes: int = 4 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if self.endpoint and ":" not in self.endpoint:
+            raise ConfigError(f"endpoint {self.endpoint!r} must be HOST:PORT (e.g. 127.0.0.1:50051)")
+        if not self.timeout_s > 0:
+            raise ConfigError(f"timeout_s must be > 0, got {self.timeout_s}")
+        if self.max_inflight < 2:
+            raise ConfigError(f"max_inflight must be >= 2 (a pipelined stream), got {self.max_inflight}")
+        if not 1 <= self.retry_attempts <= 5:
+            raise ConfigError(f"retry_attempts must be 1 to 5 (gRPC's limit), got {self.retry_attempts}")
+        if not 0 < self.retry_backoff_s <= self.retry_max_backoff_s:
+            raise ConfigError(
+                f"need 0 < retry_backoff_s <= retry_max_backoff_s, got {self.retry_backoff_s} and "
+                f"{self.retry_max_backoff_s}"
+            )
+        if not self.reconnect_max_s > 0:
+            raise ConfigError(f"reconnect_max_s must be > 0, got {self.reconnect_max_s}")
+        if self.breaker_failures < 1 or self.breaker_reset_s < 0:
+            raise ConfigError(
+                f"breaker_failures must be >= 1 and breaker_reset_s >= 0, got {self.breaker_failures} and "
+                f"{self.breaker_reset_s}"
+            )
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision {self.precision!r} is not one of {PRECISIONS}")
+        if self.ort_threads < 0:
+            raise ConfigError(f"ort_threads must be >= 0, got {self.ort_threads}")
+        if self.top_k < 1:
+            raise ConfigError(f"top_k must be >= 1, got {self.top_k}")
+        if not self.probe_timeout_s > 0:
+            raise ConfigError(f"probe_timeout_s must be > 0, got {self.probe_timeout_s}")
+        if self.max_message_bytes < 1024:
+            raise ConfigError(f"max_message_bytes {self.max_message_bytes} is below 1024")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("tls_cert and tls_key must be given together")
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.tls or bool(self.tls_ca or self.tls_cert or self.tls_server_name)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> EdgeConfig:
+        """Read the ``SPLITSERVE_EDGE_*`` variables; unset or empty ones keep their defaults.
+
+        Args:
+            environ: the variables to read (``os.environ`` when omitted).
+
+        Raises:
+            ConfigError: a variable has a value of the wrong type or out of range.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = env.get(ENV_PREFIX + f.name.upper(), "").strip()
+            if raw:
+                values[f.name] = _parse(ENV_PREFIX + f.name.upper(), str(f.type), raw)
+        return cls(**values)
+
+    def with_overrides(self, **overrides: Any) -> EdgeConfig:
+        """A copy with the given fields replaced; ``None`` values (flags not passed) are ignored.
+
+        Raises:
+            ConfigError: an unknown field, or a value out of range.
+        """
+        given = {k: v for k, v in overrides.items() if v is not None}
+        unknown = sorted(given.keys() - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise ConfigError(f"unknown edge config fields: {unknown}")
+        return dataclasses.replace(self, **given)
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """How the client proves who it is and checks the endpoint.
+
+    Attributes:
+        token: bearer token sent in ``authorization`` metadata with every call.
+        tls: use TLS (implied by any certificate field).
+        root_certificates: PEM CA bundle to verify the endpoint (``None``: system roots).
+        certificate_chain: PEM client certificate chain, for mutual TLS.
+        private_key: PEM private key of ``certificate_chain``.
+        server_name: name to verify the endpoint's certificate against (``None``: its host).
+    """
+
+    token: str | None = None
+    tls: bool = False
+    root_certificates: bytes | None = None
+    certificate_chain: bytes | None = None
+    private_key: bytes | None = None
+    server_name: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.certificate_chain is None) != (self.private_key is None):
+            raise ConfigError("certificate_chain and private_key must be given together")
+        if self.token is not None and (not self.token or any(c in self.token for c in "\r\n")):
+            raise ConfigError("the bearer token must be a non-empty single line")
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.tls or any(
+            v is not None for v in (self.root_certificates, self.certificate_chain, self.server_name)
+        )
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        """gRPC call metadata carrying the token (empty without one)."""
+        return (("authorization", f"Bearer {self.token}"),) if self.token else ()
+
+    @classmethod
+    def from_config(cls, config: EdgeConfig) -> Credentials:
+        """Read the token and TLS files a config names.
+
+        Raises:
+            ConfigError: a named file cannot be read, or the token file is empty.
+        """
+        token = config.token or (_token_from_file(config.token_file) if config.token_file else None)
+        return cls(
+            token=token or None,
+            tls=config.uses_tls,
+            root_certificates=_read(config.tls_ca) if config.tls_ca else None,
+            certificate_chain=_read(config.tls_cert) if config.tls_cert else None,
+            private_key=_read(config.tls_key) if config.tls_key else None,
+            server_name=config.tls_server_name or None,
+        )
+
+
+def _read(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from exc
+
+
+def _token_from_file(path: str) -> str:
+    for line in _read(path).decode(errors="replace").splitlines():
+        if line.strip():
+            return line.strip()
+    raise ConfigError(f"token file {path} holds no token")
+
+
+def _parse(var: str, kind: str, raw: str) -> Any:
+    try:
+        if kind == "bool":
+            if raw.lower() in _TRUE:
+                return True
+            if raw.lower() in _FALSE:
+                return False
+            raise ValueError(raw)
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{var}={raw!r} is not a valid {kind}") from exc
+    return raw

@@ -1,0 +1,112 @@
+"""The device runtime: input conversion, preloaded sessions, precision choice, payloads."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from splitserve.core import codec
+from splitserve.core.bundle import Bundle
+from splitserve.core.errors import RequestError
+from splitserve.edge import EdgeRuntime
+from splitserve.edge._runtime import to_input, top_k
+
+SHAPE = (1, 28, 28)
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 28), (1, 1, 28, 28), (28, 28), (28, 28, 1)])
+def test_arrays_of_the_model_size(shape: tuple[int, ...]) -> None:
+    a = np.arange(28 * 28, dtype=np.uint8).reshape(28, 28)
+    x = to_input(np.ascontiguousarray(a.reshape(shape)), SHAPE)
+    assert x.shape == SHAPE and x.flags.c_contiguous
+    np.testing.assert_array_equal(x[0], a)
+
+
+def test_rgb_channels_last_are_transposed() -> None:
+    a = np.random.default_rng(0).integers(0, 256, (4, 5, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(to_input(a, (3, 4, 5)), a.transpose(2, 0, 1))
+
+
+def test_images_are_converted_and_resized() -> None:
+    im = Image.new("RGB", (56, 56), (200, 10, 10))
+    x = to_input(im, SHAPE)
+    assert x.shape == SHAPE and x.dtype == np.uint8
+    assert int(x[0, 0, 0]) == int(np.asarray(im.convert("L"))[0, 0])
+
+
+def test_preprocess_resizes_the_short_side_then_crops_the_centre() -> None:
+    a = np.zeros((20, 40, 3), np.uint8)
+    a[:, 18:22] = 255  # a bright bar in the middle
+    x = to_input(Image.fromarray(a), (3, 10, 10), {"resize": 10, "crop": 10})
+    assert x.shape == (3, 10, 10)
+    assert x[:, :, 4:6].mean() > 200 and x[:, :, :3].max() == 0
+
+
+def test_files(tmp_path: Path) -> None:
+    a = np.random.default_rng(1).integers(0, 256, (28, 28), dtype=np.uint8)
+    Image.fromarray(a).save(tmp_path / "a.png")
+    np.testing.assert_array_equal(to_input(tmp_path / "a.png", SHAPE)[0], a)
+    np.testing.assert_array_equal(to_input(str(tmp_path / "a.png"), SHAPE)[0], a)
+    (tmp_path / "b.png").write_bytes(b"not a png")
+    with pytest.raises(RequestError, match="cannot read image"):
+        to_input(tmp_path / "b.png", SHAPE)
+
+
+@pytest.mark.parametrize(
+    ("value", "match"),
+    [
+        (np.zeros(SHAPE, np.float32), "uint8"),
+        (np.zeros((2, 28, 28), np.uint8), "does not fit"),
+        (b"bytes", "numpy array"),
+    ],
+)
+def test_bad_inputs(value: object, match: str) -> None:
+    with pytest.raises(RequestError, match=match):
+        to_input(value, SHAPE)  # type: ignore[arg-type]
+
+
+def test_top_k_is_a_sorted_softmax() -> None:
+    classes, scores = top_k(np.array([1.0, 3.0, 2.0, 3.0], np.float32), 3)
+    assert classes == (1, 3, 2)
+    assert scores[0] == scores[1] > scores[2] and sum(top_k(np.zeros(4), 4)[1]) == pytest.approx(1.0)
+
+
+def test_preloaded_heads_tables_and_payloads(bundle: Bundle, images: np.ndarray) -> None:
+    rt = EdgeRuntime(bundle, ["layer1", "stem", "layer1"])
+    assert list(rt.heads) == ["layer1", "stem"]
+    assert set(rt.tables) == {(s.name, lv.level) for s in bundle.manifest.splits for lv in s.levels}
+    assert rt.precisions == {"layer1": "int8", "stem": "int8", "local": "int8"}
+    x = images[0]
+    y = rt.head("stem", x)
+    assert y.shape == bundle.manifest.split("stem").latent_shape and y.dtype == np.float32
+    data, crc = rt.encode("stem", 1, y)
+    _, q = codec.decode(data, y.shape, bundle.tables("stem", 1))
+    assert crc == codec.symbols_crc32(q)
+    assert rt.local(x).shape == (len(bundle.manifest.classes),)
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(rt.png(x))))[None], x)
+    d = rt.measure(repeats=3)
+    assert set(d.head_ms) == {"layer1", "stem"} and min(d.head_ms.values()) > 0
+    assert d.local_ms > 0 and d.offload_ms > 0
+
+
+def test_precision_choice(bundle: Bundle, images: np.ndarray) -> None:
+    fp32 = EdgeRuntime(bundle, ["stem"], precision="fp32")
+    assert fp32.precisions == {"stem": "fp32", "local": "fp32"}
+    auto = EdgeRuntime(bundle, ["stem"], precision="auto")
+    assert set(auto.precisions.values()) <= {"int8", "fp32"}
+    assert auto.local(images[0]).shape == fp32.local(images[0]).shape
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 5, 7)])
+def test_png_payload_is_lossless_and_readable_by_pillow(shape: tuple[int, int, int]) -> None:
+    from splitserve.edge._runtime import png_bytes
+
+    x = np.random.default_rng(2).integers(0, 256, shape, dtype=np.uint8)
+    decoded = np.asarray(Image.open(io.BytesIO(png_bytes(x))))
+    np.testing.assert_array_equal(decoded, x[0] if shape[0] == 1 else x.transpose(1, 2, 0))
+    with pytest.raises(RequestError, match="1- or 3-channel"):
+        png_bytes(np.zeros((2, 4, 4), np.uint8))
