@@ -1,0 +1,543 @@
+"""The ``splitserve.v1.SplitInference`` servicer: validate, decode, run the tail, answer the top-k.
+
+::
+
+    InferRequest --validate--> (bundle, split, level) --decode--> y_hat / image
+                 --TailBackend.infer--> logits --softmax, top-k--> InferResponse{classes, scores, timings}
+
+Every field is checked before any work is done, and every failure is a :class:`SplitServeError` whose
+``status`` becomes the gRPC status at this boundary: an unknown model, version, split or level is
+NOT_FOUND; a bad codec, shape, size, bitstream or CRC32 is INVALID_ARGUMENT; a client over its
+concurrency limit gets RESOURCE_EXHAUSTED; a request whose deadline passes gets DEADLINE_EXCEEDED. A
+failure answers only its own request: the server keeps serving everyone else.
+
+Scores are softmax probabilities of the returned classes, highest first. ``top_k`` 0 means 5; values
+above the number of classes are capped to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import numpy as np
+from google.protobuf.message import DecodeError, Message
+from numpy.typing import NDArray
+from splitserve.core.bundle import OFFLOAD_SPLIT
+from splitserve.core.codec import CODEC_NAME, CODEC_VERSION
+from splitserve.core.errors import (
+    CodecVersionError,
+    DeadlineExceededError,
+    InferenceError,
+    RequestError,
+    ResourceExhaustedError,
+    SplitServeError,
+    UnknownModelError,
+)
+from splitserve.protos.v1 import inference_pb2 as pb
+from splitserve.protos.v1 import inference_pb2_grpc as pb_grpc
+
+from ._auth import current_call
+from ._backends import TailBackend
+from ._decode import Decoder
+from ._metrics import UNKNOWN, Metrics
+from ._registry import ModelRegistry, ServedBundle
+
+__all__ = [
+    "DEFAULT_TOP_K",
+    "PNG_CODEC",
+    "SERVICE_NAME",
+    "MalformedMessage",
+    "SplitInferenceServicer",
+    "add_to_server",
+]
+
+_LOG = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SplitInference"].full_name
+DEFAULT_TOP_K = 5
+PNG_CODEC = "png"
+_PNG_CODEC_VERSIONS = (0, 1)
+_MAX_NAME = 128
+
+
+@dataclass(frozen=True)
+class MalformedMessage:
+    """What the request deserializer hands the servicer for bytes that are not a valid message.
+
+    Protobuf's own parse error would become gRPC's INTERNAL; this way the servicer answers
+    INVALID_ARGUMENT (for a stream item, in that item's reply) like every other bad input.
+    """
+
+    kind: str
+    error: str
+    size: int
+    request_id: str = ""
+
+
+def _parser(cls: type[Message]) -> Callable[[bytes], Message | MalformedMessage]:
+    def parse(data: bytes) -> Message | MalformedMessage:
+        try:
+            return cls.FromString(data)
+        except DecodeError as exc:
+            return MalformedMessage(cls.DESCRIPTOR.name, str(exc), len(data))
+
+    return parse
+
+
+def add_to_server(servicer: SplitInferenceServicer, server: grpc.aio.Server) -> None:
+    """Register ``servicer`` as ``splitserve.v1.SplitInference`` with malformed-message tolerant parsing."""
+    handlers = {
+        "Infer": grpc.unary_unary_rpc_method_handler(
+            servicer.Infer,
+            request_deserializer=_parser(pb.InferRequest),
+            response_serializer=pb.InferResponse.SerializeToString,
+        ),
+        "InferStream": grpc.stream_stream_rpc_method_handler(
+            servicer.InferStream,
+            request_deserializer=_parser(pb.InferRequest),
+            response_serializer=pb.InferResponse.SerializeToString,
+        ),
+        "ListModels": grpc.unary_unary_rpc_method_handler(
+            servicer.ListModels,
+            request_deserializer=_parser(pb.ListModelsRequest),
+            response_serializer=pb.ListModelsResponse.SerializeToString,
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
+
+
+@dataclass
+class _Labels:
+    """Metric labels of one request, filled in as its fields are found to be served values."""
+
+    model: str = UNKNOWN
+    version: str = UNKNOWN
+    split: str = UNKNOWN
+    level: str = UNKNOWN
+
+
+class _ClientLimiter:
+    """At most ``limit`` requests in flight per client.
+
+    A unary call over the limit is refused with RESOURCE_EXHAUSTED; a stream instead stops reading its
+    next item until one of the client's requests finishes (gRPC flow control then holds the client back).
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._inflight: dict[str, int] = {}
+        self._waiters: dict[str, deque[asyncio.Future[None]]] = {}
+
+    def acquire_nowait(self, client: str) -> None:
+        n = self._inflight.get(client, 0)
+        if n >= self.limit:
+            raise ResourceExhaustedError(
+                f"too many concurrent requests from this client: {n} in flight, the limit is {self.limit}"
+            )
+        self._inflight[client] = n + 1
+
+    async def acquire(self, client: str) -> None:
+        while self._inflight.get(client, 0) >= self.limit:
+            waiter = asyncio.get_running_loop().create_future()
+            queue = self._waiters.setdefault(client, deque())
+            queue.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in queue:
+                    queue.remove(waiter)
+                if not queue:
+                    self._waiters.pop(client, None)
+        self._inflight[client] = self._inflight.get(client, 0) + 1
+
+    def release(self, client: str) -> None:
+        left = self._inflight[client] - 1
+        if left:
+            self._inflight[client] = left
+        else:
+            del self._inflight[client]
+        for waiter in self._waiters.get(client, ()):
+            if not waiter.done():
+                waiter.set_result(None)
+                break
+
+
+class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
+    """Async servicer of ``Infer``, ``InferStream`` and ``ListModels``.
+
+    Args:
+        registry: the served bundles.
+        backend: where tails run.
+        decoder: where payloads are decoded.
+        metrics: where requests are counted and timed.
+        max_inflight_per_client: the per-client concurrency limit.
+    """
+
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        backend: TailBackend,
+        decoder: Decoder,
+        metrics: Metrics,
+        *,
+        max_inflight_per_client: int,
+    ) -> None:
+        self._registry = registry
+        self._backend = backend
+        self._decoder = decoder
+        self._metrics = metrics
+        self._limiter = _ClientLimiter(max_inflight_per_client)
+
+    async def Infer(
+        self, request: pb.InferRequest | MalformedMessage, context: grpc.aio.ServicerContext
+    ) -> pb.InferResponse:
+        received = time.perf_counter()
+        call = current_call()
+        client = call.client if call and call.client else _peer_host(context.peer())
+        try:
+            return await self._serve(
+                request,
+                client,
+                call.arrived if call else received,
+                received,
+                context.time_remaining(),
+                enforce_deadline=False,
+                slot_held=False,
+            )
+        except SplitServeError as exc:
+            await context.abort(grpc.StatusCode[exc.status], exc.message)
+            raise  # unreachable: abort raises
+
+    async def InferStream(
+        self,
+        request_iterator: AsyncIterator[pb.InferRequest | MalformedMessage],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.InferResponse]:
+        call = current_call()
+        client = call.client if call and call.client else _peer_host(context.peer())
+        async for reply in _Stream(self, client, context).run(request_iterator):
+            yield reply
+
+    async def ListModels(
+        self, request: pb.ListModelsRequest | MalformedMessage, context: grpc.aio.ServicerContext
+    ) -> pb.ListModelsResponse:
+        if isinstance(request, MalformedMessage):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _malformed(request).message)
+        models = []
+        for served in self._registry:
+            m = served.bundle.manifest
+            models.append(
+                pb.ModelInfo(
+                    name=m.name,
+                    version=m.version,
+                    input_shape=list(m.input_shape),
+                    input_dtype=m.input_dtype,
+                    num_classes=len(m.classes),
+                    splits=[
+                        pb.SplitInfo(name=s.name, latent_shape=list(s.latent_shape), levels=sorted(s.levels))
+                        for s in served.splits.values()
+                    ],
+                    offload=served.image is not None,
+                )
+            )
+        return pb.ListModelsResponse(models=models)
+
+    async def _serve(
+        self,
+        request: pb.InferRequest | MalformedMessage,
+        client: str,
+        arrived: float,
+        received: float,
+        timeout_s: float | None,
+        *,
+        enforce_deadline: bool,
+        slot_held: bool,
+    ) -> pb.InferResponse:
+        """Serve one request end to end, with limits, deadline and metrics; raise on failure.
+
+        Args:
+            request: the request.
+            client: who sent it (for the concurrency limit).
+            arrived: when its call arrived.
+            received: when its message was read.
+            timeout_s: time left until its deadline, from ``received``.
+            enforce_deadline: cancel the work at the deadline here (stream items); unary calls are
+                cancelled by gRPC itself when their deadline passes.
+            slot_held: the caller holds (and will give back) a concurrency slot of ``client`` (stream
+                items); else one is taken and given back here, or the request is refused with
+                RESOURCE_EXHAUSTED.
+        """
+        labels = _Labels()
+        status = "OK"
+        deadline = None if timeout_s is None else received + timeout_s
+        self._metrics.inflight.inc()
+        acquired = False
+        try:
+            if isinstance(request, MalformedMessage):
+                self._metrics.received_bytes.observe(request.size)
+                raise _malformed(request)
+            self._metrics.received_bytes.observe(request.ByteSize())
+            if not slot_held:
+                self._limiter.acquire_nowait(client)
+                acquired = True
+            if timeout_s is not None and timeout_s <= 0:
+                raise DeadlineExceededError("the request's deadline had passed when it was read")
+            work = self._process(request, labels, arrived, received, deadline)
+            if not enforce_deadline or timeout_s is None:
+                return await work
+            try:
+                return await asyncio.wait_for(work, timeout_s)
+            except asyncio.TimeoutError:
+                raise DeadlineExceededError(
+                    f"deadline of {timeout_s * 1e3:.1f} ms exceeded before the reply was ready"
+                ) from None
+        except SplitServeError as exc:
+            status = exc.status
+            raise
+        except asyncio.CancelledError:
+            status = (
+                "DEADLINE_EXCEEDED"
+                if deadline is not None and time.perf_counter() >= deadline
+                else "CANCELLED"
+            )
+            raise
+        except Exception as exc:
+            status = "INTERNAL"
+            _LOG.exception("internal error serving request %r", request.request_id[:_MAX_NAME])
+            raise InferenceError(f"internal error: {type(exc).__name__}") from exc
+        finally:
+            if acquired:
+                self._limiter.release(client)
+            self._metrics.inflight.dec()
+            self._metrics.count(labels.model, labels.version, labels.split, labels.level, status)
+
+    async def _process(
+        self,
+        request: pb.InferRequest,
+        labels: _Labels,
+        arrived: float,
+        received: float,
+        deadline: float | None,
+    ) -> pb.InferResponse:
+        for field in ("request_id", "model", "version", "split"):
+            if len(getattr(request, field)) > _MAX_NAME:
+                raise RequestError(f"{field} is longer than {_MAX_NAME} characters")
+        if not request.model:
+            raise RequestError("model is required")
+        served = self._registry.resolve(request.model, request.version)
+        labels.model, labels.version = served.name, served.version
+        served.acquire()
+        try:
+            if not request.HasField("tensor"):
+                raise RequestError("tensor is required")
+            start = time.perf_counter()
+            if request.split == OFFLOAD_SPLIT:
+                x = await self._decode_image(request, served, labels)
+            else:
+                x = await self._decode_latent(request, served, labels)
+            decoded = time.perf_counter()
+            if deadline is not None and decoded >= deadline:
+                raise DeadlineExceededError("deadline exceeded while decoding the payload")
+            num_classes = served.num_classes
+            k = min(request.top_k or DEFAULT_TOP_K, num_classes)
+            spec = served.tails[labels.split]
+            remaining = None if deadline is None else deadline - decoded
+            result = await self._backend.infer(spec, x, timeout_s=remaining)
+            if result.logits.shape != (num_classes,):
+                raise InferenceError(
+                    f"tail returned logits of shape {result.logits.shape}, "
+                    f"the manifest has {num_classes} classes"
+                )
+            classes, scores = _top_k(result.logits, k)
+            done = time.perf_counter()
+        finally:
+            served.release()
+        timings = pb.ServerTimings(
+            receive_ms=(received - arrived) * 1e3,
+            decode_ms=(decoded - start) * 1e3,
+            queue_ms=result.queue_s * 1e3,
+            tail_ms=result.tail_s * 1e3,
+            total_ms=(done - arrived) * 1e3,
+            queue_delay_ms=self._backend.queue_delay_s(spec) * 1e3,
+        )
+        self._metrics.observe_stages(
+            receive=received - arrived,
+            decode=decoded - start,
+            queue=result.queue_s,
+            tail=result.tail_s,
+            total=done - arrived,
+        )
+        return pb.InferResponse(
+            request_id=request.request_id,
+            model=served.name,
+            version=served.version,
+            classes=classes,
+            scores=scores,
+            timings=timings,
+        )
+
+    async def _decode_latent(
+        self, request: pb.InferRequest, served: ServedBundle, labels: _Labels
+    ) -> NDArray[Any]:
+        split = served.split(request.split)
+        labels.split = split.name
+        level = split.levels.get(request.level)
+        if level is None:
+            raise UnknownModelError(
+                f"split {split.name!r} of {served.name} {served.version} has no level {request.level} "
+                f"(levels: {sorted(split.levels)})"
+            )
+        labels.level = str(request.level)
+        tensor = request.tensor
+        if tensor.codec != CODEC_NAME:
+            raise RequestError(
+                f"split {split.name!r} takes codec {CODEC_NAME!r}, not {tensor.codec[:_MAX_NAME]!r}"
+            )
+        if tensor.codec_version != CODEC_VERSION:
+            raise CodecVersionError(
+                f"codec {CODEC_NAME} version {tensor.codec_version} is not supported (this server decodes "
+                f"version {CODEC_VERSION})"
+            )
+        shape = tuple(tensor.shape)
+        if shape != split.latent_shape:
+            raise RequestError(
+                f"tensor shape {list(shape[:8])} does not match split {split.name!r}'s latent shape "
+                f"{list(split.latent_shape)}"
+            )
+        size = len(tensor.data)
+        if not 0 < size <= level.max_bytes:
+            raise RequestError(
+                f"payload of {size} bytes is outside the bounds of this latent (1 to {level.max_bytes} bytes)"
+            )
+        return await self._decoder.latent(level.ref, tensor.data, split.latent_shape, tensor.symbols_crc32)
+
+    async def _decode_image(
+        self, request: pb.InferRequest, served: ServedBundle, labels: _Labels
+    ) -> NDArray[Any]:
+        if served.image is None:
+            raise UnknownModelError(
+                f"{served.name} {served.version} serves no offload model (split {OFFLOAD_SPLIT!r})"
+            )
+        labels.split = OFFLOAD_SPLIT
+        if request.level != 0:
+            raise UnknownModelError(f"split {OFFLOAD_SPLIT!r} has only level 0, not {request.level}")
+        labels.level = "0"
+        tensor = request.tensor
+        if tensor.codec != PNG_CODEC:
+            raise RequestError(
+                f"split {OFFLOAD_SPLIT!r} takes codec {PNG_CODEC!r}, not {tensor.codec[:_MAX_NAME]!r}"
+            )
+        if tensor.codec_version not in _PNG_CODEC_VERSIONS:
+            raise CodecVersionError(f"codec png version {tensor.codec_version} is not supported (0 or 1)")
+        if tensor.shape and tuple(tensor.shape) != served.image.shape:
+            raise RequestError(
+                f"tensor shape {list(tensor.shape[:8])} does not match the input shape "
+                f"{list(served.image.shape)}"
+            )
+        if not tensor.data:
+            raise RequestError("payload is empty")
+        return await self._decoder.image(tensor.data, served.image)
+
+
+class _Stream:
+    """One ``InferStream`` call: items are read while the client has free slots and answered as they finish.
+
+    Each item holds one of its client's concurrency slots from when it is read until its reply has been
+    handed to gRPC, so a client that stops reading replies stops being read from: per client, the server
+    holds at most ``max_inflight_per_client`` items and unsent replies.
+    """
+
+    def __init__(
+        self, servicer: SplitInferenceServicer, client: str, context: grpc.aio.ServicerContext
+    ) -> None:
+        self._servicer = servicer
+        self._limiter = servicer._limiter
+        self._client = client
+        self._context = context
+        self._replies: asyncio.Queue[pb.InferResponse | None] = asyncio.Queue()
+        self._items: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    async def run(
+        self, requests: AsyncIterator[pb.InferRequest | MalformedMessage]
+    ) -> AsyncIterator[pb.InferResponse]:
+        reader = asyncio.create_task(self._read(requests))
+        try:
+            while (reply := await self._replies.get()) is not None:
+                try:
+                    yield reply
+                finally:
+                    self._limiter.release(self._client)
+            await reader
+        finally:
+            self._closed = True
+            reader.cancel()
+            for item in list(self._items):
+                item.cancel()
+            while not self._replies.empty():
+                if self._replies.get_nowait() is not None:
+                    self._limiter.release(self._client)
+
+    async def _read(self, requests: AsyncIterator[pb.InferRequest | MalformedMessage]) -> None:
+        try:
+            async for request in requests:
+                received = time.perf_counter()
+                await self._limiter.acquire(self._client)
+                item = asyncio.create_task(self._answer(request, received))
+                self._items.add(item)
+                item.add_done_callback(self._item_done)
+            if self._items:
+                await asyncio.gather(*self._items)
+        finally:
+            self._replies.put_nowait(None)
+
+    async def _answer(self, request: pb.InferRequest | MalformedMessage, received: float) -> None:
+        deadline_ms = 0 if isinstance(request, MalformedMessage) else request.deadline_ms
+        timeout_s = deadline_ms / 1000 if deadline_ms else None
+        stream_left = self._context.time_remaining()
+        if stream_left is not None:
+            timeout_s = stream_left if timeout_s is None else min(timeout_s, stream_left)
+        try:
+            reply = await self._servicer._serve(
+                request, self._client, received, received, timeout_s, enforce_deadline=True, slot_held=True
+            )
+        except SplitServeError as exc:
+            code = grpc.StatusCode[exc.status].value[0]
+            reply = pb.InferResponse(
+                request_id=request.request_id[:_MAX_NAME], error=pb.ItemError(code=code, message=exc.message)
+            )
+        if self._closed:  # nobody will send it: give its slot back now
+            self._limiter.release(self._client)
+        else:
+            self._replies.put_nowait(reply)
+
+    def _item_done(self, item: asyncio.Task[None]) -> None:
+        self._items.discard(item)
+        if item.cancelled() or item.exception() is not None:  # it enqueued no reply
+            self._limiter.release(self._client)
+
+
+def _malformed(message: MalformedMessage) -> RequestError:
+    return RequestError(f"the request is not a valid {message.kind} message: {message.error[:200]}")
+
+
+def _top_k(logits: NDArray[Any], k: int) -> tuple[list[int], list[float]]:
+    z = logits.astype(np.float64) - float(np.max(logits))
+    p = np.exp(z)
+    p /= p.sum()
+    order = np.argsort(-p, kind="stable")[:k]
+    return [int(i) for i in order], [float(p[i]) for i in order]
+
+
+def _peer_host(peer: str) -> str:
+    """``ipv4:1.2.3.4:5678`` -> ``ipv4:1.2.3.4``: clients are told apart by host, not connection."""
+    host, sep, port = peer.rpartition(":")
+    return host if sep and port.isdigit() else peer

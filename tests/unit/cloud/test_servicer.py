@@ -1,0 +1,248 @@
+"""The servicer over a real loopback channel with a fake tail backend: deadlines, limits, error mapping."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from splitserve.cloud import TailResult
+from splitserve.cloud._auth import CallInterceptor
+from splitserve.cloud._decode import Decoder
+from splitserve.cloud._metrics import Metrics
+from splitserve.cloud._registry import ModelRegistry, ServedBundle
+from splitserve.cloud.servicer import SplitInferenceServicer, _peer_host, _top_k, add_to_server
+from splitserve.core import codec
+from splitserve.core.bundle import Bundle
+from splitserve.core.errors import ModelNotReadyError, UnavailableError
+from splitserve.protos.v1 import inference_pb2 as pb
+from splitserve.protos.v1 import inference_pb2_grpc as pb_grpc
+
+DEADLINE = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class FakeBackend:
+    """Answers fixed logits after ``delay_s``, or raises ``error``; counts cancelled calls."""
+
+    name = "fake"
+
+    def __init__(self, num_classes: int, delay_s: float = 0.0, error: BaseException | None = None) -> None:
+        self.logits = np.arange(num_classes, dtype=np.float32)
+        self.delay_s = delay_s
+        self.error = error
+        self.cancelled = 0
+
+    async def infer(self, spec, x, timeout_s=None):
+        try:
+            await asyncio.sleep(self.delay_s)
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        if self.error is not None:
+            raise self.error
+        return TailResult(self.logits, 0.0, self.delay_s)
+
+    def queue_delay_s(self, spec):
+        return 0.0
+
+
+def _request(bundle: Bundle, request_id: str = "r", **fields) -> pb.InferRequest:
+    tables = bundle.tables("stem", 0)
+    shape = bundle.manifest.split("stem").latent_shape
+    q = np.zeros(shape, dtype=np.int32)
+    return pb.InferRequest(
+        request_id=request_id,
+        model=bundle.manifest.name,
+        split="stem",
+        level=0,
+        tensor=pb.CompressedTensor(
+            codec="bigrans",
+            codec_version=1,
+            shape=list(shape),
+            data=codec.encode_symbols(q, tables),
+            symbols_crc32=codec.symbols_crc32(q),
+        ),
+        **fields,
+    )
+
+
+Scenario = Callable[[pb_grpc.SplitInferenceStub, FakeBackend, Metrics, grpc.aio.Channel], Awaitable[None]]
+
+
+def _run(test_bundle: Path, backend_kwargs: dict, scenario: Scenario, limit: int = 64) -> None:
+    async def main() -> None:
+        bundle = Bundle.open(test_bundle)
+        registry = ModelRegistry()
+        registry.add(ServedBundle.from_bundle(bundle))
+        backend = FakeBackend(len(bundle.manifest.classes), **backend_kwargs)
+        metrics = Metrics()
+        servicer = SplitInferenceServicer(
+            registry, backend, Decoder("inline", 1, metrics), metrics, max_inflight_per_client=limit
+        )
+        server = grpc.aio.server(interceptors=[CallInterceptor()])
+        add_to_server(servicer, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                await scenario(pb_grpc.SplitInferenceStub(channel), backend, metrics, channel)
+            for _ in range(200):  # every slot is given back once the calls are over
+                if not servicer._limiter._inflight and not servicer._limiter._waiters:
+                    break
+                await asyncio.sleep(0.01)
+            assert servicer._limiter._inflight == {} and servicer._limiter._waiters == {}
+        finally:
+            await server.stop(0)
+            bundle.close()
+
+    asyncio.run(main())
+
+
+def _count(metrics: Metrics, status: str) -> float:
+    value = metrics.registry.get_sample_value(
+        "splitserve_requests_total",
+        {"model": "fmnist_resnet", "version": "1", "split": "stem", "level": "0", "status": status},
+    )
+    return value or 0.0
+
+
+def _bundle_requests(test_bundle: Path, n: int, **fields) -> list[pb.InferRequest]:
+    bundle = Bundle.open(test_bundle)
+    try:
+        return [_request(bundle, f"r{i}", **fields) for i in range(n)]
+    finally:
+        bundle.close()
+
+
+def test_unary_deadline_cancels_the_work_and_counts_deadline_exceeded(test_bundle):
+    (request,) = _bundle_requests(test_bundle, 1)
+
+    async def scenario(stub, backend, metrics, channel):
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.Infer(request, timeout=0.2)
+        assert info.value.code() == DEADLINE
+        await asyncio.sleep(0.1)
+        assert backend.cancelled == 1
+        assert _count(metrics, "DEADLINE_EXCEEDED") == 1
+        assert metrics.registry.get_sample_value("splitserve_inflight_requests") == 0
+
+    _run(test_bundle, {"delay_s": 2.0}, scenario)
+
+
+def test_stream_item_deadline_is_honoured_per_item(test_bundle):
+    fast, slow = _bundle_requests(test_bundle, 2)
+    slow.deadline_ms = 100
+
+    async def scenario(stub, backend, metrics, channel):
+        backend.delay_s = 0.4
+        replies = [r async for r in stub.InferStream(iter([fast, slow]), timeout=10)]
+        by_id = {r.request_id: r for r in replies}
+        assert by_id["r1"].error.code == DEADLINE.value[0]
+        assert "deadline of 100.0 ms exceeded" in by_id["r1"].error.message
+        assert not by_id["r0"].HasField("error") and list(by_id["r0"].classes)[:1] == [9]
+
+    _run(test_bundle, {}, scenario)
+
+
+def test_per_client_concurrency_limit(test_bundle):
+    requests = _bundle_requests(test_bundle, 5)
+
+    async def scenario(stub, backend, metrics, channel):
+        calls = [stub.Infer(r, timeout=10) for r in requests]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        errors = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+        assert len(errors) == 3
+        assert {e.code() for e in errors} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
+        assert "the limit is 2" in errors[0].details()
+        backend.delay_s = 0.0
+        assert len((await stub.Infer(requests[0], timeout=10)).classes) == 5  # slots were given back
+
+    _run(test_bundle, {"delay_s": 1.0}, scenario, limit=2)
+
+
+def test_streams_wait_for_free_slots_instead_of_refusing_items(test_bundle):
+    requests = _bundle_requests(test_bundle, 12)
+
+    async def scenario(stub, backend, metrics, channel):
+        replies = [r async for r in stub.InferStream(iter(requests), timeout=10)]
+        assert sorted(r.request_id for r in replies) == sorted(r.request_id for r in requests)
+        assert not any(r.HasField("error") for r in replies)
+
+    _run(test_bundle, {"delay_s": 0.05}, scenario, limit=2)
+
+
+def test_a_stream_cancelled_midway_gives_back_every_slot(test_bundle):
+    requests = _bundle_requests(test_bundle, 40)
+
+    async def scenario(stub, backend, metrics, channel):
+        call = stub.InferStream(iter(requests), timeout=10)
+        await call.read()
+        call.cancel()
+        await asyncio.sleep(0.3)
+        replies = await asyncio.gather(*(stub.Infer(r, timeout=10) for r in requests[:3]))
+        assert [r.request_id for r in replies] == ["r0", "r1", "r2"]
+
+    _run(test_bundle, {"delay_s": 0.02}, scenario, limit=3)
+
+
+def test_bytes_that_are_not_a_message_are_invalid_argument(test_bundle):
+    garbage = b"\x0a\xff\xff\xff\x0f"  # field 1 with a length far beyond the message
+
+    async def scenario(stub, backend, metrics, channel):
+        infer = channel.unary_unary("/splitserve.v1.SplitInference/Infer")
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await infer(garbage, timeout=10)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "not a valid InferRequest message" in info.value.details()
+        stream = channel.stream_stream("/splitserve.v1.SplitInference/InferStream")
+        (reply,) = [pb.InferResponse.FromString(r) async for r in stream(iter([garbage]), timeout=10)]
+        assert reply.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+        listing = channel.unary_unary("/splitserve.v1.SplitInference/ListModels")
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await listing(garbage, timeout=10)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+    _run(test_bundle, {}, scenario)
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "text"),
+    [
+        (UnavailableError("triton down"), grpc.StatusCode.UNAVAILABLE, "triton down"),
+        (ModelNotReadyError("not loaded"), grpc.StatusCode.UNAVAILABLE, "not loaded"),
+        (RuntimeError("boom"), grpc.StatusCode.INTERNAL, "internal error: RuntimeError"),
+    ],
+)
+def test_backend_failures_map_to_their_status_and_the_server_keeps_serving(test_bundle, error, code, text):
+    (request,) = _bundle_requests(test_bundle, 1)
+
+    async def scenario(stub, backend, metrics, channel):
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.Infer(request, timeout=10)
+        assert info.value.code() == code and text in info.value.details()
+        backend.error = None
+        assert (await stub.Infer(request, timeout=10)).request_id == "r0"
+
+    _run(test_bundle, {"error": error}, scenario)
+
+
+def test_top_k_is_softmax_ordered():
+    classes, scores = _top_k(np.array([0.0, 3.0, 1.0, 3.0], dtype=np.float32), 3)
+    assert classes == [1, 3, 2]
+    assert scores[0] == pytest.approx(scores[1]) and scores[1] > scores[2]
+    assert sum(_top_k(np.zeros(4, np.float32), 4)[1]) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    ("peer", "host"),
+    [
+        ("ipv4:127.0.0.1:5678", "ipv4:127.0.0.1"),
+        ("ipv6:[::1]:80", "ipv6:[::1]"),
+        ("unix:/tmp/s", "unix:/tmp/s"),
+    ],
+)
+def test_clients_are_told_apart_by_host(peer, host):
+    assert _peer_host(peer) == host
