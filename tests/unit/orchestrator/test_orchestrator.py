@@ -1,0 +1,192 @@
+"""The Orchestrator API as the edge client drives it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from splitserve.core.bundle import Manifest
+from splitserve.core.errors import ConfigError
+from splitserve.orchestrator import (
+    DeviceLatency,
+    Observation,
+    Orchestrator,
+    OrchestratorConfig,
+    ProbeResult,
+    ServerTimings,
+    SplitDecision,
+    options_from_manifest,
+)
+
+FRAMING = 100
+
+
+def make(
+    manifest: Manifest, device: DeviceLatency, clock: Callable[[], float], **kwargs: object
+) -> Orchestrator:
+    cfg = OrchestratorConfig(framing_bytes=FRAMING, prior_rtt_ms=20.0)
+    return Orchestrator.from_manifest(manifest, device, config=cfg, clock=clock, **kwargs)
+
+
+def serve(
+    orch: Orchestrator,
+    clock: object,
+    *,
+    bps: float,
+    rtt_ms: float = 20.0,
+    queue_ms: float = 0.0,
+    server_ms: float | Callable[[str], float] = 3.0,
+    deadline_ms: float | None = None,
+    device_factor: float = 1.0,
+) -> SplitDecision:
+    """One request on a link of ``bps``: decide, answer a ping if asked, observe."""
+    d = orch.decide(deadline_ms=deadline_ms)
+    server_ms = server_ms(d.option_id) if callable(server_ms) else server_ms
+    if d.probe_bytes == 0:
+        orch.observe_probe(ProbeResult(0, rtt_ms))
+    elif d.probe_bytes:
+        orch.observe_probe(ProbeResult(d.probe_bytes, rtt_ms + 8000.0 * d.probe_bytes / bps))
+    device = orch._device.measured_ms[d.option_id] * device_factor  # what the device really took
+    if d.kind == "local":
+        orch.observe(Observation(d.option_id, device_ms=device))
+    else:
+        payload = int(orch._payload[orch._index[d.option_id]])
+        wire = payload + FRAMING
+        timings = ServerTimings(
+            decode_ms=0.5,
+            queue_ms=queue_ms,
+            tail_ms=server_ms - 0.5,
+            total_ms=queue_ms + server_ms,
+            queue_delay_ms=queue_ms,
+        )
+        rtt = rtt_ms + 8000.0 * wire / bps + queue_ms + server_ms
+        orch.observe(Observation(d.option_id, device, payload, wire, rtt, timings))
+    clock.t += 0.1  # type: ignore[attr-defined]
+    return d
+
+
+class TestOptions:
+    def test_every_split_level_plus_local_and_offload(self, manifest: Manifest) -> None:
+        opts = options_from_manifest(manifest)
+        assert [o.id for o in opts] == ["early@0", "early@1", "late@0", "local", "offload"]
+        offload = opts[-1]
+        assert offload.split == "input" and offload.payload_bytes == 500.0 and offload.tail_share == 1.0
+        assert opts[0].tail_share == pytest.approx(0.8) and opts[3].payload_bytes == 0.0
+
+    def test_missing_head_measurement(self, manifest: Manifest, clock: Callable[[], float]) -> None:
+        with pytest.raises(ConfigError, match="late"):
+            make(manifest, DeviceLatency(head_ms={"early": 10.0}, local_ms=60.0, offload_ms=1.0), clock)
+
+
+class TestDecide:
+    def test_first_decision_asks_for_a_ping(self, manifest: Manifest, device: DeviceLatency, clock) -> None:
+        d = make(manifest, device, clock).decide()
+        assert d.probe_bytes == 0 and d.reason and d.expected_latency_ms > 0
+
+    def test_fast_link_offloads_slow_link_splits_dead_link_runs_locally(
+        self, manifest: Manifest, device: DeviceLatency, clock
+    ) -> None:
+        orch = make(manifest, device, clock)
+        for _ in range(10):
+            d = serve(orch, clock, bps=5e6)
+        assert d.kind == "offload" and d.split == "input"
+        for _ in range(5):
+            d = serve(orch, clock, bps=100e3)
+        assert (d.kind, d.split) == ("split", "early")
+        orch.observe(Observation(d.option_id, 10.0, 50, 150, 250.0, failed=True))
+        d = orch.decide()
+        assert d.kind == "local" and d.split is None and d.level is None
+
+    def test_accuracy_floor(self, manifest: Manifest, device: DeviceLatency, clock) -> None:
+        orch = make(manifest, device, clock, accuracy_floor=0.919)
+        for _ in range(5):
+            d = serve(orch, clock, bps=100e3)
+        assert d.expected_accuracy >= 0.919
+
+    def test_deadline_reaches_the_policy(self, manifest: Manifest, device: DeviceLatency, clock) -> None:
+        orch = make(manifest, device, clock, policy="max_accuracy")
+        for _ in range(5):
+            d = serve(orch, clock, bps=100e3, deadline_ms=500.0)
+        assert d.kind == "offload"  # most accurate, 500-byte image fits 500 ms
+        for _ in range(3):
+            d = serve(orch, clock, bps=100e3, deadline_ms=45.0)
+        assert d.expected_latency_ms <= 45.0 and d.kind == "split"
+
+    def test_unknown_option(self, manifest: Manifest, device: DeviceLatency, clock) -> None:
+        with pytest.raises(ConfigError, match="unknown option"):
+            make(manifest, device, clock).observe(Observation("nope", 1.0))
+
+
+class TestLoad:
+    def test_endpoint_queueing_shifts_work_to_the_device(
+        self, manifest: Manifest, device: DeviceLatency, clock
+    ) -> None:
+        orch = make(manifest, device, clock)
+        for _ in range(10):
+            d = serve(orch, clock, bps=5e6)
+        assert d.kind == "offload"
+        for _ in range(5):
+            d = serve(orch, clock, bps=5e6, queue_ms=80.0)
+        assert d.kind == "local"
+        assert orch.estimates().queue_ms > 50.0
+
+    def test_slow_endpoint_prefers_smaller_tails(self, manifest: Manifest, clock) -> None:
+        device = DeviceLatency(head_ms={"early": 10.0, "late": 15.0}, local_ms=200.0, offload_ms=1.0)
+        orch = make(
+            manifest, device, clock, server_ms={"early@0": 4.0, "early@1": 4.0, "late@0": 1.5, "offload": 5.0}
+        )
+        priors = orch._server.prior_ms
+        for _ in range(10):
+            d = serve(orch, clock, bps=5e6, server_ms=priors.__getitem__)
+        assert d.kind == "offload"
+        for _ in range(6):
+            d = serve(orch, clock, bps=5e6, server_ms=lambda oid: 10 * priors[oid])
+        assert d.split == "late"  # a tenfold slower endpoint hurts the biggest tail most
+        assert orch.estimates().server_slowdown > 5
+
+    def test_device_refresh(self, manifest: Manifest, device: DeviceLatency, clock) -> None:
+        orch = make(manifest, device, clock)
+        orch.update_device(DeviceLatency(head_ms={"early": 1.0, "late": 2.0}, local_ms=3.0, offload_ms=1.0))
+        assert orch.estimates().expected_ms["local"] == pytest.approx(3.0)
+        assert orch.decide().kind == "local"
+
+    def test_busy_device_shifts_work_to_the_endpoint(
+        self, manifest: Manifest, device: DeviceLatency, clock
+    ) -> None:
+        orch = make(manifest, device, clock)
+        for _ in range(5):
+            serve(orch, clock, bps=100e3)
+        quiet = orch.estimates().expected_ms["local"]
+        for _ in range(5):
+            serve(orch, clock, bps=100e3, device_factor=3.0)
+        assert orch.estimates().device_slowdown > 2.0
+        assert orch.estimates().expected_ms["local"] > 2 * quiet
+
+
+class TestProbing:
+    def test_local_runs_probe_the_link_and_return_when_it_recovers(
+        self, manifest: Manifest, device: DeviceLatency, clock
+    ) -> None:
+        orch = make(manifest, device, clock)
+        serve(orch, clock, bps=5e6)
+        d = orch.decide()
+        orch.observe(Observation(d.option_id, 1.0, 500, 600, 250.0, failed=True))
+        clock.t += 1.0
+        d = orch.decide()
+        assert d.kind == "local" and d.probe_bytes and d.probe_bytes > 0
+        assert orch.decide().probe_bytes is None  # one probe at a time
+        orch.observe_probe(ProbeResult(d.probe_bytes, 25.0))
+        assert orch.estimates().link_up
+        assert orch.decide().kind != "local"
+
+    def test_a_late_reply_counts_before_it_arrives(
+        self, manifest: Manifest, device: DeviceLatency, clock
+    ) -> None:
+        orch = make(manifest, device, clock)
+        for _ in range(5):
+            d = serve(orch, clock, bps=5e6)
+        assert d.kind == "offload"
+        orch.decide()  # sent, no reply yet
+        clock.t += 0.2
+        d = orch.decide()
+        assert d.kind == "local" and orch.estimates().expected_ms["offload"] > 150.0
