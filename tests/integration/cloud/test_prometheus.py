@@ -23,6 +23,8 @@ def _get(url: str) -> tuple[int, str]:
             return r.status, r.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
+    except (urllib.error.URLError, ConnectionError) as exc:  # not listening (yet)
+        return 0, str(exc)
 
 
 @pytest.fixture
@@ -45,8 +47,14 @@ def prometheus(tmp_path, embedded_endpoint, cloud_helpers):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    base = f"http://127.0.0.1:{port}"
     try:
-        yield f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while _get(f"{base}/-/ready")[0] != 200:
+            assert proc.poll() is None, f"prometheus exited with code {proc.returncode}"
+            assert time.monotonic() < deadline, "prometheus did not become ready within 60 s"
+            time.sleep(0.2)
+        yield base
     finally:
         proc.terminate()
         try:
