@@ -632,6 +632,7 @@ def run(
     config: SimConfig | None = None,
     seed: int = 0,
     traces: Sequence[str] | None = None,
+    device_factor: float = 1.0,
     live_runner: LiveRunner | None = None,
     live_traces: Sequence[str] = ("step", "on_off"),
     live_duration_s: float = 60.0,
@@ -649,6 +650,8 @@ def run(
         config: simulation settings (interval, deadline, timeout, accuracy floor).
         seed: seed of the random traces.
         traces: names of the traces to simulate (``None``: the whole set).
+        device_factor: scale every device time of the profile (a workstation standing in for a slower
+            device); recorded in the report.
         live_runner: endpoint + client for the live harness; ``None`` uses :class:`EmulatedRunner`.
         live_traces: names of the traces to run live.
         live_duration_s: each live trace is compressed to this duration.
@@ -667,12 +670,17 @@ def run(
             f"WARNING: no profile given; using the EXAMPLE profile {profile_path} (illustrative numbers, "
             "not measurements): pass a profile built from the real bundle and measured latencies."
         )
-    profile = Profile.load(profile_path)
+    profile = Profile.load(profile_path).with_device_factor(device_factor)
     cfg = dataclasses.replace(config or SimConfig(), seed=seed)
     chosen = [t for t in trace_set(seed) if traces is None or t.name in traces]
     report: dict[str, Any] = {
         "benchmark": "adaptation",
-        "profile": {"path": str(profile_path), "name": profile.name, "example": profile.example},
+        "profile": {
+            "path": str(profile_path),
+            "name": profile.name,
+            "example": profile.example,
+            "device_factor": device_factor,
+        },
         "config": {**dataclasses.asdict(cfg), "orchestrators": ORCHESTRATORS},
         "rules": RULES,
         "targets": TARGETS,
@@ -735,7 +743,9 @@ def _run_live(
     fixed_ids = list(profile.ids if fixed is None else fixed)
     floor = cfg.accuracy_floor - 1e-9
     if not any(profile.entry(oid).option.accuracy >= floor for oid in fixed_ids):
-        raise ValueError(f"live_fixed {fixed_ids} has no option meeting the accuracy floor {cfg.accuracy_floor}")
+        raise ValueError(
+            f"live_fixed {fixed_ids} has no option meeting the accuracy floor {cfg.accuracy_floor}"
+        )
     started = time.perf_counter()
     for trace in traces:
         if trace.name not in names:
@@ -788,6 +798,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--live", action="store_true", help="also run the live harness (root)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--traces", default=None, help="comma-separated trace names to simulate (default: all)")
+    p.add_argument("--device-factor", type=float, default=1.0, help="scale the profile's device times")
     p.add_argument("--live-traces", default="step,on_off")
     p.add_argument("--live-duration", type=float, default=60.0)
     p.add_argument("--live-fixed", default=None, help="comma-separated option ids (default: all)")
@@ -799,6 +810,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         a.live,
         seed=a.seed,
         traces=a.traces.split(",") if a.traces else None,
+        device_factor=a.device_factor,
         live_traces=a.live_traces.split(","),
         live_duration_s=a.live_duration,
         plots=not a.no_plots,

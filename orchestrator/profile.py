@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +141,26 @@ class Profile:
             entries=tuple(entries),
             framing_bytes=framing_bytes,
             description=description,
+        )
+
+    def with_device_factor(self, factor: float) -> Profile:
+        """The same profile on a device ``factor`` times slower (every device time scaled).
+
+        For a profile measured on a fast workstation standing in for a slower edge device; the factor is
+        recorded in the name and description.
+
+        Raises:
+            ValueError: ``factor`` is not positive.
+        """
+        if factor <= 0:
+            raise ValueError(f"device factor must be positive, got {factor}")
+        if factor == 1.0:
+            return self
+        return replace(
+            self,
+            name=f"{self.name} (device x{factor:g})",
+            entries=tuple(replace(e, device_ms=e.device_ms * factor) for e in self.entries),
+            description=f"{self.description} Device times scaled by {factor:g}.".strip(),
         )
 
     def to_dict(self) -> dict[str, Any]:

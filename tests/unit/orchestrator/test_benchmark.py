@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from benchmarks.adaptation import run
+import pytest
+from splitserve.benchmarks.adaptation import run
 from splitserve.orchestrator import example_profile_path
 
 
@@ -18,6 +19,7 @@ def test_sim_report_layout_and_plot(tmp_path: Path) -> None:
         "path": str(example_profile_path()),
         "name": report["profile"]["name"],
         "example": True,
+        "device_factor": 1.0,
     }
     (entry,) = saved["traces"]
     assert entry["name"] == "step" and entry["mode"] == "sim" and entry["variable"] is True
@@ -32,9 +34,9 @@ def test_sim_report_layout_and_plot(tmp_path: Path) -> None:
     assert (tmp_path / "adaptation_sim_step.png").stat().st_size > 10_000
 
 
-def test_live_needs_a_reachable_lab_or_says_why(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+def test_live_needs_a_reachable_lab_or_says_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(
-        "benchmarks.adaptation.unavailable_reason", lambda: "network namespaces and tc need root"
+        "splitserve.benchmarks.adaptation.unavailable_reason", lambda: "network namespaces and tc need root"
     )
     report = run(
         tmp_path, example_profile_path(), live=True, traces=("constant",), plots=False, log=lambda _: None

@@ -66,6 +66,12 @@ class TestProfile:
         with pytest.raises(ConfigError, match="no server time"):
             Profile.from_manifest(manifest, device, {"offload": 4.0}, framing_bytes=120.0)
 
+    def test_device_factor(self, example: Profile) -> None:
+        slow = example.with_device_factor(3.0)
+        assert slow.entry("local").device_ms == 3 * example.entry("local").device_ms
+        assert slow.entry("offload").server_ms == example.entry("offload").server_ms
+        assert "x3" in slow.name and example.with_device_factor(1.0) is example
+
     def test_rejects_malformed(self, tmp_path: Path) -> None:
         (tmp_path / "bad.json").write_text('{"format": "other"}')
         with pytest.raises(ConfigError, match="not a splitserve profile"):
