@@ -32,25 +32,12 @@ from tqdm.auto import tqdm
 from splitserve.core import codec
 from splitserve.core.bundle import Bundle
 from splitserve.core.datasets import load_fashion_mnist
+from splitserve.models.export import ort_session, run_batched
 
 __all__ = ["run"]
 
 WEBP_QUALITIES = (5, 10, 25, 50, 75, 90)
 JPEG_QUALITIES = (5, 10, 25, 50, 75, 90)
-
-
-def _session(path: Path, threads: int = 0) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if threads:
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
-def _run(sess: ort.InferenceSession, x: np.ndarray, batch: int = 500) -> np.ndarray:
-    name = sess.get_inputs()[0].name
-    return np.concatenate([sess.run(None, {name: x[i : i + batch]})[0] for i in range(0, len(x), batch)])
 
 
 def _median_ms(sess: ort.InferenceSession, x: np.ndarray, repeats: int = 200) -> float:
@@ -107,8 +94,8 @@ def run(recipe: str, out_dir: Path, *, progress: bool = True) -> dict[str, Any]:
     images, labels = load_fashion_mnist("test")
     n = min(RECIPES[recipe].eval_size, len(labels))
     images, labels = images[:n], labels[:n]
-    full = _session(bundle.path(m.local["fp32"]))
-    ref_pred = _run(full, images).argmax(1)
+    full = ort_session(bundle.path(m.local["fp32"]))
+    ref_pred = run_batched(full, images).argmax(1)
     unsplit_acc = float((ref_pred == labels).mean())
     teacher, _ = trained_backbone(RECIPES[recipe])
 
@@ -118,15 +105,15 @@ def run(recipe: str, out_dir: Path, *, progress: bool = True) -> dict[str, Any]:
     baselines: list[dict[str, Any]] = []
     bar = tqdm(total=len(m.splits) * 2 + 3, desc="rate-accuracy", unit="step", disable=not progress)
     for s in m.splits:
-        tail = _session(bundle.path(s.tail_onnx))
+        tail = ort_session(bundle.path(s.tail_onnx))
         for int8 in (True, False):
             head_path = bundle.path(s.head_int8 if int8 else s.head_fp32)
-            y = _run(_session(head_path), images)
+            y = run_batched(ort_session(head_path), images)
             for lv in s.levels:
                 tables = bundle.tables(s.name, lv.level)
                 q = np.stack([codec.quantize(v, tables) for v in y])
                 nbytes = np.array([len(codec.encode_symbols(v, tables)) for v in q])
-                pred = _run(tail, np.stack([codec.dequantize(v, tables) for v in q])).argmax(1)
+                pred = run_batched(tail, np.stack([codec.dequantize(v, tables) for v in q])).argmax(1)
                 points.append(
                     {
                         "split": s.name,
@@ -145,8 +132,8 @@ def run(recipe: str, out_dir: Path, *, progress: bool = True) -> dict[str, Any]:
                          "predicted_bytes": float(predicted), "ratio": float(nbytes.sum() / predicted)}
                     )
             bar.update()
-        fp32_ms = _median_ms(_session(bundle.path(s.head_fp32), threads=1), images)
-        int8_ms = _median_ms(_session(bundle.path(s.head_int8), threads=1), images)
+        fp32_ms = _median_ms(ort_session(bundle.path(s.head_fp32), threads=1), images)
+        int8_ms = _median_ms(ort_session(bundle.path(s.head_int8), threads=1), images)
         heads.append({"split": s.name, "fp32_ms": fp32_ms, "int8_ms": int8_ms, "speedup": fp32_ms / int8_ms})
         with torch.no_grad():
             feats = np.concatenate(
@@ -167,10 +154,10 @@ def run(recipe: str, out_dir: Path, *, progress: bool = True) -> dict[str, Any]:
     codecs += [(f"jpeg-q{q}", "JPEG", {"quality": q}) for q in JPEG_QUALITIES]
     for name, fmt, params in codecs:
         nbytes_c, decoded = _image_codec(images, fmt, **params)
-        acc = float((_run(full, decoded).argmax(1) == labels).mean())
+        acc = float((run_batched(full, decoded).argmax(1) == labels).mean())
         baselines.append({"name": name, "bytes_per_sample": nbytes_c, "accuracy": acc})
     bar.update()
-    local_acc = float((_run(_session(bundle.path(m.local["int8"])), images).argmax(1) == labels).mean())
+    local_acc = float((run_batched(ort_session(bundle.path(m.local["int8"])), images).argmax(1) == labels).mean())
     baselines.append({"name": "local-only (int8 whole model)", "bytes_per_sample": 0.0, "accuracy": local_acc})
     bar.update()
 

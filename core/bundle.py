@@ -24,7 +24,6 @@ import shutil
 import tarfile
 import tempfile
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -214,10 +213,6 @@ class Bundle:
             info = self.manifest.split(split).level(level)
             self._tables[key] = EntropyTables.load(self.path(info.tables))
         return self._tables[key]
-
-    @cached_property
-    def key(self) -> tuple[str, str]:
-        return (self.manifest.name, self.manifest.version)
 
     def close(self) -> None:
         if self._tmp is not None:

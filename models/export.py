@@ -36,7 +36,7 @@ from splitserve.core.bundle import (
 from ._split import SplitBackbone, count_macs
 from .split_model import SplitModel
 
-__all__ = ["EvalData", "export_bundle", "export_onnx", "quantize_int8", "triton_config"]
+__all__ = ["EvalData", "export_bundle", "export_onnx", "ort_session", "quantize_int8", "run_batched", "triton_config"]
 
 MAX_BATCH = 64
 
@@ -117,13 +117,18 @@ def triton_config(name: str, backend: str, inp: tuple[str, str, tuple[int, ...]]
     )
 
 
-def _session(path: Path) -> ort.InferenceSession:
+def ort_session(path: Path, threads: int = 0) -> ort.InferenceSession:
+    """A quiet CPU ONNX Runtime session; ``threads`` > 0 pins intra-op threads (for timing)."""
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def _run(sess: ort.InferenceSession, x: np.ndarray, batch: int = 500) -> np.ndarray:
+def run_batched(sess: ort.InferenceSession, x: np.ndarray, batch: int = 500) -> np.ndarray:
+    """Run ``sess`` on ``x`` in batches and concatenate the first output."""
     name = sess.get_inputs()[0].name
     return np.concatenate([sess.run(None, {name: x[i : i + batch]})[0] for i in range(0, len(x), batch)])
 
@@ -198,10 +203,10 @@ def _write_bundle(
     bar.update()
     full_model = f"{name}_full"
     add_triton(full_model, full_fp32, ("image", "TYPE_UINT8", cfg.input_shape), ("logits", "TYPE_FP32", (n_cls,)))
-    ref_logits = _run(_session(full_fp32), data.images)
+    ref_logits = run_batched(ort_session(full_fp32), data.images)
     ref_pred = ref_logits.argmax(1)
     unsplit_acc = float((ref_pred == data.labels).mean())
-    local_int8_acc = float((_run(_session(full_int8), data.images).argmax(1) == data.labels).mean())
+    local_int8_acc = float((run_batched(ort_session(full_int8), data.images).argmax(1) == data.labels).mean())
     png_bytes = float(np.mean([_png_bytes(im) for im in data.images]))
     bar.update()
 
@@ -223,8 +228,11 @@ def _write_bundle(
         tail_onnx = f"triton/onnxruntime/{tail_model}/1/model.onnx"
         bar.update()
 
-        y = {"int8": _run(_session(head_int8), data.images), "fp32": _run(_session(head_fp32), data.images)}
-        tail_sess = _session(root / tail_onnx)
+        y = {
+            "int8": run_batched(ort_session(head_int8), data.images),
+            "fp32": run_batched(ort_session(head_fp32), data.images),
+        }
+        tail_sess = ort_session(root / tail_onnx)
         bar.update()
         levels = []
         for level in range(sm.codec.num_levels):
@@ -234,7 +242,7 @@ def _write_bundle(
             figures = {}
             for kind, lat in y.items():
                 q = np.stack([codec.quantize(v, tables) for v in lat])
-                pred = _run(tail_sess, np.stack([codec.dequantize(v, tables) for v in q])).argmax(1)
+                pred = run_batched(tail_sess, np.stack([codec.dequantize(v, tables) for v in q])).argmax(1)
                 figures[kind] = (float((pred == data.labels).mean()), float((pred == ref_pred).mean()))
                 if kind == "int8":
                     nbytes = float(np.mean([len(codec.encode_symbols(v, tables)) for v in q]))
