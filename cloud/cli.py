@@ -59,6 +59,9 @@ def cloud() -> None:
 @click.option("--decode-inline-max-symbols", type=int, help="auto: largest latent decoded inline [2048].")
 @click.option("--embedded-threads", type=int, help="Concurrent ONNX Runtime batches per tail (embedded) [1].")
 @click.option("--grace-s", type=float, help="Seconds in-flight requests get on SIGTERM [10].")
+@click.option(
+    "--metrics-linger-s", type=float, help="Seconds /metrics stays up after the drain (final scrape) [0]."
+)
 @click.option("--log-level", help="Logging level [INFO].")
 def serve(bundles: tuple[str, ...], **flags: object) -> None:
     """Serve bundles over gRPC until SIGTERM (drains in-flight requests first); SIGHUP reloads them.

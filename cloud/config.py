@@ -26,6 +26,9 @@ variable                                    field                      default
 ``SPLITSERVE_CLOUD_EMBEDDED_THREADS``       ``embedded_threads``       ``1`` (ONNX Runtime batches run at
                                                                        once per tail, embedded backend)
 ``SPLITSERVE_CLOUD_GRACE_S``                ``grace_s``                ``10`` (drain time on SIGTERM)
+``SPLITSERVE_CLOUD_METRICS_LINGER_S``       ``metrics_linger_s``       ``0`` (``/metrics`` stays up this long
+                                                                       after the drain: the final counts
+                                                                       get scraped)
 ``SPLITSERVE_CLOUD_LOG_LEVEL``              ``log_level``              ``INFO``
 ==========================================  =========================  =====================================
 """
@@ -71,6 +74,9 @@ class CloudConfig:
         decode_inline_max_symbols: with ``auto``, the largest latent (in symbols) decoded inline.
         embedded_threads: ONNX Runtime batches of one tail that may run at once (embedded backend).
         grace_s: seconds in-flight requests get to finish when the server stops.
+        metrics_linger_s: seconds ``/metrics`` keeps answering after the drain, before the server exits;
+            set it above the Prometheus scrape interval so that the requests served since the last
+            scrape are not lost with the process.
         log_level: logging level name.
     """
 
@@ -90,6 +96,7 @@ class CloudConfig:
     decode_inline_max_symbols: int = 2048
     embedded_threads: int = 1
     grace_s: float = 10.0
+    metrics_linger_s: float = 0.0
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
@@ -116,6 +123,8 @@ class CloudConfig:
             raise ConfigError(f"embedded_threads {self.embedded_threads} must be >= 1")
         if self.grace_s < 0:
             raise ConfigError(f"grace_s {self.grace_s} must be >= 0")
+        if self.metrics_linger_s < 0:
+            raise ConfigError(f"metrics_linger_s {self.metrics_linger_s} must be >= 0")
         if not isinstance(logging.getLevelName(self.log_level.upper()), int):
             raise ConfigError(f"log_level {self.log_level!r} is not a logging level")
 

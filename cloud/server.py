@@ -12,7 +12,8 @@
 
 :func:`serve` runs one until SIGTERM or SIGINT, then drains: health turns NOT_SERVING, new calls are
 refused, in-flight calls get ``grace_s`` to finish, and the backend (and any tritonserver it started),
-the decode workers and the HTTP server are stopped before it returns. SIGHUP re-reads the configured
+the decode workers and, ``metrics_linger_s`` later (so that the final counts get scraped), the HTTP
+server are stopped before it returns. SIGHUP re-reads the configured
 bundle paths: new (name, version) pairs are loaded and published, vanished ones are unpublished,
 drained and unloaded, without dropping traffic.
 """
@@ -150,6 +151,8 @@ class CloudServer:
         await self.backend.close()
         await asyncio.get_running_loop().run_in_executor(None, self._decoder.close)
         if self._http is not None:
+            if self.config.metrics_linger_s > 0:  # every count is final now: let Prometheus scrape it
+                await asyncio.sleep(self.config.metrics_linger_s)
             self._http.close()
         for served in list(self.registry):
             served.bundle.close()

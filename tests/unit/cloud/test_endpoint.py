@@ -90,3 +90,47 @@ def test_metrics_http_server_paths():
         assert _get(f"{base}/other")[0] == 404
     finally:
         http.close()
+
+
+def test_metrics_outlive_the_drain_by_the_linger(test_bundle):
+    """Regression (soak): the counts of the last scrape interval were lost with a stopping endpoint."""
+    import asyncio
+    import time
+
+    import grpc
+    from splitserve.cloud import CloudConfig, create_server
+    from splitserve.protos.v1 import inference_pb2 as pb
+    from splitserve.protos.v1 import inference_pb2_grpc as pb_grpc
+
+    async def main() -> None:
+        config = CloudConfig(
+            bundles=(str(test_bundle),), address="127.0.0.1:0", metrics_host="127.0.0.1", metrics_port=0,
+            grace_s=0.1, metrics_linger_s=1.5,
+        )
+        server, port = await create_server(config)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            with pytest.raises(grpc.aio.AioRpcError):
+                await pb_grpc.SplitInferenceStub(channel).Infer(pb.InferRequest(model="nope"), timeout=10)
+        base = f"http://127.0.0.1:{server.metrics_port}"
+        loop = asyncio.get_running_loop()
+        stop = asyncio.create_task(server.stop())
+        await asyncio.sleep(0.6)  # drained (grace 0.1 s), lingering
+        assert not stop.done()
+        status, text = await loop.run_in_executor(None, _get, f"{base}/metrics")
+        assert status == 200 and 'status="NOT_FOUND"' in text
+        assert (await loop.run_in_executor(None, _get, f"{base}/readyz"))[0] == 503
+        t0 = time.monotonic()
+        await stop
+        assert time.monotonic() - t0 < 5.0
+        with pytest.raises(urllib.error.URLError):
+            _get(f"{base}/healthz")
+
+    asyncio.run(main())
+
+
+def test_metrics_linger_must_not_be_negative():
+    from splitserve.cloud import CloudConfig
+
+    with pytest.raises(ConfigError, match="metrics_linger_s"):
+        CloudConfig(metrics_linger_s=-1)
+    assert CloudConfig.from_env({"SPLITSERVE_CLOUD_METRICS_LINGER_S": "2.5"}).metrics_linger_s == 2.5
