@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .codec import EntropyTables
+from .codec import CODEC_NAME, CODEC_VERSION, EntropyTables
 from .errors import BundleError, IntegrityError, UnknownModelError
 
 __all__ = [
@@ -197,6 +197,12 @@ class Bundle:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise BundleError(f"{manifest_path} is not valid JSON: {exc}") from exc
         manifest = Manifest.from_dict(raw)
+        coded = manifest.extra.get("codec", {})
+        if coded and (coded.get("name"), coded.get("version")) != (CODEC_NAME, CODEC_VERSION):
+            raise BundleError(
+                f"bundle {path} codes latents with {coded.get('name')} v{coded.get('version')}; this build speaks "
+                f"{CODEC_NAME} v{CODEC_VERSION}: re-export it with `splitserve export`"
+            )
         if verify:
             _verify_files(root, manifest.files)
         return cls(root, manifest, _tmp=tmp)

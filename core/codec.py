@@ -13,6 +13,11 @@ information content plus less than one byte::
     encode (symbols in reverse):  x <- (x // f[s]) * M + cdf[s] + x % f[s]      (start x = 1)
     decode (symbols in order):    slot = x % M;  s = bin of slot;  x <- f[s] * (x // M) + slot - cdf[s]
 
+While ``x < f[s]`` a symbol costs ``log2(cdf[s] + x)`` bits rather than its information content, so the
+coder lays each channel's bins out in order of falling frequency (version 2): the most likely value
+sits at ``cdf = 0`` and a run of them at the start of the state costs nothing. With CompressAI's
+value-ordered layout (version 1) the first symbol alone cost up to 15 bits, about 2 bytes per stream.
+
 After the last symbol the decoder must be back at ``x == 1``: a truncated or corrupted stream fails
 that check (and the symbol count) and raises :class:`DecodeError` instead of decoding garbage.
 Long latents are cut into chunks of ``CHUNK_SYMBOLS`` so each step works on a short integer; every
@@ -51,7 +56,7 @@ __all__ = [
 ]
 
 CODEC_NAME = "bigrans"
-CODEC_VERSION = 1
+CODEC_VERSION = 2
 TABLES_FORMAT = "splitserve.entropy-tables"
 CHUNK_SYMBOLS = 4096
 _RAW_BITS = 16
@@ -91,16 +96,23 @@ class EntropyTables:
                 raise CodecError(
                     f"entropy tables: channel {c} frequencies must be >= 1, at least 2 bins, and sum to {total}"
                 )
-        object.__setattr__(self, "_cdfs", tuple(tuple(_cumsum(r)) for r in self.freqs))
+        # The coder's layout: per channel, bins by falling frequency (ties by bin), see the module doc.
+        order = tuple(tuple(sorted(range(len(r)), key=lambda b, r=r: (-r[b], b))) for r in self.freqs)
+        rank = []
+        for o in order:
+            inv = [0] * len(o)
+            for pos, b in enumerate(o):
+                inv[b] = pos
+            rank.append(tuple(inv))
+        coded = tuple(tuple(r[b] for b in o) for r, o in zip(self.freqs, order))
+        object.__setattr__(self, "_order", order)
+        object.__setattr__(self, "_rank", tuple(rank))
+        object.__setattr__(self, "_coded_freqs", coded)
+        object.__setattr__(self, "_coded_cdfs", tuple(tuple(_cumsum(r)) for r in coded))
 
     @property
     def channels(self) -> int:
         return len(self.freqs)
-
-    @property
-    def cdfs(self) -> tuple[tuple[int, ...], ...]:
-        """Per-channel cumulative frequencies, starting at 0 (length = bins)."""
-        return self._cdfs  # type: ignore[attr-defined,no-any-return]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -180,18 +192,19 @@ def encode_symbols(q: np.ndarray, tables: EntropyTables) -> bytes:
     """Entropy-code integer symbols of shape (C, H, W)."""
     bins, chans = _bins(q, tables)
     raw = q.reshape(-1).tolist()
-    freqs, cdfs, shift = tables.freqs, tables.cdfs, tables.precision_bits
+    freqs, ranks, shift = tables._coded_freqs, tables._rank, tables.precision_bits  # type: ignore[attr-defined]
+    cdfs = tables._coded_cdfs  # type: ignore[attr-defined]
     out = bytearray()
     n = len(bins)
     for start in range(0, n, CHUNK_SYMBOLS):
         stop = min(start + CHUNK_SYMBOLS, n)
         x = 1
         for i in range(stop - 1, start - 1, -1):
-            ch, s = chans[i], bins[i]
-            row = freqs[ch]
-            if s == len(row) - 1:  # escape: the raw value is decoded right after the escape bin
+            ch, b = chans[i], bins[i]
+            if b == len(ranks[ch]) - 1:  # escape: the raw value is decoded right after the escape bin
                 x = (x << _RAW_BITS) | (raw[i] + _RAW_HALF)
-            f = row[s]
+            s = ranks[ch][b]
+            f = freqs[ch][s]
             x = ((x // f) << shift) + cdfs[ch][s] + x % f
         chunk = x.to_bytes((x.bit_length() + 7) // 8, "little")
         if stop < n:
@@ -207,7 +220,8 @@ def decode_symbols(data: bytes, shape: tuple[int, int, int], tables: EntropyTabl
         raise DecodeError(f"shape {shape} does not match the entropy tables ({tables.channels} channels)")
     n = c * h * w
     hw = h * w
-    freqs, cdfs, shift = tables.freqs, tables.cdfs, tables.precision_bits
+    freqs, orders, shift = tables._coded_freqs, tables._order, tables.precision_bits  # type: ignore[attr-defined]
+    cdfs = tables._coded_cdfs  # type: ignore[attr-defined]
     mask = (1 << shift) - 1
     out = [0] * n
     pos = 0
@@ -224,15 +238,16 @@ def decode_symbols(data: bytes, shape: tuple[int, int, int], tables: EntropyTabl
         x = int.from_bytes(chunk, "little")
         for i in range(start, stop):
             ch = i // hw
-            row, cdf = freqs[ch], cdfs[ch]
+            row, cdf, order = freqs[ch], cdfs[ch], orders[ch]
             slot = x & mask
             s = bisect.bisect_right(cdf, slot) - 1
             x = row[s] * (x >> shift) + slot - cdf[s]
-            if s == len(row) - 1:
+            b = order[s]
+            if b == len(row) - 1:
                 out[i] = (x & 0xFFFF) - _RAW_HALF
                 x >>= _RAW_BITS
             else:
-                out[i] = s + tables.offsets[ch]
+                out[i] = b + tables.offsets[ch]
         if x != 1:
             raise DecodeError("bitstream corrupt: rANS state did not return to its initial value")
     if pos != len(data):

@@ -101,25 +101,31 @@ def train_split(
     split: str,
     cfg: BottleneckCfg,
     images: np.ndarray,
+    labels: np.ndarray | None = None,
     *,
     hd_epochs: float = 1.0,
     kd_epochs: float = 3.0,
     rate_weight: float = 0.002,
+    label_weight: float = 0.0,
     batch: int = 128,
     seed: int = 0,
 ) -> SplitModel:
     """Train a bottleneck at ``split`` of a frozen ``teacher``.
 
     Stage 1 (head distillation): encoder/decoder reconstruct the teacher's features at the split.
-    Stage 2 (knowledge distillation): the decoder and a copy of the teacher's tail are trained to
-    match the teacher's logits. Both stages add ``rate_weight`` times the rate in bits per image at a
-    rate level drawn at random for each batch, so every level's entropy model is trained.
+    Stage 2 (knowledge distillation): the encoder, the decoder and a copy of the teacher's tail are
+    trained to match the teacher's logits, plus ``label_weight`` times the cross-entropy with the true
+    ``labels`` (as in Entropic Student). Both stages add ``rate_weight`` times the rate in bits per
+    image at a rate level drawn at random for each batch, so every level's entropy model is trained.
     """
     if len(images) < batch:
         raise ValueError(f"train_split needs at least one batch of {batch} images, got {len(images)}")
+    if label_weight and (labels is None or len(labels) != len(images)):
+        raise ValueError("label_weight > 0 needs one label per training image")
     gen = seed_everything(seed)
     model = SplitModel(teacher, split, cfg)
     x_all = torch.from_numpy(images)
+    y_all = torch.from_numpy(labels.astype(np.int64)) if labels is not None else None
     teacher.eval()
     named = list(model.codec.named_parameters())
     aux_params = [p for n, p in named if n.endswith(".quantiles")]
@@ -143,7 +149,7 @@ def train_split(
                 xb = augment(x_all[idx], gen)
                 out = model(xb, level)
                 bits = -torch.log2(out["likelihoods"]).sum() / len(idx)
-                task = loss_fn(xb, out)
+                task = loss_fn(idx, out)
                 loss = task + rate_weight * bits
                 opt.zero_grad(set_to_none=True)
                 aux_opt.zero_grad(set_to_none=True)
@@ -158,15 +164,18 @@ def train_split(
                 bar.set_postfix(task=f"{task.item():.3f}", bits=f"{bits.item():.0f}", level=level)
         bar.close()
 
-    def hd_loss(xb: torch.Tensor, out: dict) -> torch.Tensor:
+    def hd_loss(idx: torch.Tensor, out: dict) -> torch.Tensor:
         return F.mse_loss(out["f_hat"], out["f"])
 
-    def kd_loss(xb: torch.Tensor, out: dict, temperature: float = 2.0) -> torch.Tensor:
+    def kd_loss(idx: torch.Tensor, out: dict, temperature: float = 2.0) -> torch.Tensor:
         with torch.no_grad():
             t_logits = teacher.forward_cloud(out["f"], split)
         s = F.log_softmax(out["logits"] / temperature, 1)
         t = F.softmax(t_logits / temperature, 1)
-        return F.kl_div(s, t, reduction="batchmean") * temperature**2
+        loss = F.kl_div(s, t, reduction="batchmean") * temperature**2
+        if label_weight:
+            loss = loss + label_weight * F.cross_entropy(out["logits"], y_all[idx])
+        return loss
 
     # The factorized densities get a larger learning rate: with a few thousand steps (not CompressAI's
     # million) they would otherwise stay close to their broad initialisation and waste bits.

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from splitserve.core.bundle import Bundle
+from splitserve.core.codec import CODEC_NAME, CODEC_VERSION
 from splitserve.core.datasets import load_fashion_mnist
 
 from ._config import BottleneckCfg
@@ -139,7 +140,8 @@ def trained_split(recipe: Recipe, teacher: SplitBackbone, split: str) -> SplitMo
 def build_bundle(recipe_name: str, out_dir: Path | None = None, *, force: bool = False) -> Path:
     """Build (or reuse) the bundle of a named recipe; returns its directory."""
     recipe = RECIPES[recipe_name]
-    out_dir = Path(out_dir) if out_dir else cache_dir() / "bundles" / f"{recipe_name}-{recipe.key()}"
+    key = hashlib.sha256(f"{recipe.key()}-{CODEC_NAME}{CODEC_VERSION}".encode()).hexdigest()[:12]
+    out_dir = Path(out_dir) if out_dir else cache_dir() / "bundles" / f"{recipe_name}-{key}"
     if out_dir.exists() and not force:
         try:
             Bundle.open(out_dir).close()

@@ -18,6 +18,7 @@ import grpc
 import psutil
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from splitserve.core import codec
 from splitserve.protos.v1 import inference_pb2 as pb
 
 BATCHES = 100
@@ -101,7 +102,7 @@ def _mutate(kind: str, latent: pb.InferRequest, png: pb.InferRequest, rng: rando
     elif kind == "codec":
         t.codec = rng.choice(["", "png", "rans", "bigrans2", "BIGRANS"])
     elif kind == "codec_version":
-        t.codec_version = rng.choice([0, 2, 99, (1 << 32) - 1])
+        t.codec_version = rng.choice([0, codec.CODEC_VERSION + 1, 99, (1 << 32) - 1])
     elif kind == "no_tensor":
         r.ClearField("tensor")
     elif kind == "long_field":

@@ -140,6 +140,20 @@ def test_bytes_match_predicted_rate():
     assert abs(real / predicted - 1) < 0.02, (real, predicted)
 
 
+def test_start_up_cost_is_bounded_and_trailing_modes_are_free():
+    """From ``x = 1`` the state costs at most 16 bits before coding is exact (+ < 1 byte of rounding);
+    with the mode at ``cdf = 0`` the modes coded first (the end of the latent) cost nothing at all."""
+    tables = make_tables(12, seed=3)
+    med = np.asarray(tables.medians, np.float32)[:, None, None]
+    rng = np.random.default_rng(3)
+    for density in (0.01, 0.1, 0.5):
+        for _ in range(50):
+            y = np.where(rng.random((12, 7, 7)) < density, rng.normal(0, 2, (12, 7, 7)), 0.0)
+            q = codec.quantize(y.astype(np.float32) + med, tables)
+            assert len(codec.encode_symbols(q, tables)) < codec.predicted_bits(q, tables) / 8 + 3
+    assert len(codec.encode_symbols(np.zeros((12, 7, 7), np.int32), tables)) == 1  # all modes: the bare state
+
+
 def test_bit_exact_across_processes(tmp_path):
     """Another interpreter encodes from the same JSON tables; this one decodes the same symbols."""
     tables = make_tables(5, seed=11)
