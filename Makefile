@@ -21,6 +21,8 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check -c requirements.lock -e ".[dev]"
+	@# Offline natural images (models.natural): only the wheels' data files are read, so no dependencies.
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps -c requirements.lock foolbox scikit-image scikit-learn
 	@touch $(STAMP)
 
 data:  ## Fashion-MNIST from Debian's dataset-fashion-mnist (installed when running as root).

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -19,11 +20,20 @@ __all__ = ["Normalize", "SplitBackbone", "count_macs"]
 
 
 class Normalize(nn.Module):
-    """uint8 -> float ``(x - mean) / std``, inside the exported graph so the edge feeds raw pixels."""
+    """uint8 -> float ``(x - mean) / std``, inside the exported graph so the edge feeds raw pixels.
 
-    def __init__(self, mean: float, std: float) -> None:
+    ``mean`` and ``std`` are scalars or one value per channel (uint8 scale).
+    """
+
+    def __init__(self, mean: float | Sequence[float], std: float | Sequence[float]) -> None:
         super().__init__()
-        self.mean, self.std = float(mean), float(std)
+        self.mean: float | torch.Tensor
+        self.std: float | torch.Tensor
+        if isinstance(mean, (int, float)) and isinstance(std, (int, float)):
+            self.mean, self.std = float(mean), float(std)
+        else:
+            self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).reshape(1, -1, 1, 1), persistent=False)
+            self.register_buffer("std", torch.tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x.float() - self.mean) / self.std

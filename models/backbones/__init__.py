@@ -1,5 +1,5 @@
 """Backbone families; importing this package registers them all."""
 
-from . import fmnist
+from . import efficientnet, fmnist, torchvision_nets
 
-__all__ = ["fmnist"]
+__all__ = ["efficientnet", "fmnist", "torchvision_nets"]
