@@ -155,6 +155,26 @@ def bench_adaptation(profile_path: Path | None, live: bool, out: Path) -> None:
     click.echo(f"wrote {out / 'adaptation.json'} ({len(result['traces'])} traces)")
 
 
+@bench.command("soak")
+@click.option("--minutes", default=10.0, show_default=True, help="Traffic time.")
+@click.option("--clients", default=16, show_default=True, help="Edge client processes.")
+@_bundle_option
+@click.option("--out", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
+def bench_soak(minutes: float, clients: int, bundle_path: Path | None, out: Path) -> None:
+    """The whole stack under load, faults and a changing network: results/soak.json (default: test bundle)."""
+    from splitserve.benchmarks.soak import run
+
+    if bundle_path is None:
+        from splitserve.models.zoo import build_test_bundle
+
+        bundle_path = build_test_bundle()
+    summary = run(out, bundle_path, minutes, clients)
+    keys = ("requests", "lost", "places", "p50_ms", "p99_ms", "errors_by_status", "problems")
+    click.echo(json.dumps({k: summary[k] for k in keys}, indent=1))
+    if summary["problems"]:
+        sys.exit(1)
+
+
 @cli.command("demo")
 @click.option("--recipe", default="fmnist_resnet", show_default=True)
 @click.option("--images", "n_images", default=2000, show_default=True, help="Test images per option.")

@@ -72,13 +72,26 @@ class LocalTriton:
         workdir: where the repository, backend directory and log go (a temporary directory by default,
             removed on :meth:`stop`).
         startup_timeout_s: how long :class:`TritonBackend` waits for the server to become ready.
+        ports: fixed (grpc, http, metrics) ports, so that a restarted server is found at the same address
+            (default: free ports picked at every start).
+        load_all: load every model of the repository at start (``--model-control-mode=none``), as a
+            stand-alone production server does, instead of on request (``explicit``).
     """
 
-    def __init__(self, workdir: Path | None = None, startup_timeout_s: float = 120.0) -> None:
+    def __init__(
+        self,
+        workdir: Path | None = None,
+        startup_timeout_s: float = 120.0,
+        *,
+        ports: tuple[int, int, int] | None = None,
+        load_all: bool = False,
+    ) -> None:
         self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="splitserve-triton-")
         self.workdir = Path(workdir or self._tmp.name)  # type: ignore[union-attr]
         self.repository = self.workdir / "repository"
         self.startup_timeout_s = startup_timeout_s
+        self._ports = ports
+        self._load_all = load_all
         self.grpc_port = 0
         self.metrics_port = 0
         self._proc: subprocess.Popen[bytes] | None = None
@@ -128,14 +141,15 @@ class LocalTriton:
             raise UnavailableError(
                 f"nvidia-pytriton has no python backend stub for Python {sys.version_info[:2]}"
             )
-        shutil.copy2(stub, python_backend / stub.name)
-        self.grpc_port, http_port, self.metrics_port = _free_ports(3)
+        if not (python_backend / stub.name).is_file():  # a restart: a dying stub may still run the copy
+            shutil.copy2(stub, python_backend / stub.name)
+        self.grpc_port, http_port, self.metrics_port = self._ports or _free_ports(3)
         args = [
             str(dist / "bin" / "tritonserver"),
             f"--model-repository={self.repository}",
             f"--backend-directory={backends}",
             f"--cache-directory={dist / 'caches'}",
-            "--model-control-mode=explicit",
+            f"--model-control-mode={'none' if self._load_all else 'explicit'}",
             "--grpc-address=127.0.0.1",
             f"--grpc-port={self.grpc_port}",
             "--http-address=127.0.0.1",
