@@ -73,7 +73,6 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
-
 from splitserve.core.bundle import OFFLOAD_SPLIT, Bundle
 from splitserve.core.errors import SplitServeError
 from splitserve.protos.v1 import inference_pb2 as pb
@@ -158,7 +157,9 @@ def _http_get(url: str, timeout_s: float = 5.0) -> tuple[int, str]:
         return 0, str(exc)
 
 
-def _wait(what: str, ok: Callable[[], bool], timeout_s: float, alive: Callable[[], bool] = lambda: True) -> None:
+def _wait(
+    what: str, ok: Callable[[], bool], timeout_s: float, alive: Callable[[], bool] = lambda: True
+) -> None:
     deadline = time.monotonic() + timeout_s
     while not ok():
         if not alive():
@@ -196,8 +197,21 @@ def make_pki(directory: Path) -> tuple[Path, Path, Path]:
     openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "server.key")
     openssl("req", "-new", "-key", "server.key", "-out", "server.csr", "-subj", f"/CN={SERVER_NAME}")
     openssl(
-        "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-        "-out", "server.pem", "-days", "2", "-extfile", "ext",
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext",
     )
     return directory / "ca.pem", directory / "server.pem", directory / "server.key"
 
@@ -298,7 +312,12 @@ def _client_main(config_path: str) -> None:
     )
     transport = _counting_transport(GrpcTransport(cfg["endpoint"], credentials=creds, config=econf))
     client = EdgeClient(
-        cfg["bundle"], cfg["endpoint"], credentials=creds, policy=cfg["policy"], config=econf, transport=transport
+        cfg["bundle"],
+        cfg["endpoint"],
+        credentials=creds,
+        policy=cfg["policy"],
+        config=econf,
+        transport=transport,
     )
     go, stop = threading.Event(), threading.Event()
 
@@ -331,9 +350,16 @@ def _client_main(config_path: str) -> None:
     def record(result: Any) -> None:
         i, img, t0 = issued.popleft()
         line = {
-            "i": i, "img": img, "label": int(labels[img]), "top1": result.top1, "computed": result.computed,
-            "chosen": result.chosen, "split": result.split, "level": result.level,
-            "ms": round(result.timings.total_ms, 2), "wall_ms": round((time.monotonic() - t0) * 1e3, 2),
+            "i": i,
+            "img": img,
+            "label": int(labels[img]),
+            "top1": result.top1,
+            "computed": result.computed,
+            "chosen": result.chosen,
+            "split": result.split,
+            "level": result.level,
+            "ms": round(result.timings.total_ms, 2),
+            "wall_ms": round((time.monotonic() - t0) * 1e3, 2),
             "t": round(time.time(), 3),
             "reason": (result.fallback_reason or "")[:80] or None,
         }
@@ -357,7 +383,11 @@ def _client_main(config_path: str) -> None:
                     errors += 1
                     issued.clear()
                     out.write(json.dumps({"error": repr(exc)[:300], "lost": 1}) + "\n")
-    summary = {"issued": seq[0], "errors": errors, "counts": {k: dict(v) for k, v in transport.counts.items()}}
+    summary = {
+        "issued": seq[0],
+        "errors": errors,
+        "counts": {k: dict(v) for k, v in transport.counts.items()},
+    }
     out.write(json.dumps({"summary": summary}) + "\n")
     out.close()
 
@@ -388,15 +418,20 @@ def _bad_cases(bundle: Bundle, token: str, max_message_bytes: int) -> list[_Case
 
     def request(tensor: dict[str, Any] | None = None, **fields: Any) -> bytes:
         t: dict[str, Any] = {
-            "codec": codec.CODEC_NAME, "codec_version": codec.CODEC_VERSION, "shape": list(split.latent_shape),
-            "data": data, "symbols_crc32": crc,
+            "codec": codec.CODEC_NAME,
+            "codec_version": codec.CODEC_VERSION,
+            "shape": list(split.latent_shape),
+            "data": data,
+            "symbols_crc32": crc,
         }
         f: dict[str, Any] = {"model": m.name, "version": m.version, "split": split.name, "level": level}
         f.update(fields)
         if f.pop("no_tensor", False):
             return pb.InferRequest(request_id="bad", top_k=3, **f).SerializeToString()
         t.update(tensor or {})
-        return pb.InferRequest(request_id="bad", top_k=3, tensor=pb.CompressedTensor(**t), **f).SerializeToString()
+        return pb.InferRequest(
+            request_id="bad", top_k=3, tensor=pb.CompressedTensor(**t), **f
+        ).SerializeToString()
 
     valid = request()
     return [
@@ -414,10 +449,24 @@ def _bad_cases(bundle: Bundle, token: str, max_message_bytes: int) -> list[_Case
         _Case("wrong shape", "INVALID_ARGUMENT", True, token, request({"shape": [3, 3]})),
         _Case("empty payload", "INVALID_ARGUMENT", True, token, request({"data": b""})),
         _Case("bad crc32", "INVALID_ARGUMENT", True, token, request({"symbols_crc32": crc ^ 1})),
-        _Case("offload not png", "INVALID_ARGUMENT", True, token, request(
-            {"codec": "png", "codec_version": 1, "shape": [], "data": b"\x89PNG junk"}, split=OFFLOAD_SPLIT, level=0
-        )),
-        _Case("oversized", "RESOURCE_EXHAUSTED", False, token, request({"data": b"\0" * (max_message_bytes + 1024)})),
+        _Case(
+            "offload not png",
+            "INVALID_ARGUMENT",
+            True,
+            token,
+            request(
+                {"codec": "png", "codec_version": 1, "shape": [], "data": b"\x89PNG junk"},
+                split=OFFLOAD_SPLIT,
+                level=0,
+            ),
+        ),
+        _Case(
+            "oversized",
+            "RESOURCE_EXHAUSTED",
+            False,
+            token,
+            request({"data": b"\0" * (max_message_bytes + 1024)}),
+        ),
     ]
 
 
@@ -517,7 +566,9 @@ class _Stack:
 
     # -- processes ------------------------------------------------------------------------------------
 
-    def spawn(self, role: str, argv: list[str], *, side: str = "cloud", log: str | None = None, **kw: Any) -> _Proc:
+    def spawn(
+        self, role: str, argv: list[str], *, side: str = "cloud", log: str | None = None, **kw: Any
+    ) -> _Proc:
         env = dict(os.environ, **{_MARK: self.run_id}, PYTHONUNBUFFERED="1")
         out: Any = subprocess.DEVNULL
         if log is not None:
@@ -526,7 +577,12 @@ class _Stack:
         kw.setdefault("stdout", out)
         with self.cloud() if side == "cloud" else self.edge():
             popen = subprocess.Popen(
-                argv, env=env, stderr=out, preexec_fn=_die_with_parent, cwd=self.workdir, **kw  # noqa: PLW1509
+                argv,
+                env=env,
+                stderr=out,
+                preexec_fn=_die_with_parent,  # noqa: PLW1509 - only calls prctl; no locks are taken
+                cwd=self.workdir,
+                **kw,
             )
         proc = _Proc(role, popen, self.now())
         with self._lock:
@@ -580,9 +636,11 @@ class _Stack:
             if not entry.name.isdigit() or int(entry.name) == os.getpid():
                 continue
             try:
-                if marker in (entry / "environ").read_bytes().split(b"\0"):
-                    if (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
-                        found.append(f"{entry.name}: {(entry / 'cmdline').read_bytes()[:120]!r}")
+                marked = marker in (entry / "environ").read_bytes().split(b"\0")
+                if (
+                    marked and (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+                ):  # not a zombie
+                    found.append(f"{entry.name}: {(entry / 'cmdline').read_bytes()[:120]!r}")
             except OSError:
                 continue
         return found
@@ -621,14 +679,27 @@ class _Endpoint:
         address = f"{'0.0.0.0' if self.stack.lab is not None else '127.0.0.1'}:{self.grpc_port}"
         proc = self.stack.spawn(
             f"endpoint-{n + 1}",
-            [sys.executable, "-m", "splitserve.cloud", "serve", "--address", address, "--metrics-host", "127.0.0.1",
-             "--metrics-port", str(port), *self.args],
+            [
+                sys.executable,
+                "-m",
+                "splitserve.cloud",
+                "serve",
+                "--address",
+                address,
+                "--metrics-host",
+                "127.0.0.1",
+                "--metrics-port",
+                str(port),
+                *self.args,
+            ],
             log=f"endpoint-{n + 1}.log",
         )
         self.incarnations.append(proc)
         _wait(
-            f"endpoint {n + 1} ready", lambda: self.stack.get(f"http://127.0.0.1:{port}/readyz")[0] == 200,
-            180, lambda: proc.popen.poll() is None,
+            f"endpoint {n + 1} ready",
+            lambda: self.stack.get(f"http://127.0.0.1:{port}/readyz")[0] == 200,
+            180,
+            lambda: proc.popen.poll() is None,
         )
         self.stack.event("endpoint ready", incarnation=n + 1, pid=proc.pid)
 
@@ -655,7 +726,9 @@ def _counts_from_exposition(text: str) -> dict[str, int]:
     for line in text.splitlines():
         if line.startswith("splitserve_requests_total{"):
             labels = dict(
-                kv.split("=", 1) for kv in line[line.index("{") + 1 : line.rindex("}")].split(",") if "=" in kv
+                kv.split("=", 1)
+                for kv in line[line.index("{") + 1 : line.rindex("}")].split(",")
+                if "=" in kv
             )
             key = "/".join(labels[k].strip('"') for k in ("split", "level", "status"))
             out[key] += int(float(line.rsplit(" ", 1)[1]))
@@ -669,7 +742,9 @@ def _query(stack: _Stack, base: str, expr: str) -> list[dict[str, Any]]:
     return list(json.loads(body)["data"]["result"])
 
 
-def run_soak(cfg: SoakConfig, bundle_path: Path, workdir: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
+def run_soak(
+    cfg: SoakConfig, bundle_path: Path, workdir: Path, log: Callable[[str], None] = print
+) -> dict[str, Any]:
     """Start the stack, drive it with clients and faults for ``cfg.duration_s``, stop it; return the report.
 
     Raises:
@@ -712,7 +787,12 @@ def run_soak(cfg: SoakConfig, bundle_path: Path, workdir: Path, log: Callable[[s
         def start_triton() -> None:
             with stack.cloud():
                 stack.triton.start()
-            _wait("tritonserver ready", lambda: stack.get(triton_ready)[0] == 200, 180, lambda: stack.triton.running)
+            _wait(
+                "tritonserver ready",
+                lambda: stack.get(triton_ready)[0] == 200,
+                180,
+                lambda: stack.triton.running,
+            )
             stack.event("triton ready", pid=stack.triton.pid)
 
         start_triton()
@@ -732,18 +812,41 @@ def run_soak(cfg: SoakConfig, bundle_path: Path, workdir: Path, log: Callable[[s
         prom_base = f"http://127.0.0.1:{prom_port}"
         prom = stack.spawn(
             "prometheus",
-            [_PROMETHEUS, f"--config.file={prom_cfg}", f"--web.listen-address=127.0.0.1:{prom_port}",
-             f"--storage.tsdb.path={workdir / 'tsdb'}"],
+            [
+                _PROMETHEUS,
+                f"--config.file={prom_cfg}",
+                f"--web.listen-address=127.0.0.1:{prom_port}",
+                f"--storage.tsdb.path={workdir / 'tsdb'}",
+            ],
             log="prometheus.log",
         )
-        _wait("prometheus ready", lambda: stack.get(f"{prom_base}/-/ready")[0] == 200, 60,
-              lambda: prom.popen.poll() is None)
+        _wait(
+            "prometheus ready",
+            lambda: stack.get(f"{prom_base}/-/ready")[0] == 200,
+            60,
+            lambda: prom.popen.poll() is None,
+        )
 
         endpoint = _Endpoint(
             stack,
-            ["--bundle", str(bundle_path), "--triton", f"127.0.0.1:{triton_ports[0]}", "--tls-cert", str(cert),
-             "--tls-key", str(key), "--tokens-file", str(workdir / "tokens"), "--grace-s", "2",
-             "--metrics-linger-s", str(3 * cfg.scrape_s), "--log-level", "WARNING"],
+            [
+                "--bundle",
+                str(bundle_path),
+                "--triton",
+                f"127.0.0.1:{triton_ports[0]}",
+                "--tls-cert",
+                str(cert),
+                "--tls-key",
+                str(key),
+                "--tokens-file",
+                str(workdir / "tokens"),
+                "--grace-s",
+                "2",
+                "--metrics-linger-s",
+                str(3 * cfg.scrape_s),
+                "--log-level",
+                "WARNING",
+            ],
             grpc_port,
             metrics_ports,
         )
@@ -755,16 +858,28 @@ def run_soak(cfg: SoakConfig, bundle_path: Path, workdir: Path, log: Callable[[s
         for i in range(cfg.clients):
             policy = ("max_accuracy", fixed[(i // 3) % len(fixed)], "min_latency")[i % 3]
             conf = {
-                "endpoint": f"{stack.cloud_host}:{grpc_port}", "bundle": str(bundle_path), "ca": str(ca),
-                "token": tokens[i], "seed": cfg.seed * 1000 + i, "rate_hz": cfg.rate_hz,
-                "timeout_s": cfg.timeout_s, "mode": "stream" if i % 4 == 1 else "unary", "policy": policy,
-                "eval_size": int(manifest.extra["eval_size"]), "results": str(workdir / f"client-{i}.jsonl"),
+                "endpoint": f"{stack.cloud_host}:{grpc_port}",
+                "bundle": str(bundle_path),
+                "ca": str(ca),
+                "token": tokens[i],
+                "seed": cfg.seed * 1000 + i,
+                "rate_hz": cfg.rate_hz,
+                "timeout_s": cfg.timeout_s,
+                "mode": "stream" if i % 4 == 1 else "unary",
+                "policy": policy,
+                "eval_size": int(manifest.extra["eval_size"]),
+                "results": str(workdir / f"client-{i}.jsonl"),
             }
             path = workdir / f"client-{i}.json"
             path.write_text(json.dumps(conf))
             proc = stack.spawn(
-                f"client-{i}", [sys.executable, "-m", "splitserve.benchmarks.soak", "client", str(path)],
-                side="edge", log=f"client-{i}.log", stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                f"client-{i}",
+                [sys.executable, "-m", "splitserve.benchmarks.soak", "client", str(path)],
+                side="edge",
+                log=f"client-{i}.log",
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
             )
             clients.append((proc, conf))
         for proc, _ in clients:
@@ -776,8 +891,9 @@ def run_soak(cfg: SoakConfig, bundle_path: Path, workdir: Path, log: Callable[[s
             from splitserve.orchestrator.traces import step_trace
 
             steps = math.ceil(cfg.duration_s / cfg.hold_s) + 2
-            trace = step_trace(levels_bps=tuple(_TRACE_BPS[k % len(_TRACE_BPS)] for k in range(steps)),
-                               hold_s=cfg.hold_s)
+            trace = step_trace(
+                levels_bps=tuple(_TRACE_BPS[k % len(_TRACE_BPS)] for k in range(steps)), hold_s=cfg.hold_s
+            )
             stack.follower = TraceFollower(stack.lab, trace).__enter__()
             report["trace"] = {"levels_bps": list(_TRACE_BPS), "hold_s": cfg.hold_s}
         start = time.monotonic()
@@ -804,13 +920,25 @@ def run_soak(cfg: SoakConfig, bundle_path: Path, workdir: Path, log: Callable[[s
         # fault 2: the bad client's burst (from the cloud side, unshaped: the oversized request is 4 MiB)
         at(cfg.burst_at)
         bad_conf = workdir / "bad.json"
-        bad_conf.write_text(json.dumps({
-            "endpoint": f"127.0.0.1:{grpc_port}", "bundle": str(bundle_path), "ca": str(ca), "token": tokens[-1],
-            "repeats": cfg.burst_repeats, "max_message_bytes": 4 * 1024 * 1024, "out": str(workdir / "bad.out.json"),
-        }))
+        bad_conf.write_text(
+            json.dumps(
+                {
+                    "endpoint": f"127.0.0.1:{grpc_port}",
+                    "bundle": str(bundle_path),
+                    "ca": str(ca),
+                    "token": tokens[-1],
+                    "repeats": cfg.burst_repeats,
+                    "max_message_bytes": 4 * 1024 * 1024,
+                    "out": str(workdir / "bad.out.json"),
+                }
+            )
+        )
         stack.event("bad burst")
-        bad = stack.spawn("bad-client", [sys.executable, "-m", "splitserve.benchmarks.soak", "bad", str(bad_conf)],
-                          log="bad-client.log")
+        bad = stack.spawn(
+            "bad-client",
+            [sys.executable, "-m", "splitserve.benchmarks.soak", "bad", str(bad_conf)],
+            log="bad-client.log",
+        )
         if bad.popen.wait(300) != 0:
             raise RuntimeError(f"the bad client failed (see {workdir / 'bad-client.log'})")
         bad.stopped_s = stack.now()
@@ -844,22 +972,35 @@ def run_soak(cfg: SoakConfig, bundle_path: Path, workdir: Path, log: Callable[[s
         span = f"{int(stack.now()) + 60}s"
         report["prometheus"] = {
             "by_incarnation": {
-                r["metric"].get("incarnation", "?") + ":" + "/".join(
-                    r["metric"].get(k, "") for k in ("split", "level", "status")
-                ): int(float(r["value"][1]))
-                for r in _query(stack, prom_base, f"sum by (incarnation, split, level, status) "
-                                                  f"(last_over_time(splitserve_requests_total[{span}]))")
+                r["metric"].get("incarnation", "?")
+                + ":"
+                + "/".join(r["metric"].get(k, "") for k in ("split", "level", "status")): int(
+                    float(r["value"][1])
+                )
+                for r in _query(
+                    stack,
+                    prom_base,
+                    f"sum by (incarnation, split, level, status) "
+                    f"(last_over_time(splitserve_requests_total[{span}]))",
+                )
             },
-            "endpoint_up": {r["metric"]["incarnation"]: float(r["value"][1]) for r in _query(
-                stack, prom_base, f'max_over_time(up{{job="splitserve"}}[{span}])')},
-            "triton_up_min_max": [float(_query(stack, prom_base, f'{f}_over_time(up{{job="triton"}}[{span}])')[0]
-                                        ["value"][1]) for f in ("min", "max")],
-            "triton_success": sum(float(r["value"][1]) for r in _query(
-                stack, prom_base, f"last_over_time(nv_inference_request_success[{span}])")),
+            "endpoint_up": {
+                r["metric"]["incarnation"]: float(r["value"][1])
+                for r in _query(stack, prom_base, f'max_over_time(up{{job="splitserve"}}[{span}])')
+            },
+            "triton_up_min_max": [
+                float(_query(stack, prom_base, f'{f}_over_time(up{{job="triton"}}[{span}])')[0]["value"][1])
+                for f in ("min", "max")
+            ],
+            "triton_success": sum(
+                float(r["value"][1])
+                for r in _query(stack, prom_base, f"last_over_time(nv_inference_request_success[{span}])")
+            ),
         }
         report["endpoint_final_metrics"] = [_counts_from_exposition(t) for t in endpoint.final_metrics]
         report["clients"] = [
-            _read_client(Path(conf["results"])) | {"mode": conf["mode"], "policy": conf["policy"]} for _, conf in clients
+            _read_client(Path(conf["results"])) | {"mode": conf["mode"], "policy": conf["policy"]}
+            for _, conf in clients
         ]
         report["bad_client"] = json.loads((workdir / "bad.out.json").read_text())
     finally:
@@ -874,8 +1015,14 @@ def run_soak(cfg: SoakConfig, bundle_path: Path, workdir: Path, log: Callable[[s
     report["survivors"] = stack.survivors()
     report["events"] = stack.events
     report["processes"] = [
-        {"role": p.role, "pid": p.pid, "started_s": p.started_s, "stopped_s": p.stopped_s,
-         "exit_code": p.popen.returncode, "rss_mb": p.rss}
+        {
+            "role": p.role,
+            "pid": p.pid,
+            "started_s": p.started_s,
+            "stopped_s": p.stopped_s,
+            "exit_code": p.popen.returncode,
+            "rss_mb": p.rss,
+        }
         for p in stack.procs
     ]
     report["manifest"] = _manifest_accuracy(manifest)
@@ -919,8 +1066,10 @@ def summarize(cfg: SoakConfig, report: dict[str, Any]) -> dict[str, Any]:
     places = Counter(r["computed"] for r in all_results)
     by_option: dict[str, dict[str, Any]] = {}
     for r in all_results:
-        option = "local" if r["computed"] == "local" else (
-            "offload" if r["computed"] == "offload" else f"{r['split']}@{r['level']}"
+        option = (
+            "local"
+            if r["computed"] == "local"
+            else ("offload" if r["computed"] == "offload" else f"{r['split']}@{r['level']}")
         )
         o = by_option.setdefault(option, {"n": 0, "correct": 0})
         o["n"] += 1
@@ -945,7 +1094,9 @@ def summarize(cfg: SoakConfig, report: dict[str, Any]) -> dict[str, Any]:
         ok = outcomes.get("OK", 0)
         unsure = sum(n for o, n in outcomes.items() if o.startswith("?"))
         accounting[key] = {
-            "client_ok": ok, "client_indeterminate": unsure, "endpoint_ok": server.get(f"{key}/OK", 0),
+            "client_ok": ok,
+            "client_indeterminate": unsure,
+            "endpoint_ok": server.get(f"{key}/OK", 0),
             "client_errors": {o: n for o, n in outcomes.items() if o != "OK"},
         }
         a = accounting[key]
@@ -954,9 +1105,14 @@ def summarize(cfg: SoakConfig, report: dict[str, Any]) -> dict[str, Any]:
     bad = report["bad_client"]
     expected = {c["name"]: c for c in bad["cases"]}
     bad_status: Counter[str] = Counter(status for _, status in bad["got"])
-    bad_wrong = [f"{name}: got {status}, expected {expected[name]['expect']}"
-                 for name, status in bad["got"] if status != expected[name]["expect"]]
-    bad_counted: Counter[str] = Counter(expected[name]["expect"] for name, _ in bad["got"] if expected[name]["counted"])
+    bad_wrong = [
+        f"{name}: got {status}, expected {expected[name]['expect']}"
+        for name, status in bad["got"]
+        if status != expected[name]["expect"]
+    ]
+    bad_counted: Counter[str] = Counter(
+        expected[name]["expect"] for name, _ in bad["got"] if expected[name]["counted"]
+    )
     endpoint_by_status: Counter[str] = Counter()
     for key, n in server.items():
         endpoint_by_status[key.rsplit("/", 1)[1]] += n
@@ -968,8 +1124,11 @@ def summarize(cfg: SoakConfig, report: dict[str, Any]) -> dict[str, Any]:
 
     prom_vs_final = {}
     for i, final in enumerate(report["endpoint_final_metrics"]):
-        scraped = {k.split(":", 1)[1]: n for k, n in report["prometheus"]["by_incarnation"].items()
-                   if k.startswith(f"{i + 1}:")}
+        scraped = {
+            k.split(":", 1)[1]: n
+            for k, n in report["prometheus"]["by_incarnation"].items()
+            if k.startswith(f"{i + 1}:")
+        }
         prom_vs_final[str(i + 1)] = {"equal": scraped == final, "prometheus": scraped, "endpoint": final}
 
     unary_ms = [r["ms"] for c in clients if c["mode"] == "unary" for r in c["results"]]
@@ -999,8 +1158,17 @@ def summarize(cfg: SoakConfig, report: dict[str, Any]) -> dict[str, Any]:
         "p50_ms": _quantile_ms(unary_ms, 0.5),
         "p99_ms": _quantile_ms(unary_ms, 0.99),
         "p50_ms_by_place": {
-            place: _quantile_ms([r["ms"] for c in clients if c["mode"] == "unary" for r in c["results"]
-                                 if r["computed"] == place], 0.5) for place in places
+            place: _quantile_ms(
+                [
+                    r["ms"]
+                    for c in clients
+                    if c["mode"] == "unary"
+                    for r in c["results"]
+                    if r["computed"] == place
+                ],
+                0.5,
+            )
+            for place in places
         },
         "memory": _memory(report["processes"]),
         "first_cloud_result_after_s": recovery,
@@ -1032,8 +1200,12 @@ def _memory(processes: list[dict[str, Any]], warmup_s: float = 20.0) -> dict[str
         warm = [s for s in p["rss_mb"] if s[0] >= p["started_s"] + warmup_s]
         first, last = (warm or p["rss_mb"])[0], p["rss_mb"][-1]
         out[p["role"]] = {
-            "pid": p["pid"], "start_mb": first[1], "end_mb": last[1], "start_with_children_mb": first[2],
-            "end_with_children_mb": last[2], "span_s": [first[0], last[0]],
+            "pid": p["pid"],
+            "start_mb": first[1],
+            "end_mb": last[1],
+            "start_with_children_mb": first[2],
+            "end_with_children_mb": last[2],
+            "span_s": [first[0], last[0]],
             "growth": round(last[1] / first[1] - 1, 4),
         }
     return out
@@ -1043,26 +1215,36 @@ def check(summary: dict[str, Any]) -> list[str]:
     """What is wrong with a run (empty when every check passed)."""
     problems = []
     if summary["lost"] or summary["duplicates"]:
-        problems.append(f"{summary['lost']} inputs lost, {summary['duplicates']} answered twice "
-                        f"({summary['client_errors'][:3]})")
+        problems.append(
+            f"{summary['lost']} inputs lost, {summary['duplicates']} answered twice "
+            f"({summary['client_errors'][:3]})"
+        )
     if summary["requests"] == 0:
         problems.append("no input was sent")
     for option, o in summary["by_option"].items():
         if not o["ok"]:
-            problems.append(f"{option}: accuracy {o['accuracy']} on {o['n']} outside manifest {o['manifest']} "
-                            f"+- {o['tolerance']}")
+            problems.append(
+                f"{option}: accuracy {o['accuracy']} on {o['n']} outside manifest {o['manifest']} "
+                f"+- {o['tolerance']}"
+            )
     for key, a in summary["accounting"].items():
         if not a["ok"]:
-            problems.append(f"{key}: endpoint counted {a['endpoint_ok']} OK, clients {a['client_ok']} "
-                            f"(+{a['client_indeterminate']} indeterminate)")
+            problems.append(
+                f"{key}: endpoint counted {a['endpoint_ok']} OK, clients {a['client_ok']} "
+                f"(+{a['client_indeterminate']} indeterminate)"
+            )
     problems += [f"bad client: {w}" for w in summary["bad_client_wrong"]]
     endpoint_errors = summary["errors_by_status"]["endpoint_prometheus"]
     for status, n in summary["bad_counted_expected"].items():
         if endpoint_errors.get(status, 0) != n:
-            problems.append(f"endpoint counted {endpoint_errors.get(status, 0)} {status}, the bad client caused {n}")
+            problems.append(
+                f"endpoint counted {endpoint_errors.get(status, 0)} {status}, the bad client caused {n}"
+            )
     for inc, cmp in summary["prometheus_vs_final_metrics"].items():
         if not cmp["equal"]:
-            problems.append(f"endpoint {inc}: Prometheus {cmp['prometheus']} != final /metrics {cmp['endpoint']}")
+            problems.append(
+                f"endpoint {inc}: Prometheus {cmp['prometheus']} != final /metrics {cmp['endpoint']}"
+            )
     if summary["survivors"]:
         problems.append(f"processes left behind: {summary['survivors']}")
     return problems
@@ -1074,8 +1256,15 @@ def run(out_dir: Path, bundle: Path, minutes: float, clients: int, **overrides: 
 
     duration = minutes * 60
     cfg = SoakConfig(
-        duration_s=duration, clients=clients, hold_s=min(20.0, max(duration / 10, 5.0)), burst_repeats=20,
-        memory_every_s=10.0, triton_kill_at=0.08, burst_at=0.12, endpoint_restart_at=0.16, **overrides,
+        duration_s=duration,
+        clients=clients,
+        hold_s=min(20.0, max(duration / 10, 5.0)),
+        burst_repeats=20,
+        memory_every_s=10.0,
+        triton_kill_at=0.08,
+        burst_at=0.12,
+        endpoint_restart_at=0.16,
+        **overrides,
     )
     with tempfile.TemporaryDirectory(prefix="splitserve-soak-") as tmp:
         summary = summarize(cfg, run_soak(cfg, bundle, Path(tmp)))
