@@ -142,6 +142,19 @@ def bench_cloud(recipe: str, bundle_path: Path | None, out: Path, duration_s: fl
     click.echo(json.dumps(result.get("runs", result), indent=1)[:4000])
 
 
+@bench.command("natural")
+@click.option("--recipe", default="efficientnet_lite0-natural", show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
+def bench_natural(recipe: str, out: Path) -> None:
+    """EfficientNet-Lite0 split vs JPEG on held-out offline natural images: bytes, agreement + CI."""
+    from splitserve.benchmarks.natural import run
+    from splitserve.models.natural import NATURAL_RECIPES
+
+    if recipe not in NATURAL_RECIPES:
+        raise click.BadParameter(f"unknown recipe {recipe!r} (known: {', '.join(NATURAL_RECIPES)})", param_hint="--recipe")
+    click.echo(json.dumps(run(out, recipe)["summary"], indent=1))
+
+
 @bench.command("adaptation")
 @click.option("--profile", "profile_path", type=click.Path(exists=True, path_type=Path), default=None,
               help="Profile JSON (default: the shipped example profile, with a warning).")
