@@ -4,8 +4,13 @@ For every split of a bundle:
 
 - **head latency**, fp32 vs int8 ONNX, at batch 1 (one request), median and p95 over real Fashion-MNIST
   test images, each session with the client's settings (``threads`` intra-op threads, sequential);
-  ``speedup`` = fp32 median / int8 median. The per-sample time at batch 64 is reported beside it
+  ``speedup`` = fp32 median / int8 median. fp32 and int8 are timed in alternating rounds, so load
+  from other jobs hits both alike. The per-sample time at batch 64 is reported beside it
   (``batch64``): a head this small is dominated by per-call overhead at batch 1, not by arithmetic.
+- **where the time goes** (``profile``): ONNX Runtime's profiler on batch-1 runs, per op type, the
+  kernels' sum and the whole run (the difference is the session's per-call overhead; the profiler
+  itself adds a few microseconds per node, so compare these figures with each other, not with
+  ``fp32_ms``), and ``client_precision``: the file the client keeps here with ``precision="auto"``.
 - **entropy encoding** (quantize, rANS-code, CRC32 of the symbols) of the int8 latent, per level.
 - **client overhead**: everything :class:`~splitserve.edge.EdgeClient` spends on a request beyond the
   head itself: preprocessing, the policy, encoding, building and serialising the request, parsing the
@@ -24,10 +29,13 @@ Writes ``<out_dir>/edge.json`` and ``<out_dir>/edge.png``.
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
 import platform
+import tempfile
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -38,8 +46,8 @@ import onnxruntime as ort
 from splitserve.core import codec
 from splitserve.core.bundle import Bundle
 from splitserve.core.datasets import load_fashion_mnist
-from splitserve.edge import EdgeClient, EdgeConfig, FixedPolicy
-from splitserve.edge._runtime import load_session, png_bytes
+from splitserve.edge import EdgeClient, EdgeConfig, EdgeRuntime, FixedPolicy
+from splitserve.edge._runtime import load_session, png_bytes, session_options
 from splitserve.edge._transports.base import BaseTransport, StreamCall
 from splitserve.orchestrator import DeviceLatency, Observation, Orchestrator, ServerTimings
 from splitserve.protos.v1 import inference_pb2 as pb
@@ -50,6 +58,8 @@ TARGET_SPEEDUP = 2.0
 TARGET_OVERHEAD_MS = 0.5
 _WARMUP = 20
 _BATCH = 64
+_ROUND = 20  # batch-1 calls per model in each alternating round
+_PROFILE_RUNS = 300
 
 
 def run(
@@ -121,13 +131,69 @@ def _timed(fn: Callable[[int], object], repeats: int) -> dict[str, float]:
     return {"median": float(np.median(times) * 1e3), "p95": float(np.percentile(times, 95) * 1e3)}
 
 
-def _latency(sess: ort.InferenceSession, images: np.ndarray, repeats: int) -> dict[str, float]:
-    name = sess.get_inputs()[0].name
-    batch1 = _timed(lambda i: sess.run(None, {name: images[i % len(images)][None]}), repeats)
+def _latencies(
+    sessions: dict[str, ort.InferenceSession], images: np.ndarray, repeats: int
+) -> dict[str, dict[str, float]]:
+    """Batch-1 median and p95 (ms) and batch-64 median per sample of each session, timed in rounds
+    that alternate between the sessions (and flip their order every round) after a warm-up."""
+    names = {p: s.get_inputs()[0].name for p, s in sessions.items()}
     batch = images[:_BATCH]
-    runs = max(repeats // _BATCH, 5)
-    per_sample = _timed(lambda i: sess.run(None, {name: batch}), runs)["median"] / len(batch)
-    return {**batch1, "batch64_per_sample": per_sample}
+    for p, s in sessions.items():
+        for i in range(_WARMUP):
+            s.run(None, {names[p]: images[i % len(images)][None]})
+        s.run(None, {names[p]: batch})
+    one: dict[str, list[float]] = {p: [] for p in sessions}
+    many: dict[str, list[float]] = {p: [] for p in sessions}
+    order = list(sessions)
+    for r in range(max(repeats // _ROUND, 5)):
+        for p in order if r % 2 == 0 else order[::-1]:
+            s, name = sessions[p], names[p]
+            for i in range(_ROUND):
+                x = images[(r * _ROUND + i) % len(images)][None]
+                t0 = time.perf_counter()
+                s.run(None, {name: x})
+                one[p].append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            s.run(None, {name: batch})
+            many[p].append((time.perf_counter() - t0) / len(batch))
+    return {
+        p: {
+            "median": float(np.median(one[p]) * 1e3),
+            "p95": float(np.percentile(one[p], 95) * 1e3),
+            "batch64_per_sample": float(np.median(many[p]) * 1e3),
+        }
+        for p in sessions
+    }
+
+
+def _profile(path: Path, threads: int, images: np.ndarray) -> dict[str, Any]:
+    """Median microseconds per batch-1 run, per op type, from ONNX Runtime's profiler (warm-up excluded)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        opts = session_options(threads)
+        opts.enable_profiling = True
+        opts.profile_file_prefix = str(Path(tmp) / "edge")
+        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        name = sess.get_inputs()[0].name
+        for i in range(_WARMUP + _PROFILE_RUNS):
+            sess.run(None, {name: images[i % len(images)][None]})
+        events = json.loads(Path(sess.end_profiling()).read_text())
+    runs = sorted(
+        (e["ts"], e["dur"]) for e in events if e.get("cat") == "Session" and e["name"] == "model_run"
+    )
+    starts = [ts for ts, _ in runs]
+    per_run: list[dict[str, float]] = [defaultdict(float) for _ in runs]
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            i = bisect.bisect_right(starts, e["ts"]) - 1
+            if i >= 0:
+                per_run[i][e["args"]["op_name"]] += e["dur"]
+    kept = range(_WARMUP, len(runs))
+    ops = sorted({op for i in kept for op in per_run[i]})
+    return {
+        "ops_us": {op: float(np.median([per_run[i][op] for i in kept])) for op in ops},
+        "kernels_us": float(np.median([sum(per_run[i].values()) for i in kept])),
+        "run_us": float(np.median([runs[i][1] for i in kept])),
+    }
 
 
 def _run_all(sess: ort.InferenceSession, images: np.ndarray) -> np.ndarray:
@@ -141,8 +207,9 @@ def _split_figures(
     bundle: Bundle, split: str, images: np.ndarray, labels: np.ndarray, repeats: int, threads: int
 ) -> dict[str, Any]:
     info = bundle.manifest.split(split)
-    heads = {p: load_session(bundle.path(getattr(info, f"head_{p}")), threads) for p in ("int8", "fp32")}
-    lat = {p: _latency(s, images, repeats) for p, s in heads.items()}
+    files = {p: bundle.path(getattr(info, f"head_{p}")) for p in ("fp32", "int8")}
+    heads = {p: load_session(f, threads) for p, f in files.items()}
+    lat = _latencies(heads, images, repeats)
     tail = load_session(bundle.path(info.tail_onnx), threads)
     latents = {p: _run_all(s, images) for p, s in heads.items()}
     levels = []
@@ -181,6 +248,7 @@ def _split_figures(
             "int8_ms_per_sample": lat["int8"]["batch64_per_sample"],
             "speedup": lat["fp32"]["batch64_per_sample"] / lat["int8"]["batch64_per_sample"],
         },
+        "profile": {p: _profile(f, threads, images) for p, f in files.items()},
         "encode_ms": levels[0]["encode_ms"],
         **overhead,
         "int8_accuracy_drop_pp": levels[0]["int8_accuracy_drop_pp"],
@@ -221,12 +289,13 @@ def _client_overhead(
         scores=[0.5, 0.2, 0.1, 0.1, 0.1],
         timings=pb.ServerTimings(receive_ms=0.1, decode_ms=0.4, queue_ms=0.1, tail_ms=0.5, total_ms=1.2),
     )
-    config = EdgeConfig(timeout_s=10.0)
+    config = EdgeConfig(timeout_s=10.0, precision="auto")
     policy = FixedPolicy(split=split, level=level)
     with EdgeClient(bundle, transport=_SerializingTransport(reply), policy=policy, config=config) as client:
         for i in range(_WARMUP):
             client.infer(images[i % len(images)])
         results = [client.infer(images[i % len(images)]) for i in range(repeats)]
+        precision = client.runtime.precisions[split]
     beyond_head = np.array([r.timings.total_ms - r.timings.head_ms for r in results])
     encode = np.array([r.timings.encode_ms for r in results])
     return {
@@ -234,6 +303,7 @@ def _client_overhead(
         "client_overhead_p95_ms": float(np.percentile(beyond_head, 95)),
         "overhead_excl_encode_ms": float(np.median(beyond_head - encode)),
         "client_total_ms": float(np.median([r.timings.total_ms for r in results])),
+        "client_precision": precision,
     }
 
 
@@ -241,14 +311,21 @@ def _local_figures(
     bundle: Bundle, images: np.ndarray, labels: np.ndarray, repeats: int, threads: int
 ) -> dict[str, Any]:
     local = bundle.manifest.local
-    sessions = {p: load_session(bundle.path(local[p]), threads) for p in ("int8", "fp32")}
-    lat = {p: _latency(s, images, repeats) for p, s in sessions.items()}
+    sessions = {p: load_session(bundle.path(local[p]), threads) for p in ("fp32", "int8")}
+    lat = _latencies(sessions, images, repeats)
     acc = {p: float((_run_all(s, images).argmax(1) == labels).mean()) for p, s in sessions.items()}
     return {
         "fp32_ms": lat["fp32"]["median"],
         "int8_ms": lat["int8"]["median"],
         "speedup": lat["fp32"]["median"] / lat["int8"]["median"],
-        "batch64_speedup": lat["fp32"]["batch64_per_sample"] / lat["int8"]["batch64_per_sample"],
+        "fp32_p95_ms": lat["fp32"]["p95"],
+        "int8_p95_ms": lat["int8"]["p95"],
+        "batch64": {
+            "fp32_ms_per_sample": lat["fp32"]["batch64_per_sample"],
+            "int8_ms_per_sample": lat["int8"]["batch64_per_sample"],
+            "speedup": lat["fp32"]["batch64_per_sample"] / lat["int8"]["batch64_per_sample"],
+        },
+        "client_precision": EdgeRuntime(bundle, [], precision="auto", threads=threads).precisions["local"],
         "accuracy_int8": acc["int8"],
         "accuracy_fp32": acc["fp32"],
         "int8_accuracy_drop_pp": (acc["fp32"] - acc["int8"]) * 100,
@@ -299,15 +376,16 @@ def _plot(report: dict[str, Any], path: Path) -> None:
     names = [s["split"] for s in splits] + ["local"]
     fp32 = [s["fp32_ms"] for s in splits] + [report["local"]["fp32_ms"]]
     int8 = [s["int8_ms"] for s in splits] + [report["local"]["int8_ms"]]
+    b64 = [s["batch64"]["speedup"] for s in splits] + [report["local"]["batch64"]["speedup"]]
     x = np.arange(len(names))
     fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(14, 4.2))
     ax1.bar(x - 0.2, fp32, 0.4, label="fp32")
     ax1.bar(x + 0.2, int8, 0.4, label="int8")
-    for i, (a, b) in enumerate(zip(fp32, int8, strict=True)):
-        ax1.text(i, max(a, b), f"{a / b:.2f}x", ha="center", va="bottom", fontsize=9)
+    for i, (a, b, c) in enumerate(zip(fp32, int8, b64, strict=True)):
+        ax1.text(i, max(a, b), f"{a / b:.2f}x\n(b64 {c:.2f}x)", ha="center", va="bottom", fontsize=8)
     ax1.set_xticks(x, names)
     ax1.set_ylabel("ms per request (batch 1, median)")
-    ax1.set_title("model latency on this CPU")
+    ax1.set_title("model latency on this CPU (int8 speedup)")
     ax1.legend()
     xs = np.arange(len(splits))
     head = [s["int8_ms"] for s in splits]

@@ -24,7 +24,7 @@ variable                                       field                        defa
 ``SPLITSERVE_EDGE_BREAKER_FAILURES``           ``breaker_failures``         ``3``
 ``SPLITSERVE_EDGE_BREAKER_RESET_S``            ``breaker_reset_s``          ``2.0``
 ``SPLITSERVE_EDGE_FALLBACK``                   ``fallback``                 ``true``
-``SPLITSERVE_EDGE_PRECISION``                  ``precision``                ``int8`` (or ``fp32``, ``auto``)
+``SPLITSERVE_EDGE_PRECISION``                  ``precision``                ``auto`` (or ``int8``, ``fp32``)
 ``SPLITSERVE_EDGE_ORT_THREADS``                ``ort_threads``              ``1`` (0: ONNX Runtime's choice)
 ``SPLITSERVE_EDGE_TOP_K``                      ``top_k``                    ``5``
 ``SPLITSERVE_EDGE_PROBE_TIMEOUT_S``            ``probe_timeout_s``          ``0.5``
@@ -34,21 +34,18 @@ variable                                       field                        defa
 
 from __future__ import annotations
 
-import dataclasses
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from splitserve.core import envconfig
 from splitserve.core.errors import ConfigError
 
 __all__ = ["ENV_PREFIX", "PRECISIONS", "Credentials", "EdgeConfig"]
 
 ENV_PREFIX = "SPLITSERVE_EDGE_"
 PRECISIONS = ("int8", "fp32", "auto")
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
 
 
 @dataclass(frozen=True)
@@ -75,7 +72,8 @@ class EdgeConfig:
         breaker_failures: consecutive remote failures that open the circuit breaker.
         breaker_reset_s: how long an open breaker sends everything local before one trial request.
         fallback: run the whole model on the device when the endpoint fails; ``False`` raises instead.
-        precision: heads and local model in ``int8``, ``fp32``, or ``auto`` (whichever is faster here).
+        precision: heads and local model in ``int8``, ``fp32``, or ``auto``: whichever is faster on this
+            device, timed at start (int8 is not faster everywhere: ``results/edge.json``).
         ort_threads: ONNX Runtime intra-op threads per session (0 lets ONNX Runtime choose).
         top_k: classes returned per result.
         probe_timeout_s: deadline of the background link probes the orchestrator asks for.
@@ -100,7 +98,7 @@ class EdgeConfig:
     breaker_failures: int = 3
     breaker_reset_s: float = 2.0
     fallback: bool = True
-    precision: str = "int8"
+    precision: str = "auto"
     ort_threads: int = 1
     top_k: int = 5
     probe_timeout_s: float = 0.5
@@ -154,13 +152,7 @@ class EdgeConfig:
         Raises:
             ConfigError: a variable has a value of the wrong type or out of range.
         """
-        env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            raw = env.get(ENV_PREFIX + f.name.upper(), "").strip()
-            if raw:
-                values[f.name] = _parse(ENV_PREFIX + f.name.upper(), str(f.type), raw)
-        return cls(**values)
+        return envconfig.from_env(cls, ENV_PREFIX, environ)
 
     def with_overrides(self, **overrides: Any) -> EdgeConfig:
         """A copy with the given fields replaced; ``None`` values (flags not passed) are ignored.
@@ -168,11 +160,7 @@ class EdgeConfig:
         Raises:
             ConfigError: an unknown field, or a value out of range.
         """
-        given = {k: v for k, v in overrides.items() if v is not None}
-        unknown = sorted(given.keys() - {f.name for f in dataclasses.fields(self)})
-        if unknown:
-            raise ConfigError(f"unknown edge config fields: {unknown}")
-        return dataclasses.replace(self, **given)
+        return envconfig.with_overrides(self, "edge config", **overrides)
 
 
 @dataclass(frozen=True)
@@ -244,18 +232,3 @@ def _token_from_file(path: str) -> str:
     raise ConfigError(f"token file {path} holds no token")
 
 
-def _parse(var: str, kind: str, raw: str) -> Any:
-    try:
-        if kind == "bool":
-            if raw.lower() in _TRUE:
-                return True
-            if raw.lower() in _FALSE:
-                return False
-            raise ValueError(raw)
-        if kind == "int":
-            return int(raw)
-        if kind == "float":
-            return float(raw)
-    except ValueError as exc:
-        raise ConfigError(f"{var}={raw!r} is not a valid {kind}") from exc
-    return raw

@@ -9,8 +9,9 @@
 
 Every head the policy may pick, the local model and the entropy tables of every level are loaded in
 the constructor, so a change of split or level later never loads anything. With ``precision="auto"``
-both the int8 and the fp32 file of each model are timed here and only the faster one is kept: a small
-int8 head can be slower than its fp32 twin on some CPUs (DESIGN.md, pitfalls).
+(the client's default) both the int8 and the fp32 file of each model are timed here, interleaved, and
+only the faster one is kept: a small int8 head can be slower than its fp32 twin on CPUs without int8
+dot-product instructions (DESIGN.md, pitfalls; ``results/edge.json`` has the figures for this CPU).
 """
 
 from __future__ import annotations
@@ -34,30 +35,38 @@ from splitserve.orchestrator import DeviceLatency
 if TYPE_CHECKING:
     from PIL import Image
 
-__all__ = ["EdgeRuntime", "ImageLike", "load_session", "png_bytes", "to_input", "top_k"]
+__all__ = ["EdgeRuntime", "ImageLike", "load_session", "png_bytes", "session_options", "to_input", "top_k"]
 
 ImageLike = Union[np.ndarray, "Image.Image", str, Path]
 """An input: a uint8 array ``(C, H, W)``, ``(H, W)`` or ``(H, W, C)``, a PIL image, or an image file
 (images and files need pillow; arrays need nothing beyond numpy)."""
 
 _WARMUP = 2
+_CHOICE_ROUNDS = 7  # interleaved rounds of the fp32/int8 timing behind precision="auto"
+_CHOICE_CALLS = 8  # calls per model per round
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_LEVEL = 9
 
 
-def load_session(path: Path, threads: int = 1) -> ort.InferenceSession:
-    """An ONNX Runtime CPU session tuned for one request at a time.
+def session_options(threads: int = 1) -> ort.SessionOptions:
+    """ONNX Runtime options for one request at a time: ``threads`` intra-op threads (0: ORT's choice),
+    sequential execution, every graph optimisation.
 
-    Args:
-        path: the ``.onnx`` file.
-        threads: intra-op threads (0 lets ONNX Runtime choose).
+    All optimisations: QDQ pairs fuse into QLinearConv/QLinearAdd (NHWC) and fp32 convs get the NCHWc
+    kernels; measured here, the extended level alone is 1.05-2x slower for both precisions.
     """
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return opts
+
+
+def load_session(path: Path, threads: int = 1) -> ort.InferenceSession:
+    """An ONNX Runtime CPU session of the ``.onnx`` file ``path`` with :func:`session_options`."""
+    return ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
 
 
 class _Model:
@@ -167,7 +176,23 @@ class EdgeRuntime:
             )
         if len(models) == 1:
             return models[0]
-        return min(models, key=lambda model: _median_ms(lambda: model(self._sample), 15))
+        return _fastest(models, self._sample)
+
+
+def _fastest(models: list[_Model], x: np.ndarray) -> _Model:
+    """The model with the lowest median time on ``x``, timed in interleaved rounds (fair under load)."""
+    times: list[list[float]] = [[] for _ in models]
+    for model in models:
+        for _ in range(_WARMUP):
+            model(x)
+    for _ in range(_CHOICE_ROUNDS):
+        for model, t in zip(models, times):
+            for _ in range(_CHOICE_CALLS):
+                t0 = time.perf_counter()
+                model(x)
+                t.append(time.perf_counter() - t0)
+    medians = [float(np.median(t)) for t in times]
+    return models[medians.index(min(medians))]
 
 
 def _median_ms(fn: Any, repeats: int) -> float:

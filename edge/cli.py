@@ -139,7 +139,7 @@ def edge() -> None:
 )
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), help="PEM key of --tls-cert.")
 @click.option("--tls-server-name", help="Name the endpoint's certificate must carry.")
-@click.option("--precision", type=click.Choice(PRECISIONS), help="Heads and local model [int8].")
+@click.option("--precision", type=click.Choice(PRECISIONS), help="Heads and local model [auto: the faster here].")
 @click.option("--top-k", type=int, help="Classes per result [5].")
 @click.option("--unary", is_flag=True, help="One call per input instead of the pipelined stream.")
 @click.option("--limit", type=click.IntRange(min=1), help="Classify at most this many inputs.")

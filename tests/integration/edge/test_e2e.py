@@ -19,7 +19,7 @@ from splitserve.orchestrator import options_from_manifest
 
 from .conftest import EndpointProcess, EndpointThread
 
-PATIENT = EdgeConfig(timeout_s=10.0)
+PATIENT = EdgeConfig(timeout_s=10.0, precision="int8")  # the manifest's accuracy is the int8 head's
 TOLERANCE = 0.002  # 0.2 percentage points
 
 

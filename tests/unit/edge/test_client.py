@@ -33,7 +33,8 @@ from splitserve.orchestrator import (
 
 from .conftest import TailHandler
 
-FAST = EdgeConfig(timeout_s=5.0)
+# int8 pinned: bitstreams and local results are checked against the bundle's int8 files.
+FAST = EdgeConfig(timeout_s=5.0, precision="int8")
 
 
 def _head_stream(bundle: Bundle, split: str, level: int, image: np.ndarray) -> bytes:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from splitserve.core import codec
 from splitserve.core.bundle import Bundle
 from splitserve.core.errors import RequestError
 from splitserve.edge import EdgeRuntime
-from splitserve.edge._runtime import to_input, top_k
+from splitserve.edge._runtime import _fastest, to_input, top_k
 
 SHAPE = (1, 28, 28)
 
@@ -99,6 +100,21 @@ def test_precision_choice(bundle: Bundle, images: np.ndarray) -> None:
     auto = EdgeRuntime(bundle, ["stem"], precision="auto")
     assert set(auto.precisions.values()) <= {"int8", "fp32"}
     assert auto.local(images[0]).shape == fp32.local(images[0]).shape
+
+
+def test_auto_keeps_the_faster_model() -> None:
+    class Sleeper:
+        def __init__(self, seconds: float) -> None:
+            self.seconds, self.calls = seconds, 0
+
+        def __call__(self, x: np.ndarray) -> np.ndarray:
+            self.calls += 1
+            time.sleep(self.seconds)
+            return x
+
+    slow, fast = Sleeper(0.002), Sleeper(0.0)
+    assert _fastest([slow, fast], np.zeros(SHAPE, np.uint8)) is fast  # type: ignore[list-item]
+    assert slow.calls == fast.calls > 20
 
 
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 5, 7)])
