@@ -522,6 +522,26 @@ class _Proc:
     def pid(self) -> int:
         return self.popen.pid
 
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+
+@dataclass
+class _Tracked:
+    """A process another part started (tritonserver, by ``LocalTriton``), with its RSS samples (MB)."""
+
+    role: str
+    pid: int
+    started_s: float
+    stopped_s: float | None = None
+    rss: list[tuple[float, float, float]] = field(default_factory=list)
+
+    def alive(self) -> bool:
+        try:
+            return Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
 
 class _Stack:
     """The processes of one run, the lab (if shaped) and the clock; everything is stopped by :meth:`close`."""
@@ -531,6 +551,7 @@ class _Stack:
         self.run_id = uuid.uuid4().hex[:12]
         self.t0 = time.monotonic()
         self.procs: list[_Proc] = []
+        self.tracked: list[_Tracked] = []
         self.events: list[dict[str, Any]] = []
         self.lab: Any = None
         self.follower: Any = None
@@ -599,13 +620,14 @@ class _Stack:
         def sample() -> None:
             while not self._sampler_stop.wait(self.cfg.memory_every_s):
                 with self._lock:
-                    live = [p for p in self.procs if p.popen.poll() is None and p.role != "prometheus"]
+                    live = [p for p in [*self.procs, *self.tracked] if p.alive() and p.role != "prometheus"]
                 for p in live:
                     with contextlib.suppress(psutil.Error):
                         ps = psutil.Process(p.pid)
                         own = ps.memory_info().rss
                         tree = own + sum(c.memory_info().rss for c in ps.children(recursive=True))
-                        p.rss.append((self.now(), round(own / 2**20, 1), round(tree / 2**20, 1)))
+                        if own:  # 0: it is exiting
+                            p.rss.append((self.now(), round(own / 2**20, 1), round(tree / 2**20, 1)))
 
         self._sampler = threading.Thread(target=sample, name="soak-memory", daemon=True)
         self._sampler.start()
@@ -787,6 +809,10 @@ def run_soak(
         def start_triton() -> None:
             with stack.cloud():
                 stack.triton.start()
+            with stack._lock:
+                stack.tracked.append(
+                    _Tracked(f"tritonserver-{len(stack.tracked) + 1}", stack.triton.pid, stack.now())
+                )
             _wait(
                 "tritonserver ready",
                 lambda: stack.get(triton_ready)[0] == 200,
@@ -911,6 +937,7 @@ def run_soak(
         at(cfg.triton_kill_at)
         killed = stack.triton.pid
         os.kill(killed, signal.SIGKILL)
+        stack.tracked[-1].stopped_s = stack.now()
         stack.event("triton SIGKILL", pid=killed)
         stack.triton.stop()  # reaps it, kills its orphaned python-backend stubs
         time.sleep(cfg.triton_down_s)
@@ -1020,10 +1047,10 @@ def run_soak(
             "pid": p.pid,
             "started_s": p.started_s,
             "stopped_s": p.stopped_s,
-            "exit_code": p.popen.returncode,
+            "exit_code": p.popen.returncode if isinstance(p, _Proc) else None,
             "rss_mb": p.rss,
         }
-        for p in stack.procs
+        for p in [*stack.procs, *stack.tracked]
     ]
     report["manifest"] = _manifest_accuracy(manifest)
     return report
@@ -1208,6 +1235,9 @@ def _memory(processes: list[dict[str, Any]], warmup_s: float = 20.0) -> dict[str
             "span_s": [first[0], last[0]],
             "growth": round(last[1] / first[1] - 1, 4),
         }
+    endpoints = [k for k in out if k.startswith("endpoint-")]
+    if endpoints:  # the last incarnation serves from the restart to the end: the longest life
+        out["endpoint_growth"] = out[max(endpoints)]["growth"]
     return out
 
 
@@ -1269,6 +1299,11 @@ def run(out_dir: Path, bundle: Path, minutes: float, clients: int, **overrides: 
     with tempfile.TemporaryDirectory(prefix="splitserve-soak-") as tmp:
         summary = summarize(cfg, run_soak(cfg, bundle, Path(tmp)))
     summary["problems"] = check(summary)
+    growth = summary["memory"].get("endpoint_growth")
+    summary["targets"] = {
+        "zero_lost": summary["lost"] == 0,
+        "endpoint_memory_growth_below_10pct": growth is not None and growth < 0.10,
+    }
     summary["command"] = f"splitserve bench soak --minutes {minutes:g} --clients {clients}"
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "soak.json").write_text(json.dumps(summary, indent=1) + "\n")
