@@ -171,7 +171,10 @@ def bench_adaptation(profile_path: Path | None, live: bool, out: Path) -> None:
 @bench.command("soak")
 @click.option("--minutes", default=10.0, show_default=True, help="Traffic time.")
 @click.option("--clients", default=16, show_default=True, help="Edge client processes.")
-@_bundle_option
+@click.option(
+    "--bundle", "bundle_path", type=click.Path(exists=True, path_type=Path), default=None,
+    help="Bundle to serve (default: the test bundle, built if missing).",
+)
 @click.option("--out", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
 def bench_soak(minutes: float, clients: int, bundle_path: Path | None, out: Path) -> None:
     """The whole stack under load, faults and a changing network: results/soak.json (default: test bundle)."""
