@@ -366,6 +366,43 @@ def _machine(threads: int) -> dict[str, Any]:
     }
 
 
+_OP_GROUPS = {
+    "convolutions": ("Conv", "QLinearConv", "FusedConv", "QLinearAdd", "Add", "Gemm", "QGemm"),
+    "quantize / dequantize / layout": (
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "Transpose",
+        "ReorderInput",
+        "ReorderOutput",
+    ),
+}
+
+
+def _plot_profile(ax: Any, splits: list[dict[str, Any]]) -> None:
+    """Stacked batch-1 profile per split and precision: convolutions, Q/DQ and layout, the rest, and
+    the session's per-call overhead (run minus kernels)."""
+    labels, stacks = [], []
+    for s in splits:
+        for p in ("fp32", "int8"):
+            prof = s["profile"][p]
+            groups = {
+                g: sum(v for op, v in prof["ops_us"].items() if op in ops) for g, ops in _OP_GROUPS.items()
+            }
+            groups["other ops (cast, normalise, ...)"] = prof["kernels_us"] - sum(groups.values())
+            groups["per-call overhead"] = prof["run_us"] - prof["kernels_us"]
+            labels.append(f"{s['split']}\n{p}")
+            stacks.append(groups)
+    bottom = np.zeros(len(stacks))
+    for g in stacks[0]:
+        v = np.array([st[g] for st in stacks])
+        ax.bar(range(len(stacks)), v, bottom=bottom, label=g)
+        bottom += v
+    ax.set_xticks(range(len(stacks)), labels, fontsize=8)
+    ax.set_ylabel("us per batch-1 run (ORT profiler)")
+    ax.set_title("where the head time goes")
+    ax.legend(fontsize=7)
+
+
 def _plot(report: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -378,27 +415,28 @@ def _plot(report: dict[str, Any], path: Path) -> None:
     int8 = [s["int8_ms"] for s in splits] + [report["local"]["int8_ms"]]
     b64 = [s["batch64"]["speedup"] for s in splits] + [report["local"]["batch64"]["speedup"]]
     x = np.arange(len(names))
-    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(14, 4.2))
+    fig, (ax1, ax4, ax2, ax3) = plt.subplots(1, 4, figsize=(19, 4.2))
     ax1.bar(x - 0.2, fp32, 0.4, label="fp32")
     ax1.bar(x + 0.2, int8, 0.4, label="int8")
     for i, (a, b, c) in enumerate(zip(fp32, int8, b64, strict=True)):
         ax1.text(i, max(a, b), f"{a / b:.2f}x\n(b64 {c:.2f}x)", ha="center", va="bottom", fontsize=8)
+    ax1.set_ylim(0, max(*fp32, *int8) * 1.3)
     ax1.set_xticks(x, names)
     ax1.set_ylabel("ms per request (batch 1, median)")
     ax1.set_title("model latency on this CPU (int8 speedup)")
     ax1.legend()
     xs = np.arange(len(splits))
-    head = [s["int8_ms"] for s in splits]
+    head = [s[f"{s['client_precision']}_ms"] for s in splits]
     encode = [s["encode_ms"] for s in splits]
     rest = [s["overhead_excl_encode_ms"] for s in splits]
-    ax2.bar(xs, head, label="int8 head")
+    ax2.bar(xs, head, label="head (the client's precision)")
     ax2.bar(xs, encode, bottom=head, label="entropy encode")
     ax2.bar(xs, rest, bottom=np.add(head, encode), label="rest of the client")
     target = report["targets"]["client_overhead_ms"]
     ax2.hlines(
         np.add(head, target), xs - 0.4, xs + 0.4, color="k", ls="--", lw=1, label="head + overhead target"
     )
-    ax2.set_xticks(xs, [s["split"] for s in splits])
+    ax2.set_xticks(xs, [f"{s['split']} ({s['client_precision']})" for s in splits])
     ax2.set_ylabel("ms per request (median)")
     ax2.set_title("device time of one split request")
     ax2.legend(fontsize=8)
@@ -415,6 +453,7 @@ def _plot(report: dict[str, Any], path: Path) -> None:
     ax3.set_ylabel("top-1 fp32 - int8 (pp)")
     ax3.set_title(f"int8 accuracy cost ({report['eval_size']} images)")
     ax3.legend()
+    _plot_profile(ax4, splits)
     fig.suptitle(f"splitserve edge: {report['bundle']['name']} on {report['machine']['cpu']}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
