@@ -35,13 +35,13 @@ variable                                    field                      default
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from splitserve.core import envconfig
 from splitserve.core.errors import ConfigError
 
 __all__ = ["DECODE_MODES", "ENV_PREFIX", "LOCAL_TRITON", "CloudConfig"]
@@ -145,33 +145,8 @@ class CloudConfig:
         Raises:
             ConfigError: a variable has a value of the wrong type or out of range.
         """
-        env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            raw = env.get(ENV_PREFIX + f.name.upper(), "").strip()
-            if raw:
-                values[f.name] = _parse(f.name, f.type, raw)
-        return cls(**values)
+        return envconfig.from_env(cls, ENV_PREFIX, environ)
 
     def with_overrides(self, **overrides: Any) -> CloudConfig:
         """A copy with the given fields replaced; ``None`` values (flags not passed) are ignored."""
-        given = {k: v for k, v in overrides.items() if v is not None}
-        unknown = sorted(given.keys() - {f.name for f in dataclasses.fields(self)})
-        if unknown:
-            raise ConfigError(f"unknown cloud config fields: {unknown}")
-        return dataclasses.replace(self, **given)
-
-
-def _parse(name: str, kind: Any, raw: str) -> Any:
-    var = ENV_PREFIX + name.upper()
-    kind = str(kind)
-    try:
-        if kind.startswith("tuple"):
-            return tuple(p.strip() for p in raw.split(",") if p.strip())
-        if kind == "int":
-            return int(raw)
-        if kind == "float":
-            return float(raw)
-    except ValueError as exc:
-        raise ConfigError(f"{var}={raw!r} is not a valid {kind}") from exc
-    return raw
+        return envconfig.with_overrides(self, "cloud config", **overrides)

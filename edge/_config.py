@@ -230,5 +230,3 @@ def _token_from_file(path: str) -> str:
         if line.strip():
             return line.strip()
     raise ConfigError(f"token file {path} holds no token")
-
-
