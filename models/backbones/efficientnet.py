@@ -24,9 +24,8 @@ import io
 from collections import OrderedDict
 from pathlib import Path
 
-from torch import nn
-
 from splitserve.core.errors import ConfigError
+from torch import nn
 
 from .._config import BackboneCfg, BottleneckCfg, SplitPointCfg
 from .._registry import register_backbone
@@ -37,7 +36,7 @@ __all__ = ["EFFICIENTNET_LITE0_CFG", "efficientnet_lite0", "lite0_weights_path"]
 
 # Blocks of each stage (indexes into the package's ``_blocks``), with output channels and reduction.
 _STAGES = {
-    "stage1": (range(0, 1), 16, 2),
+    "stage1": (range(1), 16, 2),
     "stage2": (range(1, 3), 24, 4),
     "stage3": (range(3, 5), 40, 8),
     "stage4": (range(5, 8), 80, 16),
