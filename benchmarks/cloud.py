@@ -147,7 +147,14 @@ def run(
     mean_bytes = float(np.mean([len(r.tensor.data) for r in requests]))
     report = {
         "benchmark": "cloud",
-        "bundle": {"name": bundle.manifest.name, "version": bundle.manifest.version},
+        "command": f"splitserve bench cloud --bundle {bundle_path} --out {out_dir} --duration-s {duration_s:g}",
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "bundle": {
+            "name": bundle.manifest.name,
+            "version": bundle.manifest.version,
+            "path": str(bundle_path),
+            "created": bundle.manifest.extra.get("created"),
+        },
         "split": info.name,
         "level": lvl,
         "payload_bytes_mean": mean_bytes,
