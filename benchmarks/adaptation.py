@@ -32,10 +32,15 @@ import contextlib
 import dataclasses
 import itertools
 import json
+import math
+import os
+import platform
 import queue
 import socket
 import struct
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -73,11 +78,13 @@ from .netlab import (
 
 __all__ = [
     "ORCHESTRATORS",
+    "EdgeClientRunner",
     "EmulatedRunner",
     "LiveJob",
     "LiveRunner",
     "RequestRecord",
     "main",
+    "measure_profile",
     "run",
 ]
 
@@ -238,6 +245,77 @@ def _sim_trace(trace: Trace, profile: Profile, config: SimConfig) -> tuple[dict[
     meets = runs["oracle"].latency_ms <= config.deadline_ms
     eligible = [oid for oid, ok in zip(sim.ids, sim.eligible) if ok]
     return _entry(trace, "sim", runs, sim.ids, best, config, meets, eligible), runs
+
+
+# -- measured profile ----------------------------------------------------------------------------------
+
+_HTTP2_TCPIP_BYTES = 9 + 30 + 66  # HTTP/2 DATA frame header, HPACK HEADERS frame (warm table), TCP/IP
+
+
+def measure_profile(bundle_path: Path, *, requests: int = 100, log: Callable[[str], None] = print) -> Profile:
+    """A profile of ``bundle_path`` from real measurements on this machine.
+
+    Bytes and accuracy per option come from the bundle's manifest (measured on its evaluation set).
+    Device times are what the real edge client measures at start-up (:class:`~splitserve.edge.EdgeClient`:
+    head + entropy coding per split, the whole model, the PNG encoding), median over the clients (one
+    per option, each loads only what its option needs). Server times are the median ``total_ms`` the real endpoint (embedded ONNX Runtime, its own
+    process on loopback) reports for ``requests`` Fashion-MNIST test images per remote option. Framing
+    is the measured request bytes beyond the payload (protobuf + gRPC prefix) plus HTTP/2 frame headers
+    and TCP/IP headers (``_HTTP2_TCPIP_BYTES``).
+    """
+    from splitserve.core.bundle import Bundle
+    from splitserve.core.datasets import load_fashion_mnist
+    from splitserve.edge import EdgeClient, EdgeConfig
+    from splitserve.orchestrator import DeviceLatency, options_from_manifest
+
+    from .cloud import _serving
+
+    images, _ = load_fashion_mnist("test")
+    bundle = Bundle.open(bundle_path)
+    manifest = bundle.manifest
+    bundle.close()
+    measured: list[DeviceLatency] = []
+    server_ms: dict[str, float] = {}
+    framing: list[int] = []
+    with _serving(Path(bundle_path), "embedded", "auto") as (target, _):
+        for option in options_from_manifest(manifest):
+            config = EdgeConfig(timeout_s=5.0, fallback=False)
+            with EdgeClient(bundle_path, target, policy=option.id, config=config) as client:
+                measured.append(client.device_latency)
+                if not option.remote:
+                    continue
+                for image in images[-10:]:  # warm-up: first calls of a connection and a tail
+                    client.infer(image)
+                totals = []
+                for image in images[:requests]:
+                    r = client.infer(image)
+                    totals.append(float(r.timings.server_total_ms or 0.0))
+                    framing.append(r.bytes_sent - r.payload_bytes)
+                server_ms[option.id] = float(np.median(totals))
+                log(f"  measured {option.id}: server {server_ms[option.id]:.2f} ms")
+    device = DeviceLatency(
+        head_ms={
+            s.name: float(np.median([m.head_ms[s.name] for m in measured if s.name in m.head_ms]))
+            for s in manifest.splits
+        },
+        local_ms=float(np.median([m.local_ms for m in measured])),
+        offload_ms=float(np.median([m.offload_ms for m in measured])),
+    )
+    return Profile.from_manifest(
+        manifest,
+        device,
+        server_ms,
+        framing_bytes=float(np.median(framing)) + _HTTP2_TCPIP_BYTES,
+        name=f"{manifest.name}:{manifest.version} @ {platform.node() or 'this machine'}",
+        description=(
+            f"Measured {time.strftime('%Y-%m-%d')} from bundle {bundle_path}: bytes and accuracy from its "
+            f"manifest; device times from the edge client's start-up measurement on this CPU "
+            f"({platform.processor() or platform.machine()}, {os.cpu_count()} cores, shared); server times "
+            f"the median endpoint total over {requests} Fashion-MNIST test images per option (embedded "
+            "ONNX Runtime endpoint on loopback); framing = measured message framing + "
+            f"{_HTTP2_TCPIP_BYTES} B HTTP/2 + TCP/IP headers."
+        ),
+    )
 
 
 # -- live ----------------------------------------------------------------------------------------------
@@ -452,6 +530,170 @@ class _EmulatedClient:
             self.orch.observe(obs)
 
 
+class EdgeClientRunner:
+    """The real edge client and the real endpoint over the shaped link.
+
+    The endpoint is ``python -m splitserve.cloud serve`` (embedded ONNX Runtime) in the cloud namespace;
+    the client is :class:`~splitserve.edge.EdgeClient` in a process in the edge namespace (``python -m
+    splitserve.benchmarks.adaptation live-client``), sending one Fashion-MNIST test image every
+    ``interval_ms`` through the relay with the orchestrator (or a fixed option) it is given. Every byte,
+    probe, timing and fallback is the real client's. With ``device_factor`` > 1 the client's device
+    work (heads, entropy coding, the local model, PNG encoding) is padded by a sleep to ``factor`` times
+    its least CPU time (see :func:`_slowed`), and the orchestrator gets the client's start-up measurement taken again on the padded
+    device: this CPU standing in for a slower device, as in the simulator.
+
+    Args:
+        bundle: the bundle both sides load.
+        device_factor: how many times slower the stand-in device is.
+    """
+
+    name = "edge_client"
+
+    def __init__(self, bundle: Path, device_factor: float = 1.0) -> None:
+        self.bundle = Path(bundle)
+        self.device_factor = device_factor
+
+    @contextlib.contextmanager
+    def endpoint(self, lab: Netlab, profile: Profile) -> Iterator[tuple[str, int]]:
+        port = _LIVE_ENDPOINT_PORT
+        argv = [sys.executable, "-m", "splitserve.cloud", "serve", "--bundle", str(self.bundle)]
+        argv += ["--address", f"127.0.0.1:{port}", "--metrics-port", "-1", "--log-level", "WARNING"]
+        proc = lab.popen("cloud", [*argv, "--grace-s", "1"], stdout=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 120.0
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"the endpoint exited with {proc.returncode} before serving")
+                with contextlib.closing(lab.socket("cloud")) as sock:
+                    if sock.connect_ex(("127.0.0.1", port)) == 0:
+                        break
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the endpoint did not listen within 120 s")
+                time.sleep(0.2)
+            yield ("127.0.0.1", port)
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def client(self, lab: Netlab, job: LiveJob) -> list[RequestRecord]:
+        return self.prepare(lab, job)(job.start_s)
+
+    def prepare(self, lab: Netlab, job: LiveJob) -> Callable[[float], list[RequestRecord]]:
+        """Start the client process and wait until it is ready (bundle open, device measured).
+
+        Returns:
+            ``go(start_s)``: tells the client the trace started at ``start_s`` and returns its records.
+        """
+        cfg = job.config
+        spec = {
+            "bundle": str(self.bundle),
+            "address": f"{job.address[0]}:{job.address[1]}",
+            "policy": job.policy,
+            "fixed_option": job.fixed_option,
+            "duration_s": job.trace.duration_s,
+            "interval_ms": cfg.interval_ms,
+            "timeout_ms": cfg.timeout_ms,
+            "accuracy_floor": cfg.accuracy_floor,
+            "device_factor": self.device_factor,
+            "profile": job.profile.to_dict(),
+        }
+        f = tempfile.NamedTemporaryFile("w", suffix=".json")  # noqa: SIM115 - closed in go()
+        json.dump(spec, f)
+        f.flush()
+        argv = [sys.executable, "-m", "splitserve.benchmarks.adaptation", "live-client", f.name]
+        proc = lab.popen("edge", argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert proc.stdin is not None and proc.stdout is not None
+        if proc.stdout.readline().strip() != "ready":
+            proc.kill()
+            proc.wait()
+            f.close()
+            raise RuntimeError(f"the live client did not start (exit status {proc.poll()})")
+
+        def go(start_s: float) -> list[RequestRecord]:
+            try:
+                stdout, _ = proc.communicate(f"{start_s!r}\n", timeout=job.trace.duration_s + 120.0)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+                raise
+            finally:
+                f.close()
+            if proc.returncode != 0:
+                raise RuntimeError(f"the live client exited with {proc.returncode}")
+            return [RequestRecord(**json.loads(line)) for line in stdout.splitlines() if line.startswith("{")]
+
+        return go
+
+
+_LIVE_ENDPOINT_PORT = 50051
+
+
+def _slowed(name: str, fn: Callable[..., Any], factor: float) -> Callable[..., Any]:
+    """``fn``, padded by a sleep to ``factor`` times the least CPU time it has taken for these arguments.
+
+    The stand-in device is steady: its time for an operation (keyed by ``name`` and its split and level
+    arguments) is ``factor`` times the least CPU time this CPU took for it. CPU time, and the least of
+    it, because on a shared machine both wall and CPU time of one call hold other jobs' interference,
+    which the factor would magnify.
+    """
+    least: dict[tuple[Any, ...], float] = {}
+
+    def slowed(*args: Any, **kwargs: Any) -> Any:
+        t0, c0 = time.perf_counter(), time.thread_time()
+        out = fn(*args, **kwargs)
+        key = (name, *(a for a in args if isinstance(a, (str, int))))
+        cpu = least[key] = min(least.get(key, math.inf), time.thread_time() - c0)
+        time.sleep(max(factor * cpu - (time.perf_counter() - t0), 0.0))
+        return out
+
+    return slowed
+
+
+def _live_client_main(spec_path: str) -> None:
+    """The client process of :class:`EdgeClientRunner`: one JSON line per request on stdout."""
+    from splitserve.core.datasets import load_fashion_mnist
+    from splitserve.edge import EdgeClient, EdgeConfig
+
+    spec = json.loads(Path(spec_path).read_text())
+    profile = Profile.from_dict(spec["profile"])
+    factor = float(spec["device_factor"])
+    sim = SimConfig(
+        interval_ms=spec["interval_ms"], timeout_ms=spec["timeout_ms"], accuracy_floor=spec["accuracy_floor"]
+    )
+    policy: Any = spec["fixed_option"]
+    if spec["policy"]:
+        policy = orchestrator_factory(profile, sim, spec["policy"])(time.monotonic)
+    images, _ = load_fashion_mnist("test")
+    config = EdgeConfig(timeout_s=spec["timeout_ms"] / 1000.0)
+    with EdgeClient(spec["bundle"], spec["address"], policy=policy, config=config) as client:
+        if factor != 1.0:
+            for name in ("head", "encode", "local", "png"):
+                setattr(client.runtime, name, _slowed(name, getattr(client.runtime, name), factor))
+            client.runtime.measure()  # learns the least CPU time of each operation
+            slow = client.runtime.measure()  # the start-up measurement, on the stand-in device
+            if spec["policy"]:
+                client.policy.update_device(slow)  # type: ignore[attr-defined]
+            client._local_reserve_s = (1.5 * slow.local_ms + 0.5) / 1e3  # what its start-up would set
+        print("ready", flush=True)
+        start, i = float(sys.stdin.readline()), 0
+        while (t := start + i * spec["interval_ms"] / 1000.0) < start + spec["duration_s"]:
+            time.sleep(max(t - time.monotonic(), 0.0))
+            sent = time.monotonic()
+            r = client.infer(images[i % len(images)])
+            record = RequestRecord(
+                t_s=sent - start,
+                option_id=r.chosen,
+                latency_ms=(time.monotonic() - sent) * 1000.0,
+                fell_back=r.fallback_reason is not None,
+            )
+            print(json.dumps(dataclasses.asdict(record)), flush=True)
+            i += 1
+
+
 def _mean_one(rng: np.random.Generator, cv: float, n: int) -> np.ndarray:
     s = np.sqrt(np.log1p(cv**2))
     return rng.lognormal(-0.5 * s**2, s, n) if cv > 0 else np.ones(n)
@@ -534,18 +776,15 @@ def _live_trace(
         filler = stack.enter_context(Filler(lab))
         for name, policy, fixed in jobs:
             log(f"  live {trace.name}: {name} ({trace.duration_s:.0f} s)")
+            job = LiveJob(trace, profile, config, policy, fixed, relay.address, 0.0, lab.namespace("edge"))
+            prepare = getattr(runner, "prepare", None)  # a client that is slow to start starts first
+            started = prepare(lab, job) if prepare is not None else None
             with TraceFollower(lab, trace, relay=relay, filler=filler) as follower:
-                job = LiveJob(
-                    trace,
-                    profile,
-                    config,
-                    policy,
-                    fixed,
-                    relay.address,
-                    follower.start_s,
-                    lab.namespace("edge"),
-                )
-                runs[name] = _run_of(name, runner.client(lab, job), profile)
+                if started is not None:
+                    records = started(follower.start_s)
+                else:
+                    records = runner.client(lab, dataclasses.replace(job, start_s=follower.start_s))
+                runs[name] = _run_of(name, records, profile)
             lab.set_rate(first)
             time.sleep(0.2)  # let the queues drain between runs
     ids = profile.ids
@@ -638,6 +877,7 @@ def run(
     live_duration_s: float = 60.0,
     live_fixed: Sequence[str] | None = None,
     plots: bool = True,
+    bundle: Path | None = None,
     log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr),
 ) -> dict[str, Any]:
     """Run the benchmark and write ``adaptation.json`` (and plots) under ``out_dir``.
@@ -652,18 +892,27 @@ def run(
         traces: names of the traces to simulate (``None``: the whole set).
         device_factor: scale every device time of the profile (a workstation standing in for a slower
             device); recorded in the report.
-        live_runner: endpoint + client for the live harness; ``None`` uses :class:`EmulatedRunner`.
+        live_runner: endpoint + client for the live harness; ``None`` uses :class:`EdgeClientRunner`
+            when ``bundle`` is given, else :class:`EmulatedRunner` (the profile has no bundle behind it).
         live_traces: names of the traces to run live.
         live_duration_s: each live trace is compressed to this duration.
         live_fixed: option ids to run as fixed policies live (``None``: every option); the live oracle
             and best fixed option are taken among these.
         plots: write PNG plots.
+        bundle: measure the profile from this bundle (:func:`measure_profile`; saved as
+            ``adaptation_profile.json``) instead of reading ``profile_path``.
         log: progress messages.
 
     Returns:
         The report written to ``adaptation.json``.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
+    if bundle is not None:
+        if profile_path is not None:
+            raise ValueError("give a profile or a bundle to measure one from, not both")
+        log(f"measuring a profile of {bundle} (edge client start-up, embedded endpoint on loopback)")
+        profile_path = out_dir / "adaptation_profile.json"
+        measure_profile(bundle, log=log).save(profile_path)
     if profile_path is None:
         profile_path = example_profile_path()
         log(
@@ -673,12 +922,19 @@ def run(
     profile = Profile.load(profile_path).with_device_factor(device_factor)
     cfg = dataclasses.replace(config or SimConfig(), seed=seed)
     chosen = [t for t in trace_set(seed) if traces is None or t.name in traces]
+    source = f"--bundle {bundle}" if bundle is not None else f"--profile {profile_path}"
     report: dict[str, Any] = {
         "benchmark": "adaptation",
+        "command": f"splitserve bench adaptation {source} --device-factor {device_factor:g}"
+        + (f" --live --live-duration {live_duration_s:g}" if live else "")
+        + (f" --live-fixed {','.join(live_fixed)}" if live and live_fixed else "")
+        + f" --out {out_dir}",
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "profile": {
             "path": str(profile_path),
             "name": profile.name,
             "example": profile.example,
+            "description": profile.description,
             "device_factor": device_factor,
         },
         "config": {**dataclasses.asdict(cfg), "orchestrators": ORCHESTRATORS},
@@ -701,6 +957,8 @@ def run(
                 cfg.deadline_ms,
             )
     report["sim_seconds"] = time.perf_counter() - started
+    if live and live_runner is None and bundle is not None:
+        live_runner = EdgeClientRunner(bundle, device_factor)
     if live:
         report["live"] = _run_live(
             out_dir,
@@ -739,7 +997,7 @@ def _run_live(
         return {"skipped": reason}
     if runner is None:
         runner = EmulatedRunner()
-        log("live harness: the real edge client and endpoint are not wired in; using the emulated runner")
+        log("live harness: no bundle given, so the client and endpoint are emulated from the profile")
     fixed_ids = list(profile.ids if fixed is None else fixed)
     floor = cfg.accuracy_floor - 1e-9
     if not any(profile.entry(oid).option.accuracy >= floor for oid in fixed_ids):
@@ -826,4 +1084,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["live-client"]:
+        _live_client_main(sys.argv[2])
+    else:
+        main()

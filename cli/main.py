@@ -158,13 +158,30 @@ def bench_natural(recipe: str, out: Path) -> None:
 @bench.command("adaptation")
 @click.option("--profile", "profile_path", type=click.Path(exists=True, path_type=Path), default=None,
               help="Profile JSON (default: the shipped example profile, with a warning).")
+@click.option("--bundle", "bundle_path", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Measure the profile from this bundle (edge client + embedded endpoint on this machine).")
+@click.option("--device-factor", default=1.0, show_default=True,
+              help="Scale every device time (this CPU standing in for a slower device).")
 @click.option("--live", is_flag=True, help="Also run the live harness (root: netns + tc tbf).")
+@click.option("--live-duration", default=60.0, show_default=True, help="Seconds each live trace lasts.")
+@click.option("--live-fixed", default=None, help="Comma-separated fixed options run live (default: all).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
-def bench_adaptation(profile_path: Path | None, live: bool, out: Path) -> None:
+def bench_adaptation(
+    profile_path: Path | None,
+    bundle_path: Path | None,
+    device_factor: float,
+    live: bool,
+    live_duration: float,
+    live_fixed: str | None,
+    out: Path,
+) -> None:
     """Orchestrator vs every fixed option vs the hindsight oracle over bandwidth traces."""
     from splitserve.benchmarks.adaptation import run
 
-    result = run(out, profile_path, live)
+    result = run(
+        out, profile_path, live, device_factor=device_factor, bundle=bundle_path,
+        live_duration_s=live_duration, live_fixed=live_fixed.split(",") if live_fixed else None,
+    )
     click.echo(f"wrote {out / 'adaptation.json'} ({len(result['traces'])} traces)")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -19,8 +20,10 @@ def test_sim_report_layout_and_plot(tmp_path: Path) -> None:
         "path": str(example_profile_path()),
         "name": report["profile"]["name"],
         "example": True,
+        "description": report["profile"]["description"],
         "device_factor": 1.0,
     }
+    assert saved["command"].startswith("splitserve bench adaptation --profile ")
     (entry,) = saved["traces"]
     assert entry["name"] == "step" and entry["mode"] == "sim" and entry["variable"] is True
     fixed = [k for k in entry["policies"] if k.startswith("fixed:")]
@@ -42,3 +45,18 @@ def test_live_needs_a_reachable_lab_or_says_why(tmp_path: Path, monkeypatch: pyt
         tmp_path, example_profile_path(), live=True, traces=("constant",), plots=False, log=lambda _: None
     )
     assert report["live"] == {"skipped": "network namespaces and tc need root"}
+
+
+def test_stand_in_device_pads_to_the_factor_times_the_least_cpu_time() -> None:
+    from splitserve.benchmarks.adaptation import _slowed
+
+    def work(split: str) -> str:
+        end = time.thread_time() + 0.002
+        while time.thread_time() < end:
+            pass
+        return split
+
+    slow = _slowed("head", work, 5.0)
+    t0 = time.perf_counter()
+    assert slow("stem") == "stem"
+    assert time.perf_counter() - t0 >= 5 * 0.002 * 0.95
