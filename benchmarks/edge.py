@@ -397,10 +397,11 @@ def _plot_profile(ax: Any, splits: list[dict[str, Any]]) -> None:
         v = np.array([st[g] for st in stacks])
         ax.bar(range(len(stacks)), v, bottom=bottom, label=g)
         bottom += v
+    ax.set_ylim(0, bottom.max() * 1.45)
     ax.set_xticks(range(len(stacks)), labels, fontsize=8)
     ax.set_ylabel("us per batch-1 run (ORT profiler)")
     ax.set_title("where the head time goes")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left")
 
 
 def _plot(report: dict[str, Any], path: Path) -> None:
@@ -437,6 +438,7 @@ def _plot(report: dict[str, Any], path: Path) -> None:
         np.add(head, target), xs - 0.4, xs + 0.4, color="k", ls="--", lw=1, label="head + overhead target"
     )
     ax2.set_xticks(xs, [f"{s['split']} ({s['client_precision']})" for s in splits])
+    ax2.set_ylim(0, max(np.add(head, target)) * 1.4)
     ax2.set_ylabel("ms per request (median)")
     ax2.set_title("device time of one split request")
     ax2.legend(fontsize=8)
