@@ -40,9 +40,14 @@ class CloudTail(nn.Module):
 
 
 class SplitModel(nn.Module):
-    """Teacher head (frozen) + bottleneck + a student copy of the teacher's tail (fine-tuned)."""
+    """Head + bottleneck + a student copy of the teacher's tail (fine-tuned).
 
-    def __init__(self, teacher: SplitBackbone, split: str, cfg: BottleneckCfg) -> None:
+    The head is the frozen teacher's, or with ``own_head`` a student copy of it that training may
+    fine-tune (Entropic Student trains the whole student end to end); the teacher stays frozen and
+    provides the distillation targets either way.
+    """
+
+    def __init__(self, teacher: SplitBackbone, split: str, cfg: BottleneckCfg, *, own_head: bool = False) -> None:
         super().__init__()
         self.split = split
         self.teacher = teacher
@@ -51,6 +56,11 @@ class SplitModel(nn.Module):
         chs = teacher.cfg.split_point(split).num_chs
         self.codec = BottleneckCodec(chs, cfg)
         self.tail = nn.Sequential(*copy.deepcopy(teacher.cloud_modules(split)))
+        self.head: nn.Sequential | None = None
+        if own_head:
+            self.head = nn.Sequential(*copy.deepcopy(teacher.edge_modules(split)))
+            for p in self.head.parameters():
+                p.requires_grad_(True)
 
     def train(self, mode: bool = True) -> SplitModel:
         super().train(mode)
@@ -62,12 +72,15 @@ class SplitModel(nn.Module):
             return self.teacher.forward_edge(x, self.split)
 
     def forward(self, x: torch.Tensor, level: int) -> dict[str, torch.Tensor | dict[str, torch.Tensor]]:
+        """``f``: the teacher's features at the split; ``f_hat``: the decoder's reconstruction."""
         f = self.features(x)
-        out = self.codec(f, level)
+        h = f if self.head is None else self.head(self.teacher.preprocess(x))
+        out = self.codec(h, level)
         return {"logits": self.tail(out["y_hat"]), "f": f, "f_hat": out["y_hat"], "likelihoods": out["likelihoods"]}
 
     def edge_head(self) -> EdgeHead:
-        return EdgeHead(self.teacher.preprocess, self.teacher.edge_modules(self.split), self.codec.encoder)
+        stages = self.teacher.edge_modules(self.split) if self.head is None else list(self.head)
+        return EdgeHead(self.teacher.preprocess, stages, self.codec.encoder)
 
     def cloud_tail(self) -> CloudTail:
         return CloudTail(self.codec.decoder, list(self.tail))

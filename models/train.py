@@ -107,6 +107,7 @@ def train_split(
     kd_epochs: float = 3.0,
     rate_weight: float = 0.002,
     label_weight: float = 0.0,
+    head_lr: float = 0.0,
     batch: int = 128,
     seed: int = 0,
 ) -> SplitModel:
@@ -115,7 +116,8 @@ def train_split(
     Stage 1 (head distillation): encoder/decoder reconstruct the teacher's features at the split.
     Stage 2 (knowledge distillation): the encoder, the decoder and a copy of the teacher's tail are
     trained to match the teacher's logits, plus ``label_weight`` times the cross-entropy with the true
-    ``labels`` (as in Entropic Student). Both stages add ``rate_weight`` times the rate in bits per
+    ``labels`` (as in Entropic Student); with ``head_lr`` > 0 a student copy of the head is fine-tuned
+    there too, at that learning rate, so the head learns features that code cheaply. Both stages add ``rate_weight`` times the rate in bits per
     image at a rate level drawn at random for each batch, so every level's entropy model is trained.
     """
     if len(images) < batch:
@@ -123,7 +125,7 @@ def train_split(
     if label_weight and (labels is None or len(labels) != len(images)):
         raise ValueError("label_weight > 0 needs one label per training image")
     gen = seed_everything(seed)
-    model = SplitModel(teacher, split, cfg)
+    model = SplitModel(teacher, split, cfg, own_head=head_lr > 0)
     x_all = torch.from_numpy(images)
     y_all = torch.from_numpy(labels.astype(np.int64)) if labels is not None else None
     teacher.eval()
@@ -179,12 +181,16 @@ def train_split(
 
     # The factorized densities get a larger learning rate: with a few thousand steps (not CompressAI's
     # million) they would otherwise stay close to their broad initialisation and waste bits.
+    if model.head is not None:  # the head is trained by knowledge distillation only
+        model.head.requires_grad_(False)
     run_stage(
         "head distillation",
         hd_epochs,
         [{"params": codec_params, "lr": 1e-3}, {"params": density_params, "lr": 1e-2}],
         hd_loss,
     )
+    if model.head is not None:
+        model.head.requires_grad_(True)
     run_stage(
         "knowledge distillation",
         kd_epochs,
@@ -192,6 +198,7 @@ def train_split(
             {"params": codec_params, "lr": 5e-4},
             {"params": density_params, "lr": 5e-3},
             {"params": list(model.tail.parameters()), "lr": 2e-4},
+            *([{"params": list(model.head.parameters()), "lr": head_lr}] if model.head is not None else []),
         ],
         kd_loss,
     )

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from splitserve.core.bundle import Bundle
 from splitserve.core.codec import CODEC_NAME, CODEC_VERSION
 from splitserve.core.datasets import load_fashion_mnist
@@ -41,8 +40,10 @@ class Recipe:
     train_size: int = 60000
     splits: tuple[str, ...] = ("stem", "layer1")
     hd_epochs: float = 1.0
-    kd_epochs: float = 2.0
-    rate_weight: float = 0.002
+    kd_epochs: float = 3.0
+    rate_weight: float = 0.0002
+    label_weight: float = 0.5
+    head_lr: float = 5e-4
     bottleneck: dict[str, BottleneckCfg] = field(default_factory=dict)
     eval_size: int = 10000
     calib_size: int = 512
@@ -66,6 +67,7 @@ RECIPES: dict[str, Recipe] = {
         splits=("stem", "layer1"),
         hd_epochs=0.5,
         kd_epochs=0.5,
+        rate_weight=0.002,
         eval_size=1000,
         calib_size=128,
         bottleneck={
@@ -116,21 +118,23 @@ def trained_split(recipe: Recipe, teacher: SplitBackbone, split: str) -> SplitMo
     bcfg = recipe.bottleneck.get(split) or teacher.cfg.bottleneck.get(split) or BottleneckCfg()
     key = hashlib.sha256(
         json.dumps([recipe.key("backbone", "backbone_epochs", "train_size", "hd_epochs", "kd_epochs",
-                               "rate_weight", "seed", "code_version"), split, dataclasses.asdict(bcfg)]).encode()
+                               "rate_weight", "label_weight", "head_lr", "seed", "code_version"),
+                split, dataclasses.asdict(bcfg)]).encode()
     ).hexdigest()[:12]
     path = cache_dir() / f"{recipe.backbone}-{split}-{key}.pt"
     if path.exists():
-        model = SplitModel(teacher, split, bcfg)
+        model = SplitModel(teacher, split, bcfg, own_head=recipe.head_lr > 0)
         missing, unexpected = model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=False)
         if unexpected or any(not k.endswith(_CDF_BUFFERS) for k in missing):
             raise RuntimeError(f"cached split model {path} does not fit the recipe: delete it to retrain")
         model.eval()
         model.codec.update(force=True)
         return model
-    x, _ = load_fashion_mnist("train")
+    x, y = load_fashion_mnist("train")
     model = train_split(
-        teacher, split, bcfg, x[: recipe.train_size], hd_epochs=recipe.hd_epochs, kd_epochs=recipe.kd_epochs,
-        rate_weight=recipe.rate_weight, seed=recipe.seed,
+        teacher, split, bcfg, x[: recipe.train_size], y[: recipe.train_size], hd_epochs=recipe.hd_epochs,
+        kd_epochs=recipe.kd_epochs, rate_weight=recipe.rate_weight, label_weight=recipe.label_weight,
+        head_lr=recipe.head_lr, seed=recipe.seed,
     )
     # The CDF buffers are derived by update(); their shapes vary, so they are never stored (DESIGN).
     _atomic_save({k: v for k, v in model.state_dict().items() if not k.endswith(_CDF_BUFFERS)}, path)

@@ -61,8 +61,8 @@ FMNIST_CFG = BackboneCfg(
     ),
     weights="train",
     bottleneck={
-        "stem": BottleneckCfg(latent_chs=12, hidden_chs=24, stride=4),
-        "layer1": BottleneckCfg(latent_chs=12, hidden_chs=32, stride=2),
+        "stem": BottleneckCfg(latent_chs=12, hidden_chs=24, stride=4, level_steps=(0.5, 1.0, 1.6, 2.5)),
+        "layer1": BottleneckCfg(latent_chs=12, hidden_chs=32, stride=2, level_steps=(0.5, 1.0, 1.6, 2.5)),
         "layer2": BottleneckCfg(latent_chs=12, hidden_chs=48, stride=1),
     },
 )

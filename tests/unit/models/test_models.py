@@ -5,7 +5,6 @@ from __future__ import annotations
 import onnx
 import pytest
 import torch
-
 from splitserve.core import codec
 from splitserve.core.bundle import Bundle
 from splitserve.core.datasets import load_fashion_mnist
@@ -107,3 +106,23 @@ def test_stream_bytes_match_the_entropy_models_rate(test_bundle):
                 tables = sm.codec.export_tables(level)
                 real = sum(len(codec.encode(v, tables)[0]) for v in y)
                 assert abs(real * 8 / model_bits - 1) < 0.02, (split, level, real * 8, model_bits)
+
+
+def test_fine_tuned_head_is_a_student_copy_and_the_teacher_stays_frozen():
+    """With ``head_lr`` the edge head is the fine-tuned student copy; without it, the teacher's own stages."""
+    from splitserve.models.train import train_split
+
+    teacher = get_backbone("fmnist_resnet")().eval()
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    images, labels = load_fashion_mnist("train")
+    cfg = BottleneckCfg(latent_chs=4, hidden_chs=8, stride=2, level_steps=(1.0,))
+    kw = {"hd_epochs": 0.2, "kd_epochs": 0.2, "batch": 64, "label_weight": 0.5}
+    tuned = train_split(teacher, "stem", cfg, images[:320], labels[:320], head_lr=1e-3, **kw)
+    for k, v in teacher.state_dict().items():
+        torch.testing.assert_close(v, before[k])
+    head_conv = tuned.edge_head().stages[0][0].weight
+    assert not torch.equal(head_conv, teacher.stages.stem[0].weight)
+    frozen = train_split(teacher, "stem", cfg, images[:320], labels[:320], **kw)
+    assert frozen.head is None and frozen.edge_head().stages[0] is teacher.stages.stem
+    with pytest.raises(ValueError, match="one label per training image"):
+        train_split(teacher, "stem", cfg, images[:320], None, **kw)
