@@ -536,7 +536,8 @@ class EdgeClientRunner:
     The endpoint is ``python -m splitserve.cloud serve`` (embedded ONNX Runtime) in the cloud namespace;
     the client is :class:`~splitserve.edge.EdgeClient` in a process in the edge namespace (``python -m
     splitserve.benchmarks.adaptation live-client``), sending one Fashion-MNIST test image every
-    ``interval_ms`` through the relay with the orchestrator (or a fixed option) it is given. Every byte,
+    ``interval_ms`` through the relay with the orchestrator (or a fixed option) it is given, each with the
+    profile's ``timeout_ms`` for the remote part plus the client's reserve for a local run. Every byte,
     probe, timing and fallback is the real client's. With ``device_factor`` > 1 the client's device
     work (heads, entropy coding, the local model, PNG encoding) is padded by a sleep to ``factor`` times
     its least CPU time (see :func:`_slowed`), and the orchestrator gets the client's start-up measurement taken again on the padded
@@ -678,12 +679,15 @@ def _live_client_main(spec_path: str) -> None:
             if spec["policy"]:
                 client.policy.update_device(slow)  # type: ignore[attr-defined]
             client._local_reserve_s = (1.5 * slow.local_ms + 0.5) / 1e3  # what its start-up would set
+        # SimConfig.timeout_ms is how long a remote request may take before the device answers; the
+        # client's timeout also holds the reserve for that local run, so it gets the two together.
+        timeout_s = spec["timeout_ms"] / 1000.0 + client._local_reserve_s
         print("ready", flush=True)
         start, i = float(sys.stdin.readline()), 0
         while (t := start + i * spec["interval_ms"] / 1000.0) < start + spec["duration_s"]:
             time.sleep(max(t - time.monotonic(), 0.0))
             sent = time.monotonic()
-            r = client.infer(images[i % len(images)])
+            r = client.infer(images[i % len(images)], timeout_s=timeout_s)
             record = RequestRecord(
                 t_s=sent - start,
                 option_id=r.chosen,

@@ -316,8 +316,9 @@ class BaseEdgeClient:
         start = time.perf_counter()
         x = self.runtime.to_input(image)
         preprocess_ms = (time.perf_counter() - start) * 1e3
+        remote_ms = budget_s * 1e3 - preprocess_ms - self._local_reserve_s * 1e3  # as _prepare grants
         with self._policy_lock:
-            decision = self.policy.decide(deadline_ms=budget_s * 1e3)
+            decision = self.policy.decide(deadline_ms=budget_s * 1e3, remote_budget_ms=remote_ms)
         job_id = f"{self._id_prefix}-{next(self._ids)}"
         return _Job(job_id, x, start, start + budget_s, decision, preprocess_ms=preprocess_ms)
 
@@ -456,6 +457,7 @@ class BaseEdgeClient:
                 job.bytes_sent,
                 waited_ms,
                 failed=True,
+                sent=bool(job.sent),
             )
         )
         if error.request_id is None:

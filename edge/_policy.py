@@ -38,7 +38,9 @@ class EdgePolicy(Protocol):
 
     options: tuple[Option, ...]
 
-    def decide(self, *, deadline_ms: float | None = None) -> SplitDecision: ...
+    def decide(
+        self, *, deadline_ms: float | None = None, remote_budget_ms: float | None = None
+    ) -> SplitDecision: ...
 
     def observe(self, obs: Observation) -> None: ...
 
@@ -117,7 +119,9 @@ class _Pinned:
             option_id=option.id,
         )
 
-    def decide(self, *, deadline_ms: float | None = None) -> SplitDecision:
+    def decide(
+        self, *, deadline_ms: float | None = None, remote_budget_ms: float | None = None
+    ) -> SplitDecision:
         return self._decision
 
     def observe(self, obs: Observation) -> None:

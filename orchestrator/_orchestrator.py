@@ -14,6 +14,11 @@ Expected latency of an option::
       + [remote] base_rtt_ms + (payload_bytes + framing_bytes) * 8000 / throughput_bps
       + [remote] server queue_ms + server_prior_ms(option) * server_slowdown
 
+A remote option the client would give up on (expected beyond ``decide(remote_budget_ms=...)``, the time
+the client allows a remote request before answering on the device) is priced as that wait plus the local
+run, as the simulator prices a timeout. A request the client never sent (``Observation.sent`` false)
+tells nothing about the link.
+
 A remote request still in flight longer than its option's expected device and server time bounds the
 network time of every remote option from below (the link is slower than believed; with a pipelined
 client this reacts before the late reply arrives). While the device runs locally, nothing measures the
@@ -132,6 +137,7 @@ class Orchestrator:
         self._payload = np.array([o.payload_bytes for o in self.options], dtype=float)
         self._device = DeviceEstimator(self._device_ms(device), alpha=cfg.ewma_alpha)
         self._device_base = np.array([self._device.measured_ms[oid] for oid in ids])
+        self._local_ms = device.local_ms
         server = dict(server_ms or {})
         priors = {
             o.id: float(server.get(o.id, cfg.server_full_ms * o.tail_share)) for o in self.options if o.remote
@@ -159,20 +165,27 @@ class Orchestrator:
         """An orchestrator over every option of ``manifest``; ``kwargs`` as for the constructor."""
         return cls(options_from_manifest(manifest), device, **kwargs)  # type: ignore[arg-type]
 
-    def decide(self, *, deadline_ms: float | None = None) -> SplitDecision:
+    def decide(
+        self, *, deadline_ms: float | None = None, remote_budget_ms: float | None = None
+    ) -> SplitDecision:
         """Choose the option for the next request.
 
         Args:
             deadline_ms: this request's latency budget; overrides ``latency_target_ms``.
+            remote_budget_ms: how long the client lets a remote option take (device work included)
+                before it answers on the device instead; ``None``: no limit.
         """
         now = self._clock()
         self._expire(now)
-        expected = self._expected_ms(now)
+        expected = self._with_fallback(self._expected_ms(now), remote_budget_ms)
         horizon = self.policy.horizon
+        forecast = None
+        if horizon > 0:
+            forecast = self._with_fallback(self._forecast_ms(now, expected, horizon), remote_budget_ms)
         state = DecisionState(
             options=self.options,
             expected_ms=expected,
-            forecast_ms=self._forecast_ms(now, expected, horizon) if horizon > 0 else None,
+            forecast_ms=forecast,
             accuracy_floor=self.accuracy_floor,
             latency_target_ms=deadline_ms if deadline_ms is not None else self.latency_target_ms,
             current=self._current,
@@ -207,7 +220,7 @@ class Orchestrator:
         option = self._option(obs.option_id)
         self._settle(obs.option_id)
         self._device.observe(option.id, obs.device_ms)
-        if not option.remote:
+        if not option.remote or not obs.sent:
             return
         if obs.failed or obs.rtt_ms is None:
             self._link.observe_failure(now)
@@ -237,6 +250,7 @@ class Orchestrator:
         """
         self._device.refresh(self._device_ms(device))
         self._device_base = np.array([self._device.measured_ms[o.id] for o in self.options])
+        self._local_ms = device.local_ms
 
     def estimates(self) -> Estimates:
         """What the orchestrator believes now."""
@@ -294,6 +308,21 @@ class Orchestrator:
         )
         expected: FloatArray = self._fixed_ms(now) + np.where(self._remote, network, 0.0)
         return expected
+
+    def _with_fallback(self, cost: FloatArray, remote_budget_ms: float | None) -> FloatArray:
+        """``cost`` with every remote option expected beyond the budget priced as its local fallback.
+
+        The client gives up at the budget (or sends nothing when the device work alone exceeds it) and
+        runs the whole model on the device: ``max(budget, device time) + local time``.
+        """
+        if remote_budget_ms is None:
+            return cost
+        budget = max(remote_budget_ms, 0.0)
+        device = self._device_base * self._device.slowdown
+        fallback = np.maximum(budget, device) + self._local_ms * self._device.slowdown
+        late = self._remote & (cost > budget)
+        priced: FloatArray = np.where(late, fallback, cost)
+        return priced
 
     def _forecast_ms(self, now: float, expected: FloatArray, horizon: int) -> FloatArray:
         network = self._link.forecast_network_ms(self._payload + self._framing_bytes(), horizon)

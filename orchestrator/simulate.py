@@ -42,7 +42,9 @@ _DECODE_SHARE = 0.25  # share of server time reported as decode_ms (the rest as 
 class OrchestratorLike(Protocol):
     """The part of :class:`~splitserve.orchestrator.Orchestrator` the simulator drives."""
 
-    def decide(self, *, deadline_ms: float | None = None) -> SplitDecision: ...
+    def decide(
+        self, *, deadline_ms: float | None = None, remote_budget_ms: float | None = None
+    ) -> SplitDecision: ...
 
     def observe(self, obs: Observation) -> None: ...
 
@@ -230,7 +232,7 @@ class Simulation:
                 else:
                     orch.observe_probe(item)
             now[0] = t
-            decision = orch.decide(deadline_ms=cfg.deadline_ms)
+            decision = orch.decide(deadline_ms=cfg.deadline_ms, remote_budget_ms=cfg.timeout_ms)
             o = index[decision.option_id]
             choice[i] = o
             pending: list[tuple[float, Observation | ProbeResult]] = [self._observation(i, o)]

@@ -132,6 +132,9 @@ class Observation:
             the server's total time); ``None`` for local. For a failed request: the time waited.
         server: the reply's server timings; ``None`` for local or a failed request.
         failed: the request got no reply (deadline exceeded, unavailable, connection lost).
+        sent: the request went on the wire. ``False`` for a remote option the client answered locally
+            without sending it (circuit breaker open, no time left in the deadline): that says nothing
+            about the link.
     """
 
     option_id: str
@@ -141,6 +144,7 @@ class Observation:
     rtt_ms: float | None = None
     server: ServerTimings | None = None
     failed: bool = False
+    sent: bool = True
 
 
 @dataclass(frozen=True)

@@ -69,9 +69,13 @@ class ScriptedPolicy:
         self.observations: list[Observation] = []
         self.probes: list[ProbeResult] = []
         self.deadlines: list[float | None] = []
+        self.remote_budgets: list[float | None] = []
 
-    def decide(self, *, deadline_ms: float | None = None) -> SplitDecision:
+    def decide(
+        self, *, deadline_ms: float | None = None, remote_budget_ms: float | None = None
+    ) -> SplitDecision:
         self.deadlines.append(deadline_ms)
+        self.remote_budgets.append(remote_budget_ms)
         o = next(self._cycle)
         return SplitDecision(
             o.kind, o.split, o.level, 1.0, o.accuracy, "scripted", o.id, next(self._probes, None)
@@ -289,6 +293,22 @@ class TestFallback:
             assert c.infer(images[0]).computed == "split"
             assert c.breaker.state == "closed"
             assert c.infer(images[1]).computed == "split"
+
+    def test_a_request_with_no_time_left_is_not_sent_nor_a_link_failure(
+        self, bundle: Bundle, images: np.ndarray, tail: TailHandler
+    ) -> None:
+        transport = MockTransport(tail)
+        policy = ScriptedPolicy(bundle, ["stem@0"])
+        with EdgeClient(bundle, transport=transport, policy=policy, config=FAST) as c:
+            reserve_ms = c._local_reserve_s * 1e3
+            r = c.infer(images[0], timeout_s=c._local_reserve_s)  # the whole budget is the reserve
+            ok = c.infer(images[1], timeout_s=5.0)
+        assert r.computed == "local" and "no time left" in (r.fallback_reason or "")
+        assert ok.computed == "split" and len(transport.requests) == 1
+        unsent, sent = policy.observations  # no local option here: its fallback is not observed
+        assert unsent.failed and not unsent.sent and sent.sent and not sent.failed
+        assert policy.remote_budgets[0] is not None and policy.remote_budgets[0] <= 0.0
+        assert policy.remote_budgets[1] == pytest.approx(5000.0 - reserve_ms, abs=50.0)
 
     def test_probes_run_in_the_background(
         self, bundle: Bundle, images: np.ndarray, tail: TailHandler

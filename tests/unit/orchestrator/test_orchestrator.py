@@ -112,6 +112,22 @@ class TestDecide:
             d = serve(orch, clock, bps=100e3, deadline_ms=45.0)
         assert d.expected_latency_ms <= 45.0 and d.kind == "split"
 
+    def test_remote_beyond_the_clients_budget_is_priced_as_its_fallback(
+        self, manifest: Manifest, device: DeviceLatency, clock
+    ) -> None:
+        orch = make(manifest, device, clock)
+        for _ in range(5):
+            d = serve(orch, clock, bps=5e6)
+        offload = orch.estimates().expected_ms["offload"]
+        assert d.kind == "offload" and offload < device.local_ms
+        assert orch.decide(remote_budget_ms=offload + 5.0).kind == "offload"
+        d = orch.decide(remote_budget_ms=offload - 5.0)  # the client would give up and run locally
+        assert d.kind == "local" and d.expected_latency_ms == pytest.approx(device.local_ms, rel=0.1)
+        mpc = make(manifest, device, clock, policy="mpc")
+        for _ in range(5):
+            d = serve(mpc, clock, bps=5e6)
+        assert d.kind == "offload" and mpc.decide(remote_budget_ms=offload - 5.0).kind == "local"
+
     def test_unknown_option(self, manifest: Manifest, device: DeviceLatency, clock) -> None:
         with pytest.raises(ConfigError, match="unknown option"):
             make(manifest, device, clock).observe(Observation("nope", 1.0))
@@ -178,6 +194,20 @@ class TestProbing:
         orch.observe_probe(ProbeResult(d.probe_bytes, 25.0))
         assert orch.estimates().link_up
         assert orch.decide().kind != "local"
+
+    def test_a_request_never_sent_says_nothing_about_the_link(
+        self, manifest: Manifest, device: DeviceLatency, clock
+    ) -> None:
+        orch = make(manifest, device, clock)
+        for _ in range(5):
+            d = serve(orch, clock, bps=5e6)
+        assert d.kind == "offload"
+        before = orch.estimates()
+        d = orch.decide()
+        orch.observe(Observation(d.option_id, 1.0, 500, 0, 0.0, failed=True, sent=False))
+        after = orch.estimates()
+        assert after.link_up and after.throughput_bps == before.throughput_bps
+        assert orch.decide().kind == "offload"  # no flap to local and back
 
     def test_a_late_reply_counts_before_it_arrives(
         self, manifest: Manifest, device: DeviceLatency, clock
