@@ -108,6 +108,7 @@ def train_split(
     rate_weight: float = 0.002,
     label_weight: float = 0.0,
     head_lr: float = 0.0,
+    shift_px: int = 0,
     batch: int = 128,
     seed: int = 0,
 ) -> SplitModel:
@@ -117,7 +118,8 @@ def train_split(
     Stage 2 (knowledge distillation): the encoder, the decoder and a copy of the teacher's tail are
     trained to match the teacher's logits, plus ``label_weight`` times the cross-entropy with the true
     ``labels`` (as in Entropic Student); with ``head_lr`` > 0 a student copy of the head is fine-tuned
-    there too, at that learning rate, so the head learns features that code cheaply. Both stages add ``rate_weight`` times the rate in bits per
+    there too, at that learning rate, so the head learns features that code cheaply. Batches are
+    augmented with flips and, with ``shift_px``, random shifts. Both stages add ``rate_weight`` times the rate in bits per
     image at a rate level drawn at random for each batch, so every level's entropy model is trained.
     """
     if len(images) < batch:
@@ -148,7 +150,7 @@ def train_split(
                 if done == steps:
                     break
                 level = int(torch.randint(0, model.codec.num_levels, (1,), generator=gen))
-                xb = augment(x_all[idx], gen)
+                xb = augment(x_all[idx], gen, shift_px)
                 out = model(xb, level)
                 bits = -torch.log2(out["likelihoods"]).sum() / len(idx)
                 task = loss_fn(idx, out)

@@ -44,6 +44,7 @@ class Recipe:
     rate_weight: float = 0.0002
     label_weight: float = 0.5
     head_lr: float = 5e-4
+    shift_px: int = 0
     bottleneck: dict[str, BottleneckCfg] = field(default_factory=dict)
     eval_size: int = 10000
     calib_size: int = 512
@@ -118,7 +119,7 @@ def trained_split(recipe: Recipe, teacher: SplitBackbone, split: str) -> SplitMo
     bcfg = recipe.bottleneck.get(split) or teacher.cfg.bottleneck.get(split) or BottleneckCfg()
     key = hashlib.sha256(
         json.dumps([recipe.key("backbone", "backbone_epochs", "train_size", "hd_epochs", "kd_epochs",
-                               "rate_weight", "label_weight", "head_lr", "seed", "code_version"),
+                               "rate_weight", "label_weight", "head_lr", "shift_px", "seed", "code_version"),
                 split, dataclasses.asdict(bcfg)]).encode()
     ).hexdigest()[:12]
     path = cache_dir() / f"{recipe.backbone}-{split}-{key}.pt"
@@ -134,7 +135,7 @@ def trained_split(recipe: Recipe, teacher: SplitBackbone, split: str) -> SplitMo
     model = train_split(
         teacher, split, bcfg, x[: recipe.train_size], y[: recipe.train_size], hd_epochs=recipe.hd_epochs,
         kd_epochs=recipe.kd_epochs, rate_weight=recipe.rate_weight, label_weight=recipe.label_weight,
-        head_lr=recipe.head_lr, seed=recipe.seed,
+        head_lr=recipe.head_lr, shift_px=recipe.shift_px, seed=recipe.seed,
     )
     # The CDF buffers are derived by update(); their shapes vary, so they are never stored (DESIGN).
     _atomic_save({k: v for k, v in model.state_dict().items() if not k.endswith(_CDF_BUFFERS)}, path)
