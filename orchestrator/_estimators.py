@@ -219,6 +219,7 @@ class LinkEstimator:
         self.min_extra_bytes = min_extra_bytes
         self.up = True
         self.last_seen_s = -math.inf
+        self.last_transfer_s = -math.inf
         self._pinged = False
 
     def observe(self, now_s: float, wire_bytes: float, network_ms: float, *, ping: bool = False) -> None:
@@ -238,17 +239,26 @@ class LinkEstimator:
             ref_ms, ref_bytes = self._reference()
             if wire_bytes - ref_bytes >= self.min_extra_bytes:
                 self.throughput.add(wire_bytes - ref_bytes, network_ms - ref_ms)
+            self.last_transfer_s = now_s
         self.up = True
         self.last_seen_s = now_s
 
-    def observe_failure(self, now_s: float) -> None:
+    def observe_failure(self, now_s: float, wire_bytes: float = 0.0, waited_ms: float | None = None) -> None:
         """A transfer that got no reply in time: the link counts as down until the next success.
 
-        A failure adds no throughput sample: while the link is down no remote option is planned anyway,
-        and samples from an outage would only slow the return once it ends.
+        ``wire_bytes`` unanswered after ``waited_ms`` bound the throughput from above. That bound becomes a
+        sample only where it contradicts the estimate (which promised the transfer in time): a link that
+        drops while a stale high estimate is kept would otherwise be tried again after every probe. A
+        bound above the estimate says nothing new and is dropped, so an outage does not slow the return.
         """
         self.up = False
         self.last_seen_s = now_s
+        if waited_ms is None:
+            return
+        ref_ms, ref_bytes = self._reference()
+        extra, took = wire_bytes - ref_bytes, waited_ms - ref_ms
+        if extra >= self.min_extra_bytes and took > _MIN_TRANSFER_MS and 8000.0 * extra / took < self.bps():
+            self.throughput.add(extra, took)
 
     def _reference(self) -> tuple[float, float]:
         ref = self.rtt.reference()

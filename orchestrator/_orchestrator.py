@@ -22,7 +22,8 @@ tells nothing about the link.
 A remote request still in flight longer than its option's expected device and server time bounds the
 network time of every remote option from below (the link is slower than believed; with a pipelined
 client this reacts before the late reply arrives). While the device runs locally, nothing measures the
-link, so decisions then ask for a background probe every ``probe_interval_s`` (while the link is down,
+link's throughput, so decisions then ask for a sized background probe when no transfer (pings do not
+count) has been seen for ``probe_interval_s`` (while the link is down,
 as soon as the previous probe has failed); a bare ping every ``ping_interval_s`` keeps the base RTT apart
 from the transfer time. One probe is in flight at a time.
 """
@@ -71,7 +72,8 @@ class OrchestratorConfig:
         ewma_alpha: smoothing of device and server load factors and of the framing size.
         queue_alpha: smoothing of the endpoint's queueing reports.
         queue_half_life_s: decay of the queueing estimate while no reply refreshes it.
-        probe_interval_s: while running locally, probe the link when it has been silent this long.
+        probe_interval_s: while running locally, send a sized probe when no transfer (a request or a sized
+            probe; pings do not count) has been seen for this long.
         ping_interval_s: send a bare ping at least this often.
         probe_timeout_s: forget an unanswered probe after this long.
         pending_timeout_s: forget a decision never observed after this long.
@@ -223,7 +225,7 @@ class Orchestrator:
         if not option.remote or not obs.sent:
             return
         if obs.failed or obs.rtt_ms is None:
-            self._link.observe_failure(now)
+            self._link.observe_failure(now, obs.wire_bytes, obs.rtt_ms)
             return
         server_total = obs.server.total_ms if obs.server is not None else 0.0
         self._link.observe(now, obs.wire_bytes, max(obs.rtt_ms - server_total, 0.0))
@@ -346,7 +348,7 @@ class Orchestrator:
     def _probe_bytes(self, now: float, chosen: Option) -> int | None:
         if self._probe_since is not None or not self._remote.any():
             return None
-        quiet = not self._link.up or now - self._link.last_seen_s >= self.config.probe_interval_s
+        quiet = not self._link.up or now - self._link.last_transfer_s >= self.config.probe_interval_s
         if not chosen.remote and quiet:
             self._probe_since, self._probe_is_ping = now, False
             return round(float(self._payload[self._remote].min()) + self._framing_bytes())

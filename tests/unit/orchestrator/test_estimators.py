@@ -133,6 +133,24 @@ class TestLinkEstimator:
         link.observe(2.0, 200, 30.0)
         assert link.up
 
+    def test_a_timeout_bounds_a_stale_high_estimate(self) -> None:
+        link = self.make()
+        link.observe(0.0, 0, 20.0, ping=True)
+        for t in range(5):
+            link.observe(0.1 * (t + 1), 600, 20.0 + 8000.0 * 600 / 2e6)  # 2 Mbit/s
+        link.observe_failure(1.0, 600, 220.0)  # the link dropped: 600 B not through in 200 ms
+        assert link.bps() > 1e6  # one low sample alone does not move the median
+        link.observe(1.2, 100, 20.0 + 8000.0 * 100 / 24e3)  # a probe at 24 kbit/s
+        assert link.bps() == pytest.approx(8000.0 * 600 / 200.0)  # the bound: offload looks slow now
+
+    def test_a_timeout_consistent_with_the_estimate_adds_no_sample(self) -> None:
+        link = self.make()
+        link.observe(0.0, 0, 20.0, ping=True)
+        link.observe(0.1, 600, 20.0 + 8000.0 * 600 / 24e3)
+        link.observe_failure(1.0, 600, 100.0)  # 600 B in 80 ms would need 60 kbit/s: no news
+        link.observe_failure(2.0, 600)  # no time waited given
+        assert len(link.throughput) == 1 and link.bps() == pytest.approx(24e3)
+
 
 class TestServerEstimator:
     def test_queue_and_slowdown(self) -> None:

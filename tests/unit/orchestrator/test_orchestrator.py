@@ -195,6 +195,25 @@ class TestProbing:
         assert orch.estimates().link_up
         assert orch.decide().kind != "local"
 
+    def test_pings_do_not_hold_back_sized_probes(
+        self, manifest: Manifest, device: DeviceLatency, clock
+    ) -> None:
+        orch = make(manifest, device, clock)
+        serve(orch, clock, bps=5e6)
+        d = orch.decide()
+        orch.observe(Observation(d.option_id, 1.0, 500, 600, 250.0, failed=True))
+        sized = []
+        for i in range(20):  # 2 s on the device, a decision every 100 ms, every probe answered at once
+            clock.t += 0.1
+            d = orch.decide()
+            assert d.kind == "local"
+            if d.probe_bytes == 0:
+                orch.observe_probe(ProbeResult(0, 300.0))  # the link is slow: stays local
+            elif d.probe_bytes:
+                sized.append(i)
+                orch.observe_probe(ProbeResult(d.probe_bytes, 300.0 + 8000.0 * d.probe_bytes / 5e3))
+        assert max(b - a for a, b in zip(sized, sized[1:])) <= 3  # probe_interval_s apart, pings or not
+
     def test_a_request_never_sent_says_nothing_about_the_link(
         self, manifest: Manifest, device: DeviceLatency, clock
     ) -> None:
