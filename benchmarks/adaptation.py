@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+from splitserve.benchmarks._process import stop_process
 from splitserve.orchestrator import (
     Observation,
     Orchestrator,
@@ -573,12 +574,7 @@ class EdgeClientRunner:
                 time.sleep(0.2)
             yield ("127.0.0.1", port)
         finally:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc, 30)
 
     def client(self, lab: Netlab, job: LiveJob) -> list[RequestRecord]:
         return self.prepare(lab, job)(job.start_s)

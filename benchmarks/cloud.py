@@ -37,6 +37,7 @@ import grpc
 import numpy as np
 import psutil
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from splitserve.benchmarks._process import stop_process
 from splitserve.core import codec
 from splitserve.core.bundle import Bundle
 from splitserve.protos.v1 import inference_pb2 as pb
@@ -195,12 +196,7 @@ def _serving(bundle: Path, backend: str, decode_mode: str) -> Iterator[tuple[str
             print(log.read().decode(errors="replace")[-4000:], file=sys.stderr)
             raise
         finally:
-            proc.terminate()
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc, 60)
 
 
 def _cpu_s(process: psutil.Process) -> float:

@@ -73,6 +73,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
+from splitserve.benchmarks._process import stop_process
 from splitserve.core.bundle import OFFLOAD_SPLIT, Bundle
 from splitserve.core.errors import SplitServeError
 from splitserve.protos.v1 import inference_pb2 as pb
@@ -167,17 +168,6 @@ def _wait(
         if time.monotonic() > deadline:
             raise RuntimeError(f"{what}: not within {timeout_s:.0f} s")
         time.sleep(0.2)
-
-
-def _stop_process(proc: subprocess.Popen[Any], timeout_s: float = 20.0) -> None:
-    """SIGTERM, then SIGKILL after ``timeout_s``; always reaped."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def make_pki(directory: Path) -> tuple[Path, Path, Path]:
@@ -611,7 +601,7 @@ class _Stack:
         return proc
 
     def stop(self, proc: _Proc, timeout_s: float = 20.0) -> None:
-        _stop_process(proc.popen, timeout_s)
+        stop_process(proc.popen, timeout_s)
         proc.stopped_s = proc.stopped_s or self.now()
 
     def start_sampler(self) -> None:
