@@ -204,16 +204,20 @@ def _train(recipe: NaturalRecipe, teacher: SplitBackbone, views: np.ndarray) -> 
     model.train()
     bar = tqdm(total=recipe.hd_steps + recipe.kd_steps, desc=f"{recipe.backbone}/{split}", unit="step")
     p, s = recipe.patch, cfg.stride
+    def crops(batch: int, size: int) -> torch.Tensor:
+        """``batch`` random feature maps, each cut to a random ``size`` square on the latent grid."""
+        idx = torch.randint(0, len(feats), (batch,), generator=gen)
+        y0, x0 = (int(v) * s for v in torch.randint(0, (full - size) // s + 1, (2,), generator=gen))
+        return feats[idx, :, y0 : y0 + size, x0 : x0 + size].float()
+
     for _ in range(recipe.hd_steps):
-        idx = torch.randint(0, len(feats), (recipe.hd_batch,), generator=gen)
-        y0, x0 = (int(v) * s for v in torch.randint(0, (full - p) // s + 1, (2,), generator=gen))
-        f = feats[idx, :, y0 : y0 + p, x0 : x0 + p].float()
+        f = crops(recipe.hd_batch, p)
         level = int(torch.randint(0, model.codec.num_levels, (1,), generator=gen))
         out = model.codec(f, level)
         with torch.no_grad():
             g = next_stage(f)
         distortion = F.mse_loss(out["y_hat"], f) / var_f + F.mse_loss(next_stage(out["y_hat"]), g) / var_g
-        bits = -torch.log2(out["likelihoods"]).sum() / len(idx) * (full / p) ** 2
+        bits = -torch.log2(out["likelihoods"]).sum() / len(f) * (full / p) ** 2
         step(opt, sched, distortion, bits)
         bar.update()
         bar.set_postfix(stage="hd", mse=f"{distortion.item():.3f}", kib=f"{bits.item() / 8192:.2f}", level=level)
@@ -223,15 +227,13 @@ def _train(recipe: NaturalRecipe, teacher: SplitBackbone, views: np.ndarray) -> 
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(recipe.kd_steps, 1))
     t, kp = recipe.kd_temperature, recipe.kd_patch
     for _ in range(recipe.kd_steps):
-        idx = torch.randint(0, len(feats), (recipe.kd_batch,), generator=gen)
-        y0, x0 = (int(v) * s for v in torch.randint(0, (full - kp) // s + 1, (2,), generator=gen))
-        f = feats[idx, :, y0 : y0 + kp, x0 : x0 + kp].float()
+        f = crops(recipe.kd_batch, kp)
         level = int(torch.randint(0, model.codec.num_levels, (1,), generator=gen))
         out = model.codec(f, level)
         with torch.no_grad():
             target = F.softmax(teacher.forward_cloud(f, split) / t, 1)
         kd = F.kl_div(F.log_softmax(teacher.forward_cloud(out["y_hat"], split) / t, 1), target, reduction="batchmean")
-        bits = -torch.log2(out["likelihoods"]).sum() / len(idx) * (full / kp) ** 2
+        bits = -torch.log2(out["likelihoods"]).sum() / len(f) * (full / kp) ** 2
         step(opt, sched, kd * t * t, bits)
         bar.update()
         bar.set_postfix(stage="kd", kd=f"{kd.item():.3f}", kib=f"{bits.item() / 8192:.2f}", level=level)
