@@ -671,10 +671,7 @@ def _live_client_main(spec_path: str) -> None:
             for name in ("head", "encode", "local", "png"):
                 setattr(client.runtime, name, _slowed(name, getattr(client.runtime, name), factor))
             client.runtime.measure()  # learns the least CPU time of each operation
-            slow = client.runtime.measure()  # the start-up measurement, on the stand-in device
-            if spec["policy"]:
-                client.policy.update_device(slow)  # type: ignore[attr-defined]
-            client._local_reserve_s = (1.5 * slow.local_ms + 0.5) / 1e3  # what its start-up would set
+            client.use_device_latency(client.runtime.measure())  # the start-up measurement, padded
         # SimConfig.timeout_ms is how long a remote request may take before the device answers; the
         # client's timeout also holds the reserve for that local run, so it gets the two together.
         timeout_s = spec["timeout_ms"] / 1000.0 + client._local_reserve_s

@@ -11,6 +11,7 @@
         reply ──> Result(computed="split"|"offload")
         failure or deadline ──> local fallback ──> Result(computed="local", fallback_reason=...)
       policy.observe(device time, bytes, round trip, server timings)
+      every remeasure_s: device times of every option measured again (background) ──> policy
 
 Every input gets exactly one :class:`Result`, which says where it was computed. The remote part of a
 request gets the deadline less the time a local run needs, so that a fallback still fits in it.
@@ -83,6 +84,8 @@ GRPC_MESSAGE_PREFIX_BYTES = 5
 _MIN_REMOTE_S = 1e-3
 # How long closing a stream waits for the endpoint to finish it before cancelling.
 _STREAM_CLOSE_S = 2.0
+# Timed calls per option of a periodic re-measurement (the start-up one takes 10).
+_REMEASURE_REPEATS = 3
 
 
 @dataclass(frozen=True)
@@ -261,26 +264,69 @@ class BaseEdgeClient:
             precision=self.config.precision,
             threads=self.config.ort_threads,
         )
-        self.device_latency: DeviceLatency = self.runtime.measure()
+        self._policy_lock = threading.Lock()
+        latency = self.runtime.measure()
         if isinstance(planned, str):
-            self.policy: EdgePolicy = Orchestrator(options, self.device_latency, policy=planned)
+            self.policy: EdgePolicy = Orchestrator(options, latency, policy=planned)
         else:
             self.policy = planned
-            update = getattr(planned, "update_device", None)
-            if callable(update):
-                update(self.device_latency)
+        self.use_device_latency(latency)
+        self._measured_at = time.monotonic()
+        self._measurer: concurrent.futures.ThreadPoolExecutor | None = None
+        self._measure_busy = threading.Lock()
         self._option_ids = {o.id for o in options}
         remote = [o for o in options if o.remote]
         self._probe_option: Option | None = min(remote, key=lambda o: o.payload_bytes) if remote else None
         self.credentials = credentials or Credentials.from_config(self.config)
         self.breaker = CircuitBreaker(self.config.breaker_failures, self.config.breaker_reset_s)
-        self._local_reserve_s = (1.5 * self.device_latency.local_ms + 0.5) / 1e3
-        self._policy_lock = threading.Lock()
         self._ids = itertools.count()
         self._id_prefix = uuid.uuid4().hex[:8]
         self._state = _State.OPEN
         self._classes = manifest.classes
         self._remote_options = bool(remote)
+
+    def use_device_latency(self, latency: DeviceLatency) -> None:
+        """Plan with these device times: hand them to the policy, size the local-fallback reserve.
+
+        The client calls this with its start-up measurement and every ``remeasure_s`` after; a
+        harness that stands this device in for a slower one calls it with the slower device's times.
+        """
+        with self._policy_lock:
+            update = getattr(self.policy, "update_device", None)
+            if callable(update):
+                update(latency)
+            self.device_latency: DeviceLatency = latency
+            # The remote part of a request leaves this much of the deadline for a local run.
+            self._local_reserve_s = (1.5 * latency.local_ms + 0.5) / 1e3
+
+    def _schedule_remeasure(self) -> None:
+        """Start a background re-measurement of the device times when one is due."""
+        every = self.config.remeasure_s
+        if not every or time.monotonic() - self._measured_at < every:
+            return
+        if not self._measure_busy.acquire(blocking=False):
+            return
+        if self._measurer is None:
+            self._measurer = concurrent.futures.ThreadPoolExecutor(
+                1, thread_name_prefix="splitserve-edge-measure"
+            )
+        try:
+            self._measurer.submit(self._remeasure)
+        except RuntimeError:  # closed meanwhile
+            self._measure_busy.release()
+
+    def _remeasure(self) -> None:
+        try:
+            self.use_device_latency(self.runtime.measure(repeats=_REMEASURE_REPEATS))
+        except Exception:  # noqa: BLE001 - a measurement must never take the client down
+            _LOG.exception("device re-measurement failed")
+        finally:
+            self._measured_at = time.monotonic()
+            self._measure_busy.release()
+
+    def _stop_measurer(self) -> None:
+        if self._measurer is not None:
+            self._measurer.shutdown(wait=True)
 
     def _default_endpoint(self) -> str:
         """The endpoint a default transport connects to.
@@ -326,6 +372,7 @@ class BaseEdgeClient:
         """All device work before sending (:meth:`_start`, then :meth:`_prepare`)."""
         job = self._start(image, timeout_s)
         self._prepare(job)
+        self._schedule_remeasure()
         return job
 
     def _prepare(self, job: _Job) -> None:
@@ -672,6 +719,7 @@ class EdgeClient(BaseEdgeClient):
         self._state = _State.CLOSED
         if self._probes is not None:
             self._probes.shutdown(wait=True)
+        self._stop_measurer()
         if self.transport is not None:
             self.transport.close()
         if self._owns_bundle:
@@ -956,6 +1004,7 @@ class AsyncEdgeClient(BaseEdgeClient):
         if self.transport is not None:
             await self.transport.aclose()
         self._device.shutdown(wait=True)
+        self._stop_measurer()
         if self._owns_bundle:
             self.bundle.close()
 

@@ -28,6 +28,7 @@ variable                                       field                        defa
 ``SPLITSERVE_EDGE_ORT_THREADS``                ``ort_threads``              ``1`` (0: ONNX Runtime's choice)
 ``SPLITSERVE_EDGE_TOP_K``                      ``top_k``                    ``5``
 ``SPLITSERVE_EDGE_PROBE_TIMEOUT_S``            ``probe_timeout_s``          ``0.5``
+``SPLITSERVE_EDGE_REMEASURE_S``                ``remeasure_s``              ``60`` (0: measure at start only)
 ``SPLITSERVE_EDGE_MAX_MESSAGE_BYTES``          ``max_message_bytes``        ``4194304``
 =============================================  ===========================  ==================================
 """
@@ -77,6 +78,9 @@ class EdgeConfig:
         ort_threads: ONNX Runtime intra-op threads per session (0 lets ONNX Runtime choose).
         top_k: classes returned per result.
         probe_timeout_s: deadline of the background link probes the orchestrator asks for.
+        remeasure_s: how often the device times of every option (heads with entropy coding, the local
+            model, PNG encoding) are measured again, in a background thread, and handed to the policy;
+            ``0`` measures at start only.
         max_message_bytes: largest gRPC message sent or received.
     """
 
@@ -102,6 +106,7 @@ class EdgeConfig:
     ort_threads: int = 1
     top_k: int = 5
     probe_timeout_s: float = 0.5
+    remeasure_s: float = 60.0
     max_message_bytes: int = 4 * 1024 * 1024
 
     def __post_init__(self) -> None:
@@ -133,6 +138,8 @@ class EdgeConfig:
             raise ConfigError(f"top_k must be >= 1, got {self.top_k}")
         if not self.probe_timeout_s > 0:
             raise ConfigError(f"probe_timeout_s must be > 0, got {self.probe_timeout_s}")
+        if self.remeasure_s < 0:
+            raise ConfigError(f"remeasure_s must be >= 0 (0: never), got {self.remeasure_s}")
         if self.max_message_bytes < 1024:
             raise ConfigError(f"max_message_bytes {self.max_message_bytes} is below 1024")
         if bool(self.tls_cert) != bool(self.tls_key):

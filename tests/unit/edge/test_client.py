@@ -457,6 +457,71 @@ class TestLifecycle:
             assert bundle.manifest.name in repr(c)
 
 
+class RecordingPolicy(ScriptedPolicy):
+    """A :class:`ScriptedPolicy` that also takes device measurements, as the orchestrator does."""
+
+    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        super().__init__(*args, **kwargs)
+        self.device: list[DeviceLatency] = []
+
+    def update_device(self, device: DeviceLatency) -> None:
+        self.device.append(device)
+
+
+class TestDeviceMeasurement:
+    def test_device_times_are_measured_again_and_handed_to_the_policy(
+        self, bundle: Bundle, images: np.ndarray, tail: TailHandler
+    ) -> None:
+        policy = RecordingPolicy(bundle, ["local"], also=("stem@0",))
+        config = EdgeConfig(precision="int8", remeasure_s=0.05)
+        with EdgeClient(bundle, transport=MockTransport(tail), policy=policy, config=config) as c:
+            assert len(policy.device) == 1 and policy.device[0] is c.device_latency  # start-up
+            assert _wait_for(lambda: (c.infer(images[0]), len(policy.device) >= 3)[1])
+            latest = policy.device[-1]
+            assert set(latest.head_ms) == {"stem"} and latest.local_ms > 0 and latest.offload_ms > 0
+        assert c.device_latency is latest
+        n = len(policy.device)
+        time.sleep(0.1)
+        assert len(policy.device) == n  # nothing runs after close
+
+    def test_the_orchestrator_and_the_fallback_reserve_follow_a_new_measurement(
+        self, bundle: Bundle, images: np.ndarray, tail: TailHandler
+    ) -> None:
+        config = EdgeConfig(precision="int8", remeasure_s=0.05)
+        with EdgeClient(bundle, transport=MockTransport(tail), policy="min_latency", config=config) as c:
+            slow = DeviceLatency(
+                head_ms={s: 400.0 for s in c.runtime.heads}, local_ms=900.0, offload_ms=2.0
+            )
+            c.runtime.measure = lambda repeats=10: slow  # type: ignore[method-assign]  # a slower device
+            assert _wait_for(lambda: (c.infer(images[0], timeout_s=10.0), c.device_latency is slow)[1])
+            expected = c.policy.estimates().expected_ms  # type: ignore[attr-defined]
+            assert expected["local"] == pytest.approx(900.0)
+            assert c._local_reserve_s == pytest.approx((1.5 * 900.0 + 0.5) / 1e3)
+
+    def test_zero_measures_at_start_only(self, bundle: Bundle, images: np.ndarray) -> None:
+        policy = RecordingPolicy(bundle, ["local"])
+        with EdgeClient(bundle, policy=policy, config=EdgeConfig(remeasure_s=0)) as c:
+            for _ in range(5):
+                c.infer(images[0])
+                time.sleep(0.01)
+        assert len(policy.device) == 1
+
+    def test_a_failing_measurement_keeps_the_last_one(self, bundle: Bundle, images: np.ndarray) -> None:
+        policy = RecordingPolicy(bundle, ["local"])
+        with EdgeClient(bundle, policy=policy, config=EdgeConfig(remeasure_s=0.01)) as c:
+            first = c.device_latency
+            calls = []
+
+            def broken(repeats: int = 10) -> DeviceLatency:
+                calls.append(repeats)
+                raise RuntimeError("sensor unplugged")
+
+            c.runtime.measure = broken  # type: ignore[method-assign]
+            assert _wait_for(lambda: (c.infer(images[0]), len(calls) >= 2)[1])
+            assert c.infer(images[0]).computed == "local"
+        assert c.device_latency is first and len(policy.device) == 1
+
+
 def test_grpc_transport_is_the_default(bundle: Bundle) -> None:
     from splitserve.edge import GrpcTransport
 

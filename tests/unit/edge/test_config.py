@@ -45,6 +45,7 @@ def test_every_field_has_a_variable() -> None:
         ("PRECISION", "int4", "precision"),
         ("ENDPOINT", "nohost", "HOST:PORT"),
         ("TIMEOUT_S", "0", "timeout_s"),
+        ("REMEASURE_S", "-1", "remeasure_s"),
     ],
 )
 def test_bad_values_are_refused(var: str, value: str, match: str) -> None:
