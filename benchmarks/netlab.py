@@ -254,15 +254,24 @@ class Netlab:
         n = self.names
         return self._cmd(f"tc -s -n {n.edge_ns} qdisc show dev {n.edge_if}")
 
+    def exec_prefix(self, side: Side) -> list[str]:
+        """The command prefix that runs a program in one namespace (``ip netns exec NS``).
+
+        Start children through it rather than from a thread inside the namespace: a fork from such a
+        thread lets libraries with fork handlers (gRPC restarts its threads in the forking thread)
+        move their threads into the namespace.
+        """
+        return ["ip", "netns", "exec", self.namespace(side)]
+
     def popen(self, side: Side, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
-        """Start ``argv`` inside one namespace (``ip netns exec``); the caller stops it.
+        """Start ``argv`` inside one namespace (:meth:`exec_prefix`); the caller stops it.
 
         Args:
             side: ``"edge"`` or ``"cloud"``.
             argv: the command.
             **kwargs: passed to :class:`subprocess.Popen`.
         """
-        return subprocess.Popen(["ip", "netns", "exec", self.namespace(side), *argv], **kwargs)
+        return subprocess.Popen([*self.exec_prefix(side), *argv], **kwargs)
 
     @contextlib.contextmanager
     def inside(self, side: Side) -> Iterator[None]:

@@ -557,8 +557,9 @@ class _Stack:
         """The calling thread in the cloud namespace (a no-op on loopback): children start there."""
         return self.lab.inside("cloud") if self.lab is not None else contextlib.nullcontext()
 
-    def edge(self) -> contextlib.AbstractContextManager[None]:
-        return self.lab.inside("edge") if self.lab is not None else contextlib.nullcontext()
+    def exec_prefix(self, side: str) -> list[str]:
+        """How children start in ``side``'s namespace (nothing on loopback); see ``Netlab.exec_prefix``."""
+        return self.lab.exec_prefix(side) if self.lab is not None else []
 
     @property
     def cloud_host(self) -> str:
@@ -586,15 +587,14 @@ class _Stack:
             out = open(self.workdir / log, "ab")  # noqa: SIM115 - closed in close()
             self._logs.append(out)
         kw.setdefault("stdout", out)
-        with self.cloud() if side == "cloud" else self.edge():
-            popen = subprocess.Popen(
-                argv,
-                env=env,
-                stderr=out,
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 - only calls prctl; no locks are taken
-                cwd=self.workdir,
-                **kw,
-            )
+        popen = subprocess.Popen(
+            [*self.exec_prefix(side), *argv],
+            env=env,
+            stderr=out,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - only calls prctl; no locks are taken
+            cwd=self.workdir,
+            **kw,
+        )
         proc = _Proc(role, popen, self.now())
         with self._lock:
             self.procs.append(proc)
@@ -792,13 +792,14 @@ def run_soak(
         (workdir / "tokens").write_text("\n".join(tokens) + "\n")
 
         # Triton: a stand-alone server on fixed ports with every model loaded at start
-        stack.triton = LocalTriton(workdir / "triton", ports=triton_ports, load_all=True)
+        stack.triton = LocalTriton(
+            workdir / "triton", ports=triton_ports, load_all=True, launcher=stack.exec_prefix("cloud")
+        )
         models = _stage_triton_repository(bundle_path, stack.triton.repository)
         triton_ready = f"http://127.0.0.1:{triton_ports[1]}/v2/health/ready"
 
         def start_triton() -> None:
-            with stack.cloud():
-                stack.triton.start()
+            stack.triton.start()
             with stack._lock:
                 stack.tracked.append(
                     _Tracked(f"tritonserver-{len(stack.tracked) + 1}", stack.triton.pid, stack.now())

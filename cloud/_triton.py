@@ -76,6 +76,8 @@ class LocalTriton:
             (default: free ports picked at every start).
         load_all: load every model of the repository at start (``--model-control-mode=none``), as a
             stand-alone production server does, instead of on request (``explicit``).
+        launcher: a command the server is started through, such as ``("ip", "netns", "exec", NS)`` to
+            run it in a network namespace (it must ``exec`` the server, keeping its process id).
     """
 
     def __init__(
@@ -85,7 +87,9 @@ class LocalTriton:
         *,
         ports: tuple[int, int, int] | None = None,
         load_all: bool = False,
+        launcher: Sequence[str] = (),
     ) -> None:
+        self._launcher = tuple(launcher)
         self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="splitserve-triton-")
         self.workdir = Path(workdir or self._tmp.name)  # type: ignore[union-attr]
         self.repository = self.workdir / "repository"
@@ -145,6 +149,7 @@ class LocalTriton:
             shutil.copy2(stub, python_backend / stub.name)
         self.grpc_port, http_port, self.metrics_port = self._ports or _free_ports(3)
         args = [
+            *self._launcher,
             str(dist / "bin" / "tritonserver"),
             f"--model-repository={self.repository}",
             f"--backend-directory={backends}",

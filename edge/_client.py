@@ -267,6 +267,8 @@ class BaseEdgeClient:
         self._policy_lock = threading.Lock()
         latency = self.runtime.measure()
         if isinstance(planned, str):
+            # rated by what this device runs: precision="auto" may have kept an fp32 head
+            options = options_from_manifest(manifest, self.runtime.precisions)
             self.policy: EdgePolicy = Orchestrator(options, latency, policy=planned)
         else:
             self.policy = planned

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from splitserve.core.bundle import OFFLOAD_SPLIT, Manifest
 from splitserve.core.errors import BundleError
 
@@ -10,32 +12,37 @@ from .types import Option
 __all__ = ["options_from_manifest"]
 
 
-def options_from_manifest(manifest: Manifest) -> tuple[Option, ...]:
+def options_from_manifest(
+    manifest: Manifest, precisions: Mapping[str, str] | None = None
+) -> tuple[Option, ...]:
     """Every option a bundle offers, with the bytes and accuracy its manifest measured.
 
     ``local`` is included when the manifest's ``local`` entry has an ``accuracy``; ``offload`` when its
     ``offload`` entry has ``bytes_per_sample`` and ``accuracy``.
 
+    Args:
+        manifest: the bundle's manifest.
+        precisions: the precision the device runs each head (by split name) and ``local`` in; an
+            ``fp32`` one is rated by the manifest's fp32 accuracy (default: int8 figures throughout).
+
     Raises:
         BundleError: the manifest offers no option at all, or a figure is not a number.
     """
+    fp32 = {k for k, v in (precisions or {}).items() if v == "fp32"}
     options: list[Option] = []
     try:
         for split in manifest.splits:
             tail_share = 1.0 - float(split.head_mac_share)
             for lv in split.levels:
+                accuracy = lv.accuracy_fp32 if split.name in fp32 else lv.accuracy
                 options.append(
                     Option(
-                        "split",
-                        split.name,
-                        int(lv.level),
-                        float(lv.bytes_per_sample),
-                        float(lv.accuracy),
-                        tail_share,
+                        "split", split.name, int(lv.level), float(lv.bytes_per_sample), float(accuracy), tail_share
                     )
                 )
         if "accuracy" in manifest.local:
-            options.append(Option("local", None, None, 0.0, float(manifest.local["accuracy"]), 0.0))
+            key = "accuracy_fp32" if "local" in fp32 and "accuracy_fp32" in manifest.local else "accuracy"
+            options.append(Option("local", None, None, 0.0, float(manifest.local[key]), 0.0))
         if {"bytes_per_sample", "accuracy"} <= manifest.offload.keys():
             options.append(
                 Option(

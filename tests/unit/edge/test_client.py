@@ -498,6 +498,19 @@ class TestDeviceMeasurement:
             assert expected["local"] == pytest.approx(900.0)
             assert c._local_reserve_s == pytest.approx((1.5 * 900.0 + 0.5) / 1e3)
 
+    def test_the_orchestrator_rates_options_by_the_precision_the_device_runs(
+        self, bundle: Bundle, tail: TailHandler
+    ) -> None:
+        config = EdgeConfig(precision="fp32", remeasure_s=0)
+        with EdgeClient(bundle, transport=MockTransport(tail), policy="min_latency", config=config) as c:
+            rated = {o.id: o.accuracy for o in c.policy.options}  # type: ignore[attr-defined]
+        m = bundle.manifest
+        assert rated == {
+            **{f"{s.name}@{lv.level}": lv.accuracy_fp32 for s in m.splits for lv in s.levels},
+            "local": m.local["accuracy_fp32"],
+            "offload": m.offload["accuracy"],
+        }
+
     def test_zero_measures_at_start_only(self, bundle: Bundle, images: np.ndarray) -> None:
         policy = RecordingPolicy(bundle, ["local"])
         with EdgeClient(bundle, policy=policy, config=EdgeConfig(remeasure_s=0)) as c:

@@ -73,6 +73,13 @@ class TestOptions:
         assert offload.split == "input" and offload.payload_bytes == 500.0 and offload.tail_share == 1.0
         assert opts[0].tail_share == pytest.approx(0.8) and opts[3].payload_bytes == 0.0
 
+    def test_heads_the_device_runs_in_fp32_are_rated_by_their_fp32_accuracy(self, manifest: Manifest) -> None:
+        int8 = {o.id: o.accuracy for o in options_from_manifest(manifest)}
+        mixed = {o.id: o.accuracy for o in options_from_manifest(manifest, {"early": "fp32", "late": "int8"})}
+        assert mixed["early@0"] == pytest.approx(int8["early@0"] + 0.001)
+        assert mixed["early@1"] == pytest.approx(int8["early@1"] + 0.001)
+        assert mixed["late@0"] == int8["late@0"] and mixed["local"] == int8["local"]
+
     def test_missing_head_measurement(self, manifest: Manifest, clock: Callable[[], float]) -> None:
         with pytest.raises(ConfigError, match="late"):
             make(manifest, DeviceLatency(head_ms={"early": 10.0}, local_ms=60.0, offload_ms=1.0), clock)
