@@ -72,7 +72,7 @@ def _measure(client: Any, images: np.ndarray, labels: np.ndarray, desc: str) -> 
     }
 
 
-def run_demo(recipe: str = "fmnist_resnet", n_images: int = 2000) -> list[dict[str, Any]]:
+def run_demo(recipe: str = "fmnist_resnet-quick", n_images: int = 2000) -> list[dict[str, Any]]:
     """Run the demo and print its table; returns the rows."""
     from splitserve.core.bundle import Bundle
     from splitserve.core.datasets import load_fashion_mnist

@@ -209,7 +209,12 @@ def bench_soak(minutes: float, clients: int, bundle_path: Path | None, out: Path
 
 
 @cli.command("demo")
-@click.option("--recipe", default="fmnist_resnet", show_default=True)
+@click.option(
+    "--recipe",
+    default="fmnist_resnet-quick",
+    show_default=True,
+    help="Bundle recipe; `fmnist_resnet` is the benchmarks' (about an hour to build the first time).",
+)
 @click.option("--images", "n_images", default=2000, show_default=True, help="Test images per option.")
 def demo(recipe: str, n_images: int) -> None:
     """The main job: real split model, real endpoint, edge client, real images -> a table."""

@@ -1,0 +1,31 @@
+"""The main job (`splitserve demo`) end to end on the small test bundle: endpoint process, edge client, table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from splitserve.cli.demo import run_demo
+from splitserve.core.bundle import Bundle
+
+
+def test_demo_serves_every_option_and_prints_the_table(
+    test_bundle: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = run_demo("fmnist_resnet-test", n_images=40)
+    manifest = Bundle.open(test_bundle).manifest
+    options = [f"{s.name}@{lv.level}" for s in manifest.splits for lv in manifest.split(s.name).levels]
+    assert [r["option"] for r in rows] == ["local", "offload", *options, "orchestrator (min_latency)"]
+    by = {r["option"]: r for r in rows}
+    assert by["local"]["payload_bytes"] == 0 and by["local"]["where"] == "local 40"
+    assert by["offload"]["where"] == "offload 40" and by["offload"]["payload_bytes"] > 100
+    for option in options:
+        r = by[option]
+        assert r["where"] == "split 40", r  # served by the endpoint, no fallback
+        assert 0 < r["payload_bytes"] < r["wire_bytes"] < by["offload"]["wire_bytes"]
+    for r in rows:
+        assert 0.3 <= r["accuracy"] <= 1.0 and 0 < r["p50_ms"] <= r["p95_ms"]
+    out = capsys.readouterr().out
+    assert "splitserve demo: 40 Fashion-MNIST test images" in out
+    assert all(r["option"] in out for r in rows)
