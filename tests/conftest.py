@@ -7,12 +7,6 @@ from pathlib import Path
 
 import pytest
 
-# gRPC's fork handlers restart its worker threads in the thread that forks. The system test and the
-# network lab fork children from a thread that sits in a network namespace (setns), so with fork
-# support on, every later test in this process would connect from inside a deleted namespace
-# ("connection refused" on 127.0.0.1). Read by grpc when it initialises: set before any import of it.
-os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
-
 
 @pytest.fixture(scope="session")
 def test_bundle() -> Path:
