@@ -52,7 +52,10 @@ def recipes() -> None:
     from splitserve.models.zoo import RECIPES
 
     for name, r in RECIPES.items():
-        click.echo(f"{name:24s} backbone={r.backbone} splits={','.join(r.splits)} eval_size={r.eval_size}")
+        click.echo(
+            f"{name:24s} backbone={r.backbone} splits={','.join(r.splits)} kd_epochs={r.kd_epochs:g} "
+            f"train_size={r.train_size} eval_size={r.eval_size}"
+        )
 
 
 @cli.command("export")
