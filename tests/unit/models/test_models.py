@@ -126,3 +126,15 @@ def test_fine_tuned_head_is_a_student_copy_and_the_teacher_stays_frozen():
     assert frozen.head is None and frozen.edge_head().stages[0] is teacher.stages.stem
     with pytest.raises(ValueError, match="one label per training image"):
         train_split(teacher, "stem", cfg, images[:320], None, **kw)
+
+
+def test_recipes_command_lists_every_recipe_with_its_training_length() -> None:
+    from click.testing import CliRunner
+    from splitserve.cli.main import cli
+    from splitserve.models.zoo import RECIPES
+
+    out = CliRunner().invoke(cli, ["recipes"])
+    assert out.exit_code == 0, out.output
+    lines = {line.split()[0]: line for line in out.output.splitlines() if line.strip()}
+    assert set(lines) == set(RECIPES)
+    assert "kd_epochs=16 " in lines["fmnist_resnet"] and "kd_epochs=3 " in lines["fmnist_resnet-quick"]
