@@ -117,8 +117,8 @@ def test_the_orchestrator_learns_from_every_request(
     images = eval_set[0][:60]
     best = max(options_from_manifest(bundle.manifest), key=lambda o: o.accuracy)
     with EdgeClient(
-        bundle, embedded.target, policy="max_accuracy", config=EdgeConfig(timeout_s=1.0)
-    ) as client:
+        bundle, embedded.target, policy="max_accuracy", config=EdgeConfig(timeout_s=1.0, precision="int8")
+    ) as client:  # int8 pinned: the client rates options by the precision it keeps, `best` by int8
         prior_rtt_ms = client.policy.estimates().base_rtt_ms  # type: ignore[attr-defined]
         results = [client.infer(im) for im in images[:30]] + list(client.stream(images[30:]))
         estimates = client.policy.estimates()  # type: ignore[attr-defined]
