@@ -186,14 +186,19 @@ class TestLoad:
         assert orch.estimates().expected_ms["local"] > 2 * quiet
 
 
+def _link_lost(orch: Orchestrator, clock: object) -> Orchestrator:
+    """``orch`` after one request on a fast link and one that got no reply (the link counts as down)."""
+    serve(orch, clock, bps=5e6)
+    d = orch.decide()
+    orch.observe(Observation(d.option_id, 1.0, 500, 600, 250.0, failed=True))
+    return orch
+
+
 class TestProbing:
     def test_local_runs_probe_the_link_and_return_when_it_recovers(
         self, manifest: Manifest, device: DeviceLatency, clock
     ) -> None:
-        orch = make(manifest, device, clock)
-        serve(orch, clock, bps=5e6)
-        d = orch.decide()
-        orch.observe(Observation(d.option_id, 1.0, 500, 600, 250.0, failed=True))
+        orch = _link_lost(make(manifest, device, clock), clock)
         clock.t += 1.0
         d = orch.decide()
         assert d.kind == "local" and d.probe_bytes and d.probe_bytes > 0
@@ -205,10 +210,7 @@ class TestProbing:
     def test_pings_do_not_hold_back_sized_probes(
         self, manifest: Manifest, device: DeviceLatency, clock
     ) -> None:
-        orch = make(manifest, device, clock)
-        serve(orch, clock, bps=5e6)
-        d = orch.decide()
-        orch.observe(Observation(d.option_id, 1.0, 500, 600, 250.0, failed=True))
+        orch = _link_lost(make(manifest, device, clock), clock)
         sized = []
         for i in range(20):  # 2 s on the device, a decision every 100 ms, every probe answered at once
             clock.t += 0.1
