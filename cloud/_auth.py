@@ -5,6 +5,12 @@ Every call to the inference service (and to server reflection) must carry ``auth
 UNAUTHENTICATED before any of its messages is read. Health checks are exempt (Kubernetes' gRPC probes
 send no metadata). Tokens are compared in constant time.
 
+It also counts the inference calls being handled, for the drain: once
+:meth:`CallInterceptor.start_draining` is called (the server got SIGTERM), every new inference call is
+answered UNAVAILABLE, the status clients retry elsewhere, and :meth:`CallInterceptor.wait_idle` lets the
+server wait for the calls in flight before gRPC's own shutdown (a call caught by that shutdown would see
+CANCELLED, which clients do not retry).
+
 The interceptor also records when each inference call arrived (before its request message was read), so
 that the servicer can report the ``receive`` stage, and who the caller is (a hash of its token), for the
 per-client concurrency limit.
@@ -12,11 +18,13 @@ per-client concurrency limit.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import contextvars
 import hashlib
 import hmac
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,6 +84,31 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
 
     def __init__(self, tokens: frozenset[str] | None = None) -> None:
         self._tokens = [t.encode() for t in sorted(tokens)] if tokens is not None else None
+        self._draining = False
+        self._active = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def start_draining(self) -> None:
+        """Answer every later inference call UNAVAILABLE (the server is shutting down)."""
+        self._draining = True
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` until no inference call is being handled; ``True`` if none is."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        return self._idle.is_set()
+
+    @contextlib.contextmanager
+    def _counted(self) -> Iterator[None]:
+        self._active += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._active -= 1
+            if self._active == 0:
+                self._idle.set()
 
     async def intercept_service(
         self,
@@ -87,6 +120,10 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or method.startswith(_HEALTH_PREFIX):
             return handler
+        if self._draining and method.startswith(_INFERENCE_PREFIX):
+            return _refusal(
+                handler, "the server is shutting down: retry on another replica", grpc.StatusCode.UNAVAILABLE
+            )
         client = None
         if self._tokens is not None:
             token = _bearer(handler_call_details.invocation_metadata or ())
@@ -98,7 +135,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                 return _refusal(handler, "invalid bearer token")
             client = "token:" + hashlib.sha256(token).hexdigest()[:16]
         if method.startswith(_INFERENCE_PREFIX):
-            return _with_call_info(handler, CallInfo(arrived, client))
+            return _with_call_info(handler, CallInfo(arrived, client), self._counted)
         return handler
 
     def _accepts(self, token: bytes) -> bool:
@@ -120,9 +157,13 @@ def _bearer(metadata: Sequence[tuple[str, Any]]) -> bytes | None:
     return None
 
 
-def _refusal(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
+def _refusal(
+    handler: grpc.RpcMethodHandler,
+    message: str,
+    code: grpc.StatusCode = grpc.StatusCode.UNAUTHENTICATED,
+) -> grpc.RpcMethodHandler:
     async def refuse(_: Any, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        await context.abort(code, message)
 
     kwargs = {
         "request_deserializer": handler.request_deserializer,
@@ -137,7 +178,11 @@ def _refusal(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHand
     return grpc.unary_unary_rpc_method_handler(refuse, **kwargs)
 
 
-def _with_call_info(handler: grpc.RpcMethodHandler, info: CallInfo) -> grpc.RpcMethodHandler:
+def _with_call_info(
+    handler: grpc.RpcMethodHandler,
+    info: CallInfo,
+    counted: Callable[[], contextlib.AbstractContextManager[None]],
+) -> grpc.RpcMethodHandler:
     kwargs = {
         "request_deserializer": handler.request_deserializer,
         "response_serializer": handler.response_serializer,
@@ -147,16 +192,18 @@ def _with_call_info(handler: grpc.RpcMethodHandler, info: CallInfo) -> grpc.RpcM
 
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
             _CALL.set(info)
-            return await behavior(request, context)
+            with counted():
+                return await behavior(request, context)
 
         return grpc.unary_unary_rpc_method_handler(unary, **kwargs)
     if handler.stream_stream is not None:
         stream_behavior = handler.stream_stream
 
-        async def stream(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def stream(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             _CALL.set(info)
-            async for response in stream_behavior(requests, context):
-                yield response
+            with counted():
+                async for response in stream_behavior(requests, context):
+                    yield response
 
         return grpc.stream_stream_rpc_method_handler(stream, **kwargs)
     return handler

@@ -10,8 +10,8 @@
                                  grpc.health.v1 ("" and "splitserve.v1.SplitInference"), reflection
         HTTP                     /metrics /healthz /readyz (/metrics/triton with a local tritonserver)
 
-:func:`serve` runs one until SIGTERM or SIGINT, then drains: health turns NOT_SERVING, new calls are
-refused, in-flight calls get ``grace_s`` to finish, and the backend (and any tritonserver it started),
+:func:`serve` runs one until SIGTERM or SIGINT, then drains: health turns NOT_SERVING, new inference
+calls are refused UNAVAILABLE (clients retry that elsewhere), in-flight calls get ``grace_s`` to finish, and the backend (and any tritonserver it started),
 the decode workers and, ``metrics_linger_s`` later (so that the final counts get scraped), the HTTP
 server are stopped before it returns. SIGHUP re-reads the configured
 bundle paths: new (name, version) pairs are loaded and published, vanished ones are unpublished,
@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -77,6 +78,7 @@ class CloudServer:
         self.metrics_port: int | None = None
         self._decoder = decoder
         self._grpc: grpc.aio.Server | None = None
+        self._interceptor: CallInterceptor | None = None
         self._health = health.aio.HealthServicer()
         self._http: MetricsHTTPServer | None = None
         self._ready = False
@@ -140,6 +142,8 @@ class CloudServer:
             return
         self._stopped.set()
         grace = self.config.grace_s if grace_s is None else grace_s
+        if self._interceptor is not None:
+            self._interceptor.start_draining()
         await self._health.enter_graceful_shutdown()
         if self._ready_task is not None:
             self._ready_task.cancel()
@@ -147,7 +151,10 @@ class CloudServer:
                 await self._ready_task
         self._ready = False
         if self._grpc is not None:
-            await self._grpc.stop(grace)
+            started = time.monotonic()
+            if self._interceptor is not None:  # new calls get UNAVAILABLE while the ones in flight finish
+                await self._interceptor.wait_idle(grace)
+            await self._grpc.stop(max(0.0, grace - (time.monotonic() - started)))
         await self.backend.close()
         await asyncio.get_running_loop().run_in_executor(None, self._decoder.close)
         if self._http is not None:
@@ -171,7 +178,8 @@ class CloudServer:
         tokens = load_tokens(self.config.tokens_file) if self.config.tokens_file else None
         if tokens is not None and not self.config.tls_cert:
             _LOG.warning("bearer tokens are configured without TLS: they cross the network in the clear")
-        server = grpc.aio.server(interceptors=[CallInterceptor(tokens)], options=options)
+        self._interceptor = CallInterceptor(tokens)
+        server = grpc.aio.server(interceptors=[self._interceptor], options=options)
         add_to_server(
             SplitInferenceServicer(
                 self.registry,

@@ -104,8 +104,12 @@ def test_metrics_outlive_the_drain_by_the_linger(test_bundle):
 
     async def main() -> None:
         config = CloudConfig(
-            bundles=(str(test_bundle),), address="127.0.0.1:0", metrics_host="127.0.0.1", metrics_port=0,
-            grace_s=0.1, metrics_linger_s=1.5,
+            bundles=(str(test_bundle),),
+            address="127.0.0.1:0",
+            metrics_host="127.0.0.1",
+            metrics_port=0,
+            grace_s=0.1,
+            metrics_linger_s=1.5,
         )
         server, port = await create_server(config)
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:

@@ -72,7 +72,13 @@ def _request(bundle: Bundle, request_id: str = "r", **fields) -> pb.InferRequest
 Scenario = Callable[[pb_grpc.SplitInferenceStub, FakeBackend, Metrics, grpc.aio.Channel], Awaitable[None]]
 
 
-def _run(test_bundle: Path, backend_kwargs: dict, scenario: Scenario, limit: int = 64) -> None:
+def _run(
+    test_bundle: Path,
+    backend_kwargs: dict,
+    scenario: Scenario,
+    limit: int = 64,
+    interceptor: CallInterceptor | None = None,
+) -> None:
     async def main() -> None:
         bundle = Bundle.open(test_bundle)
         registry = ModelRegistry()
@@ -82,7 +88,7 @@ def _run(test_bundle: Path, backend_kwargs: dict, scenario: Scenario, limit: int
         servicer = SplitInferenceServicer(
             registry, backend, Decoder("inline", 1, metrics), metrics, max_inflight_per_client=limit
         )
-        server = grpc.aio.server(interceptors=[CallInterceptor()])
+        server = grpc.aio.server(interceptors=[interceptor or CallInterceptor()])
         add_to_server(servicer, server)
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
@@ -130,6 +136,25 @@ def test_unary_deadline_cancels_the_work_and_counts_deadline_exceeded(test_bundl
         assert metrics.registry.get_sample_value("splitserve_inflight_requests") == 0
 
     _run(test_bundle, {"delay_s": 2.0}, scenario)
+
+
+def test_draining_refuses_new_calls_unavailable_while_calls_in_flight_finish(test_bundle):
+    first, second = _bundle_requests(test_bundle, 2)
+    interceptor = CallInterceptor()
+
+    async def scenario(stub, backend, metrics, channel):
+        in_flight = asyncio.ensure_future(stub.Infer(first, timeout=5))
+        await asyncio.sleep(0.2)
+        interceptor.start_draining()
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.Infer(second, timeout=5)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE  # retryable, unlike gRPC's own CANCELLED
+        assert "shutting down" in info.value.details()
+        assert not await interceptor.wait_idle(0.05)
+        assert (await in_flight).request_id == first.request_id
+        assert await interceptor.wait_idle(1.0)
+
+    _run(test_bundle, {"delay_s": 0.6}, scenario, interceptor=interceptor)
 
 
 def test_stream_item_deadline_is_honoured_per_item(test_bundle):
