@@ -32,7 +32,6 @@ import contextlib
 import dataclasses
 import itertools
 import json
-import math
 import os
 import platform
 import queue
@@ -540,9 +539,10 @@ class EdgeClientRunner:
     ``interval_ms`` through the relay with the orchestrator (or a fixed option) it is given, each with the
     profile's ``timeout_ms`` for the remote part plus the client's reserve for a local run. Every byte,
     probe, timing and fallback is the real client's. With ``device_factor`` > 1 the client's device
-    work (heads, entropy coding, the local model, PNG encoding) is padded by a sleep to ``factor`` times
-    its least CPU time (see :func:`_slowed`), and the orchestrator gets the client's start-up measurement taken again on the padded
-    device: this CPU standing in for a slower device, as in the simulator.
+    work (heads, the local model, PNG encoding) is padded by a sleep to the profile's device times,
+    which are ``factor`` times this CPU's (see :func:`_stand_in_device`), and the orchestrator gets the
+    client's start-up measurement taken again on the padded device: this CPU standing in for a slower,
+    steady device, as in the simulator.
 
     Args:
         bundle: the bundle both sides load.
@@ -629,25 +629,32 @@ class EdgeClientRunner:
 _LIVE_ENDPOINT_PORT = 50051
 
 
-def _slowed(name: str, fn: Callable[..., Any], factor: float) -> Callable[..., Any]:
-    """``fn``, padded by a sleep to ``factor`` times the least CPU time it has taken for these arguments.
+def _stand_in_device(runtime: Any, profile: Profile) -> None:
+    """Pad ``runtime``'s device work to ``profile``'s device times: a steady device slower than this CPU.
 
-    The stand-in device is steady: its time for an operation (keyed by ``name`` and its split and level
-    arguments) is ``factor`` times the least CPU time this CPU took for it. CPU time, and the least of
-    it, because on a shared machine both wall and CPU time of one call hold other jobs' interference,
-    which the factor would magnify.
+    The head of a split takes the profile's time for that split (head and entropy coding together;
+    the real coding then adds its own ~0.3 ms), the local model the profile's local time, the PNG
+    encoding its offload time. The same numbers the simulator uses, in every live run alike: padding
+    to a multiple of each run's own CPU time made the stand-in device differ by up to 30% between
+    runs (ONNX Runtime's thread split changes the calling thread's share), which the live oracle,
+    built from other runs, then counted against the orchestrator.
     """
-    least: dict[tuple[Any, ...], float] = {}
+    split_ms = {e.option.split: e.device_ms for e in profile.entries if e.option.kind == "split"}
+    local_ms = profile.entry("local").device_ms
+    offload_ms = profile.entry("offload").device_ms
 
-    def slowed(*args: Any, **kwargs: Any) -> Any:
-        t0, c0 = time.perf_counter(), time.thread_time()
-        out = fn(*args, **kwargs)
-        key = (name, *(a for a in args if isinstance(a, (str, int))))
-        cpu = least[key] = min(least.get(key, math.inf), time.thread_time() - c0)
-        time.sleep(max(factor * cpu - (time.perf_counter() - t0), 0.0))
-        return out
+    def padded(fn: Callable[..., Any], target_ms: Callable[..., float]) -> Callable[..., Any]:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            out = fn(*args, **kwargs)
+            time.sleep(max(target_ms(*args) / 1e3 - (time.perf_counter() - t0), 0.0))
+            return out
 
-    return slowed
+        return run
+
+    runtime.head = padded(runtime.head, lambda split, *_: split_ms[split])
+    runtime.local = padded(runtime.local, lambda *_: local_ms)
+    runtime.png = padded(runtime.png, lambda *_: offload_ms)
 
 
 def _live_client_main(spec_path: str) -> None:
@@ -668,9 +675,7 @@ def _live_client_main(spec_path: str) -> None:
     config = EdgeConfig(timeout_s=spec["timeout_ms"] / 1000.0)
     with EdgeClient(spec["bundle"], spec["address"], policy=policy, config=config) as client:
         if factor != 1.0:
-            for name in ("head", "encode", "local", "png"):
-                setattr(client.runtime, name, _slowed(name, getattr(client.runtime, name), factor))
-            client.runtime.measure()  # learns the least CPU time of each operation
+            _stand_in_device(client.runtime, profile)
             client.use_device_latency(client.runtime.measure())  # the start-up measurement, padded
         # SimConfig.timeout_ms is how long a remote request may take before the device answers; the
         # client's timeout also holds the reserve for that local run, so it gets the two together.
@@ -766,6 +771,7 @@ def _live_trace(
     jobs += [(f"fixed:{oid}", None, oid) for oid in fixed_ids]
     runs: dict[str, Run] = {}
     first = float(trace.bandwidth_bps[0])
+
     with contextlib.ExitStack() as stack:
         lab = stack.enter_context(Netlab(rate_bps=first))
         target = stack.enter_context(runner.endpoint(lab, profile))
@@ -896,20 +902,23 @@ def run(
         live_fixed: option ids to run as fixed policies live (``None``: every option); the live oracle
             and best fixed option are taken among these.
         plots: write PNG plots.
-        bundle: measure the profile from this bundle (:func:`measure_profile`; saved as
-            ``adaptation_profile.json``) instead of reading ``profile_path``.
+        bundle: the bundle of the live harness's real client and endpoint; without ``profile_path``
+            the profile is measured from it first (:func:`measure_profile`; saved as
+            ``adaptation_profile.json``). With both, the profile (measured earlier from this bundle)
+            is replayed, so that a re-run uses the same device times.
         log: progress messages.
 
     Returns:
         The report written to ``adaptation.json``.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    if bundle is not None:
-        if profile_path is not None:
-            raise ValueError("give a profile or a bundle to measure one from, not both")
+    measured = bundle is not None and profile_path is None
+    if measured:
         log(f"measuring a profile of {bundle} (edge client start-up, embedded endpoint on loopback)")
         profile_path = out_dir / "adaptation_profile.json"
         measure_profile(bundle, log=log).save(profile_path)
+    elif bundle is not None and profile_path is not None:
+        _check_profile_fits(Profile.load(profile_path), bundle)
     if profile_path is None:
         profile_path = example_profile_path()
         log(
@@ -919,10 +928,11 @@ def run(
     profile = Profile.load(profile_path).with_device_factor(device_factor)
     cfg = dataclasses.replace(config or SimConfig(), seed=seed)
     chosen = [t for t in trace_set(seed) if traces is None or t.name in traces]
-    source = f"--bundle {bundle}" if bundle is not None else f"--profile {profile_path}"
+    source = f"--profile {profile_path}" if not measured else ""
+    source += f" --bundle {bundle}" if bundle is not None else ""
     report: dict[str, Any] = {
         "benchmark": "adaptation",
-        "command": f"splitserve bench adaptation {source} --device-factor {device_factor:g}"
+        "command": f"splitserve bench adaptation {source.strip()} --device-factor {device_factor:g}"
         + (f" --live --live-duration {live_duration_s:g}" if live else "")
         + (f" --live-fixed {','.join(live_fixed)}" if live and live_fixed else "")
         + f" --out {out_dir}",
@@ -973,6 +983,17 @@ def run(
     report["summary"] = _summary(report["traces"])
     (out_dir / "adaptation.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def _check_profile_fits(profile: Profile, bundle: Path) -> None:
+    """Refuse a profile whose options are not the bundle's (it was measured from another bundle)."""
+    from splitserve.core.bundle import Bundle
+    from splitserve.orchestrator import options_from_manifest
+
+    with contextlib.closing(Bundle.open(bundle)) as b:
+        ids = [o.id for o in options_from_manifest(b.manifest)]
+    if sorted(ids) != sorted(profile.ids):
+        raise ValueError(f"profile options {list(profile.ids)} are not the options {ids} of bundle {bundle}")
 
 
 def _run_live(

@@ -162,7 +162,8 @@ def bench_natural(recipe: str, out: Path) -> None:
 @click.option("--profile", "profile_path", type=click.Path(exists=True, path_type=Path), default=None,
               help="Profile JSON (default: the shipped example profile, with a warning).")
 @click.option("--bundle", "bundle_path", type=click.Path(exists=True, path_type=Path), default=None,
-              help="Measure the profile from this bundle (edge client + embedded endpoint on this machine).")
+              help="Bundle of the live client and endpoint; without --profile, measure the profile from it "
+                   "first (edge client + embedded endpoint on this machine).")
 @click.option("--device-factor", default=1.0, show_default=True,
               help="Scale every device time (this CPU standing in for a slower device).")
 @click.option("--live", is_flag=True, help="Also run the live harness (root: netns + tc tbf).")

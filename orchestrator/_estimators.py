@@ -221,8 +221,29 @@ class LinkEstimator:
         self.last_seen_s = -math.inf
         self.last_transfer_s = -math.inf
         self._pinged = False
+        self._state_sent_s = -math.inf
 
-    def observe(self, now_s: float, wire_bytes: float, network_ms: float, *, ping: bool = False) -> None:
+    def _newest(self, sent_s: float) -> bool:
+        """Whether a transfer sent at ``sent_s`` may set the up/down state (it is the newest seen so far).
+
+        Outcomes arrive out of send order (a probe sent before an outage is answered after a request
+        sent into it has failed; a request stuck behind a burst fails after newer ones succeeded), and
+        only the newest transfer says what the link is doing now.
+        """
+        if sent_s < self._state_sent_s:
+            return False
+        self._state_sent_s = sent_s
+        return True
+
+    def observe(
+        self,
+        now_s: float,
+        wire_bytes: float,
+        network_ms: float,
+        *,
+        ping: bool = False,
+        sent_s: float | None = None,
+    ) -> None:
         """A transfer that completed.
 
         Args:
@@ -230,6 +251,8 @@ class LinkEstimator:
             wire_bytes: bytes sent.
             network_ms: wall time less the server's own time.
             ping: a bare ping (a reference sample, not a throughput sample).
+            sent_s: clock time the transfer was sent (default ``now_s - network_ms``); a transfer
+                older than the one that last set the up/down state leaves that state alone.
         """
         if ping or not self._pinged:
             self._pinged |= ping
@@ -240,18 +263,32 @@ class LinkEstimator:
             if wire_bytes - ref_bytes >= self.min_extra_bytes:
                 self.throughput.add(wire_bytes - ref_bytes, network_ms - ref_ms)
             self.last_transfer_s = now_s
-        self.up = True
+        if self._newest(now_s - network_ms / 1e3 if sent_s is None else sent_s):
+            self.up = True
         self.last_seen_s = now_s
 
-    def observe_failure(self, now_s: float, wire_bytes: float = 0.0, waited_ms: float | None = None) -> None:
-        """A transfer that got no reply in time: the link counts as down until the next success.
+    def observe_failure(
+        self,
+        now_s: float,
+        wire_bytes: float = 0.0,
+        waited_ms: float | None = None,
+        *,
+        sent_s: float | None = None,
+    ) -> None:
+        """A transfer that got no reply in time: the link counts as down until a newer transfer succeeds.
+
+        ``sent_s`` (default ``now_s - waited_ms``, else ``now_s``) orders it against the other outcomes:
+        a failure older than the newest success (a transfer stuck behind a burst) leaves the link up.
 
         ``wire_bytes`` unanswered after ``waited_ms`` bound the throughput from above. That bound becomes a
         sample only where it contradicts the estimate (which promised the transfer in time): a link that
         drops while a stale high estimate is kept would otherwise be tried again after every probe. A
         bound above the estimate says nothing new and is dropped, so an outage does not slow the return.
         """
-        self.up = False
+        if sent_s is None:
+            sent_s = now_s - (waited_ms or 0.0) / 1e3
+        if self._newest(sent_s):
+            self.up = False
         self.last_seen_s = now_s
         if waited_ms is None:
             return

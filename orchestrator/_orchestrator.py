@@ -228,7 +228,8 @@ class Orchestrator:
             self._link.observe_failure(now, obs.wire_bytes, obs.rtt_ms)
             return
         server_total = obs.server.total_ms if obs.server is not None else 0.0
-        self._link.observe(now, obs.wire_bytes, max(obs.rtt_ms - server_total, 0.0))
+        sent = now - obs.rtt_ms / 1e3
+        self._link.observe(now, obs.wire_bytes, max(obs.rtt_ms - server_total, 0.0), sent_s=sent)
         if obs.server is not None:
             queue = max(obs.server.queue_ms, obs.server.queue_delay_ms)
             self._server.observe(now, option.id, queue, max(obs.server.total_ms - obs.server.queue_ms, 0.0))
@@ -240,7 +241,7 @@ class Orchestrator:
         now = self._clock()
         ping, self._probe_since, self._probe_is_ping = self._probe_is_ping, None, False
         if result.failed:
-            self._link.observe_failure(now)
+            self._link.observe_failure(now, sent_s=now - result.rtt_ms / 1e3)
         else:
             self._link.observe(now, result.wire_bytes, result.rtt_ms, ping=ping)
 

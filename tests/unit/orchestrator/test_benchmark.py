@@ -47,16 +47,30 @@ def test_live_needs_a_reachable_lab_or_says_why(tmp_path: Path, monkeypatch: pyt
     assert report["live"] == {"skipped": "network namespaces and tc need root"}
 
 
-def test_stand_in_device_pads_to_the_factor_times_the_least_cpu_time() -> None:
-    from splitserve.benchmarks.adaptation import _slowed
+def test_stand_in_device_takes_the_profiles_device_times() -> None:
+    from types import SimpleNamespace
 
-    def work(split: str) -> str:
-        end = time.thread_time() + 0.002
-        while time.thread_time() < end:
-            pass
-        return split
+    from splitserve.benchmarks.adaptation import _stand_in_device
+    from splitserve.orchestrator import Profile
 
-    slow = _slowed("head", work, 5.0)
-    t0 = time.perf_counter()
-    assert slow("stem") == "stem"
-    assert time.perf_counter() - t0 >= 5 * 0.002 * 0.95
+    profile = Profile.load(example_profile_path()).with_device_factor(0.5)  # block1 5.5 ms, local 35 ms
+    runtime = SimpleNamespace(
+        head=lambda split, x: (split, x), local=lambda x: ("local", x), png=lambda x: b"png"
+    )
+    _stand_in_device(runtime, profile)
+
+    def took_ms(fn, *args) -> float:  # noqa: ANN001
+        t0 = time.perf_counter()
+        fn(*args)
+        return (time.perf_counter() - t0) * 1e3
+
+    assert runtime.head("block1", 7) == ("block1", 7) and runtime.local(3) == ("local", 3)
+    assert 5.5 <= took_ms(runtime.head, "block1", 0) < 5.5 + 20.0
+    assert 26.5 <= took_ms(runtime.head, "block3", 0) < 26.5 + 20.0
+    assert 35.0 <= took_ms(runtime.local, 0) < 35.0 + 20.0
+    assert 0.75 <= took_ms(runtime.png, 0)
+
+
+def test_a_profile_measured_from_another_bundle_is_refused(tmp_path: Path, test_bundle: Path) -> None:
+    with pytest.raises(ValueError, match="are not the options"):
+        run(tmp_path, example_profile_path(), bundle=test_bundle, traces=("step",), log=lambda _: None)

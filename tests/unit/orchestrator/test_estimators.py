@@ -133,6 +133,19 @@ class TestLinkEstimator:
         link.observe(2.0, 200, 30.0)
         assert link.up
 
+    def test_only_the_newest_transfer_sets_up_or_down(self) -> None:
+        link = self.make()
+        link.observe(0.0, 0, 20.0, ping=True)
+        link.observe_failure(1.25, 600, 250.0)  # sent at 1.0 into an outage
+        link.observe(1.3, 300, 500.0)  # sent at 0.8, before it: says nothing about now
+        assert not link.up
+        link.observe(1.5, 300, 100.0)  # sent at 1.4, after the failed one: the link is back
+        assert link.up
+        link.observe_failure(1.7, 600, 600.0)  # sent at 1.1, stuck behind a burst: older news
+        assert link.up
+        link.observe_failure(2.0, sent_s=1.6)  # a probe sent after the newest success failed
+        assert not link.up
+
     def test_a_timeout_bounds_a_stale_high_estimate(self) -> None:
         link = self.make()
         link.observe(0.0, 0, 20.0, ping=True)

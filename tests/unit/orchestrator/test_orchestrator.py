@@ -100,6 +100,7 @@ class TestDecide:
         for _ in range(5):
             d = serve(orch, clock, bps=100e3)
         assert (d.kind, d.split) == ("split", "early")
+        clock.t += 0.25  # the reply is waited for
         orch.observe(Observation(d.option_id, 10.0, 50, 150, 250.0, failed=True))
         d = orch.decide()
         assert d.kind == "local" and d.split is None and d.level is None
@@ -190,6 +191,7 @@ def _link_lost(orch: Orchestrator, clock: object) -> Orchestrator:
     """``orch`` after one request on a fast link and one that got no reply (the link counts as down)."""
     serve(orch, clock, bps=5e6)
     d = orch.decide()
+    clock.t += 0.25  # type: ignore[attr-defined]  # the reply is waited for
     orch.observe(Observation(d.option_id, 1.0, 500, 600, 250.0, failed=True))
     return orch
 
@@ -206,6 +208,14 @@ class TestProbing:
         orch.observe_probe(ProbeResult(d.probe_bytes, 25.0))
         assert orch.estimates().link_up
         assert orch.decide().kind != "local"
+
+    def test_an_answer_sent_before_the_loss_does_not_bring_the_link_back(
+        self, manifest: Manifest, device: DeviceLatency, clock
+    ) -> None:
+        orch = _link_lost(make(manifest, device, clock), clock)
+        clock.t += 0.05
+        orch.observe_probe(ProbeResult(0, 400.0))  # a ping sent 0.4 s ago, before the lost request
+        assert not orch.estimates().link_up and orch.decide().kind == "local"
 
     def test_pings_do_not_hold_back_sized_probes(
         self, manifest: Manifest, device: DeviceLatency, clock
