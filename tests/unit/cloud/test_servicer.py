@@ -143,8 +143,11 @@ def test_draining_refuses_new_calls_unavailable_while_calls_in_flight_finish(tes
     interceptor = CallInterceptor()
 
     async def scenario(stub, backend, metrics, channel):
-        in_flight = asyncio.ensure_future(stub.Infer(first, timeout=5))
-        await asyncio.sleep(0.2)
+        in_flight = asyncio.ensure_future(stub.Infer(first, timeout=10))
+        for _ in range(500):  # until the server handles it
+            if interceptor._active:
+                break
+            await asyncio.sleep(0.01)
         interceptor.start_draining()
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await stub.Infer(second, timeout=5)
@@ -154,7 +157,7 @@ def test_draining_refuses_new_calls_unavailable_while_calls_in_flight_finish(tes
         assert (await in_flight).request_id == first.request_id
         assert await interceptor.wait_idle(1.0)
 
-    _run(test_bundle, {"delay_s": 0.6}, scenario, interceptor=interceptor)
+    _run(test_bundle, {"delay_s": 2.0}, scenario, interceptor=interceptor)
 
 
 def test_stream_item_deadline_is_honoured_per_item(test_bundle):
