@@ -439,8 +439,16 @@ class BaseEdgeClient:
         return request, head_ms, (time.perf_counter() - t1) * 1e3
 
     def _remote_wait_s(self, job: _Job) -> float:
-        """How long to wait for the reply of ``job`` before falling back."""
-        return max(job.deadline - self._local_reserve_s - time.perf_counter(), 0.0)
+        """How long to wait for the reply of ``job`` before falling back.
+
+        Until the deadline less the local run's reserve, and with ``config.give_up_factor`` (and a
+        fallback to give up to) no longer than that many times the latency the policy expected.
+        """
+        until = job.deadline - self._local_reserve_s
+        expected_ms = job.decision.expected_latency_ms
+        if self.config.fallback and self.config.give_up_factor and expected_ms > 0:
+            until = min(until, job.start + self.config.give_up_factor * expected_ms / 1e3)
+        return max(until - time.perf_counter(), 0.0)
 
     def _reply(self, job: _Job, reply: pb.InferResponse, arrived: float) -> Result:
         """The result of a reply (or the fallback, when the reply carries an item error)."""

@@ -24,6 +24,7 @@ variable                                       field                        defa
 ``SPLITSERVE_EDGE_BREAKER_FAILURES``           ``breaker_failures``         ``3``
 ``SPLITSERVE_EDGE_BREAKER_RESET_S``            ``breaker_reset_s``          ``2.0``
 ``SPLITSERVE_EDGE_FALLBACK``                   ``fallback``                 ``true``
+``SPLITSERVE_EDGE_GIVE_UP_FACTOR``             ``give_up_factor``           ``3`` (0: wait the whole budget)
 ``SPLITSERVE_EDGE_PRECISION``                  ``precision``                ``auto`` (or ``int8``, ``fp32``)
 ``SPLITSERVE_EDGE_ORT_THREADS``                ``ort_threads``              ``1`` (0: ONNX Runtime's choice)
 ``SPLITSERVE_EDGE_TOP_K``                      ``top_k``                    ``5``
@@ -73,6 +74,9 @@ class EdgeConfig:
         breaker_failures: consecutive remote failures that open the circuit breaker.
         breaker_reset_s: how long an open breaker sends everything local before one trial request.
         fallback: run the whole model on the device when the endpoint fails; ``False`` raises instead.
+        give_up_factor: with ``fallback``, stop waiting for a reply once the request has taken this many
+            times the latency the policy expected for it, and answer on the device: a link that died
+            costs that wait, not the whole remote budget. ``0`` waits for the whole budget.
         precision: heads and local model in ``int8``, ``fp32``, or ``auto``: whichever is faster on this
             device, timed at start (int8 is not faster everywhere: ``results/edge.json``).
         ort_threads: ONNX Runtime intra-op threads per session (0 lets ONNX Runtime choose).
@@ -102,6 +106,7 @@ class EdgeConfig:
     breaker_failures: int = 3
     breaker_reset_s: float = 2.0
     fallback: bool = True
+    give_up_factor: float = 3.0
     precision: str = "auto"
     ort_threads: int = 1
     top_k: int = 5
@@ -130,6 +135,8 @@ class EdgeConfig:
                 f"breaker_failures must be >= 1 and breaker_reset_s >= 0, got {self.breaker_failures} and "
                 f"{self.breaker_reset_s}"
             )
+        if self.give_up_factor != 0 and not self.give_up_factor >= 1:
+            raise ConfigError(f"give_up_factor must be 0 (off) or >= 1, got {self.give_up_factor}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision {self.precision!r} is not one of {PRECISIONS}")
         if self.ort_threads < 0:

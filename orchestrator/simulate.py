@@ -9,6 +9,10 @@ Requests arrive every ``interval_ms`` (open loop: the same request times for eve
     server    = queue(send) + server_ms[o] * s_i
     latency   = device + network + server,   or timeout_ms + local device time when that exceeds timeout_ms
 
+An orchestrated request gives up sooner, at ``give_up_factor`` times the latency the orchestrator
+expected for it (when that is less than ``timeout_ms``), as the edge client does; fixed options and the
+oracle expect nothing and wait the whole ``timeout_ms``.
+
 ``d_i``, ``p_i``, ``s_i`` are per-request factors (log-normal, mean 1, the profile's CVs) drawn once from
 the seed and shared by every policy, so policies are compared on identical requests. The orchestrator
 gets the observations a real client would, when the reply would arrive: device time, bytes, wall time,
@@ -59,6 +63,9 @@ class SimConfig:
         interval_ms: time between request arrivals.
         deadline_ms: latency deadline (miss rate, and the target passed to ``decide``).
         timeout_ms: the client gives up on a remote request after this long and runs locally.
+        give_up_factor: the client also gives up once a remote request has taken this many times the
+            latency the orchestrator expected for it (0: only at ``timeout_ms``), as the edge client does
+            (``EdgeConfig.give_up_factor``).
         accuracy_floor: minimum accuracy for the oracle, the best fixed option and the orchestrator.
         seed: seed of the per-request factors.
         ping_bytes: wire size of a bare ping RPC.
@@ -67,6 +74,7 @@ class SimConfig:
     interval_ms: float = 100.0
     deadline_ms: float = 100.0
     timeout_ms: float = 250.0
+    give_up_factor: float = 3.0
     accuracy_floor: float = 0.91
     seed: int = 0
     ping_bytes: int = 64
@@ -166,7 +174,7 @@ class Simulation:
         )
         self.queue_ms = np.where(self.remote[None, :], trace.queue_ms[k], 0.0)
         self.compute_ms = self._srv_f[:, None] * np.array([e.server_ms for e in profile.entries])[None, :]
-        total = (
+        self.total_ms = total = (
             self.device_ms
             + self.network_ms
             + np.where(self.remote[None, :], self.queue_ms + self.compute_ms, 0.0)
@@ -186,16 +194,17 @@ class Simulation:
             acc = np.where(self.timed_out[rows, cols], self.accuracy[self._local], acc)
         return acc
 
-    def _run(self, policy: str, choice: IntArray) -> Run:
+    def _run(self, policy: str, choice: IntArray, give_up_ms: FloatArray | None = None) -> Run:
         rows = np.arange(len(self.t_s))
-        return Run(
-            policy,
-            self.t_s,
-            choice,
-            self.latency_ms[rows, choice],
-            self._answer_accuracy(rows, choice),
-            self.timed_out[rows, choice],
-        )
+        latency, timed_out = self.latency_ms[rows, choice], self.timed_out[rows, choice]
+        accuracy = self._answer_accuracy(rows, choice)
+        if give_up_ms is not None:
+            early = self.remote[choice] & (self.total_ms[rows, choice] > give_up_ms)
+            latency = np.where(early, give_up_ms + self._local_ms(), latency)
+            timed_out = timed_out | early
+            if self._local is not None:
+                accuracy = np.where(early, self.accuracy[self._local], accuracy)
+        return Run(policy, self.t_s, choice, latency, accuracy, timed_out)
 
     def fixed(self, option_id: str) -> Run:
         """Every request served by ``option_id``."""
@@ -223,6 +232,7 @@ class Simulation:
         events: list[tuple[float, int, Observation | ProbeResult]] = []
         seq = 0
         choice = np.empty(len(self.t_s), dtype=int)
+        give_up = np.full(len(self.t_s), cfg.timeout_ms)
         index = {oid: i for i, oid in enumerate(self.ids)}
         for i, t in enumerate(self.t_s):
             while events and events[0][0] <= t:
@@ -235,15 +245,17 @@ class Simulation:
             decision = orch.decide(deadline_ms=cfg.deadline_ms, remote_budget_ms=cfg.timeout_ms)
             o = index[decision.option_id]
             choice[i] = o
-            pending: list[tuple[float, Observation | ProbeResult]] = [self._observation(i, o)]
+            if cfg.give_up_factor > 0 and self.remote[o]:
+                give_up[i] = min(cfg.timeout_ms, cfg.give_up_factor * decision.expected_latency_ms)
+            pending: list[tuple[float, Observation | ProbeResult]] = [self._observation(i, o, give_up[i])]
             if decision.probe_bytes is not None:
                 pending.append(self._probe(float(t), decision.probe_bytes))
             for done_s, item in pending:
                 heapq.heappush(events, (done_s, seq, item))
                 seq += 1
-        return self._run(policy, choice)
+        return self._run(policy, choice, give_up)
 
-    def _observation(self, i: int, o: int) -> tuple[float, Observation]:
+    def _observation(self, i: int, o: int, give_up_ms: float) -> tuple[float, Observation]:
         t = float(self.t_s[i])
         oid = self.ids[o]
         dev = float(self.device_ms[i, o])
@@ -251,9 +263,9 @@ class Simulation:
             return t + dev / 1000.0, Observation(oid, device_ms=dev)
         payload = round(self.wire_bytes[i, o] - self.profile.framing_bytes)
         wire = round(self.wire_bytes[i, o])
-        if self.timed_out[i, o]:
-            waited = self.config.timeout_ms - dev
-            return t + self.config.timeout_ms / 1000.0, Observation(
+        if self.total_ms[i, o] > give_up_ms:
+            waited = give_up_ms - dev
+            return t + give_up_ms / 1000.0, Observation(
                 oid, device_ms=dev, payload_bytes=payload, wire_bytes=wire, rtt_ms=waited, failed=True
             )
         queue, compute = float(self.queue_ms[i, o]), float(self.compute_ms[i, o])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import itertools
 import threading
@@ -30,6 +31,7 @@ from splitserve.orchestrator import (
     SplitDecision,
     options_from_manifest,
 )
+from splitserve.protos.v1 import inference_pb2 as pb
 
 from .conftest import TailHandler
 
@@ -70,6 +72,7 @@ class ScriptedPolicy:
         self.probes: list[ProbeResult] = []
         self.deadlines: list[float | None] = []
         self.remote_budgets: list[float | None] = []
+        self.expected_ms = float("nan")  # no expectation: the client waits the whole remote budget
 
     def decide(
         self, *, deadline_ms: float | None = None, remote_budget_ms: float | None = None
@@ -78,7 +81,7 @@ class ScriptedPolicy:
         self.remote_budgets.append(remote_budget_ms)
         o = next(self._cycle)
         return SplitDecision(
-            o.kind, o.split, o.level, 1.0, o.accuracy, "scripted", o.id, next(self._probes, None)
+            o.kind, o.split, o.level, self.expected_ms, o.accuracy, "scripted", o.id, next(self._probes, None)
         )
 
     def observe(self, obs: Observation) -> None:
@@ -255,6 +258,31 @@ class TestFallback:
         with EdgeClient(bundle, transport=MockTransport(tail), policy="stem@0") as c:
             r = c.infer(images[0], timeout_s=0.05)
         assert r.computed == "local" and "DeadlineExceededError" in (r.fallback_reason or "")
+
+    @pytest.mark.parametrize("factor", [3.0, 0.0])
+    def test_a_reply_far_later_than_expected_is_given_up(
+        self, bundle: Bundle, images: np.ndarray, tail: TailHandler, factor: float
+    ) -> None:
+        class TimedTransport(MockTransport):
+            timeouts: list[float] = []
+
+            def infer(self, request: pb.InferRequest, *, timeout_s: float) -> pb.InferResponse:
+                self.timeouts.append(timeout_s)
+                return super().infer(request, timeout_s=timeout_s)
+
+        tail.delay = lambda request: 0.1  # a link far slower than the policy expects
+        policy = ScriptedPolicy(bundle, ["stem@0"])
+        policy.expected_ms = 20.0
+        transport = TimedTransport(tail)
+        config = dataclasses.replace(FAST, give_up_factor=factor)
+        with EdgeClient(bundle, transport=transport, policy=policy, config=config) as c:
+            r = c.infer(images[0], timeout_s=0.5)
+        (timeout_s,) = transport.timeouts
+        if factor:  # 3 x 20 ms from the start of the request, device work before sending included
+            assert timeout_s <= 0.06 and r.computed == "local"
+            assert "DeadlineExceededError" in (r.fallback_reason or "") and policy.observations[0].failed
+        else:  # the whole remote budget: 0.5 s less the local run's reserve
+            assert timeout_s > 0.3 and r.computed == "split"
 
     def test_a_deadline_too_short_for_a_round_trip_stays_local(
         self, bundle: Bundle, images: np.ndarray, tail: TailHandler

@@ -46,6 +46,7 @@ def test_every_field_has_a_variable() -> None:
         ("ENDPOINT", "nohost", "HOST:PORT"),
         ("TIMEOUT_S", "0", "timeout_s"),
         ("REMEASURE_S", "-1", "remeasure_s"),
+        ("GIVE_UP_FACTOR", "0.5", "give_up_factor"),
     ],
 )
 def test_bad_values_are_refused(var: str, value: str, match: str) -> None:
