@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import enum
 import itertools
 import logging
@@ -824,7 +825,13 @@ class _OpenCall:
         try:
             self.call.write(request)
         except SplitServeError as exc:
-            self._fail(exc)
+            # The call is over. Only this request fails now: replies that arrived before the end are
+            # still read, and the reader fails the rest when it reaches the end.
+            with self._lock:
+                if self.error is None:
+                    self.error = exc
+                self._pending.pop(request.request_id, None)
+            future.set_exception(exc)
         return future
 
     def forget(self, request_id: str) -> None:
@@ -837,6 +844,8 @@ class _OpenCall:
             return not self._pending
 
     def close(self, *, abandon: bool) -> None:
+        if self.error is not None:  # the call is over: let the reader take the replies that arrived first
+            self._reader.join(_STREAM_CLOSE_S)
         if abandon or not self.idle:
             self.call.cancel()
         else:
@@ -1125,14 +1134,20 @@ class _AsyncOpenCall:
         self._pending[request.request_id] = future
         try:
             await self.call.write(request)
-        except SplitServeError as exc:
-            self._fail(exc)
+        except SplitServeError as exc:  # only this request fails now: see _OpenCall.send
+            if self.error is None:
+                self.error = exc
+            self._pending.pop(request.request_id, None)
+            future.set_exception(exc)
         return future
 
     def forget(self, request_id: str) -> None:
         self._pending.pop(request_id, None)
 
     async def aclose(self, *, abandon: bool) -> None:
+        if self.error is not None:  # the call is over: let the reader take the replies that arrived first
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._reader), _STREAM_CLOSE_S)
         if abandon or self._pending:
             self.call.cancel()
         else:
