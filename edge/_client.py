@@ -206,6 +206,7 @@ class _Probe:
     """A background link probe the orchestrator asked for (a ping, or a real request of ~n bytes)."""
 
     x: np.ndarray | None
+    option: Option | None = None
     request: pb.InferRequest | None = None
     wire_bytes: int = 0
 
@@ -280,6 +281,7 @@ class BaseEdgeClient:
         self._option_ids = {o.id for o in options}
         remote = [o for o in options if o.remote]
         self._probe_option: Option | None = min(remote, key=lambda o: o.payload_bytes) if remote else None
+        self._remote_by_id = {o.id: o for o in remote}
         self.credentials = credentials or Credentials.from_config(self.config)
         self.breaker = CircuitBreaker(self.config.breaker_failures, self.config.breaker_reset_s)
         self._ids = itertools.count()
@@ -572,13 +574,14 @@ class BaseEdgeClient:
         n = job.decision.probe_bytes
         if n is None or self._probe_option is None:
             return None
-        return _Probe(x=job.x if n > 0 else None)
+        option = self._remote_by_id.get(job.decision.probe_option or "", self._probe_option)
+        return _Probe(x=job.x if n > 0 else None, option=option)
 
     def _build_probe(self, probe: _Probe) -> None:
-        """Device work of a sized probe: a real request of the cheapest remote option."""
-        if probe.x is None or self._probe_option is None:
+        """Device work of a sized probe: a real request of the option the policy named (or the smallest)."""
+        if probe.x is None or probe.option is None:
             return
-        o = self._probe_option
+        o = probe.option
         d = SplitDecision(o.kind, o.split, o.level, 0.0, o.accuracy, "probe", o.id)
         probe.request = self._build(f"{self._id_prefix}-probe-{next(self._ids)}", d, probe.x)[0]
         probe.wire_bytes = probe.request.ByteSize() + GRPC_MESSAGE_PREFIX_BYTES

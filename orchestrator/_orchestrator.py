@@ -201,6 +201,7 @@ class Orchestrator:
         option = self.options[choice.index]
         if option.remote:
             self._pending.append((now, option.id))
+        probe_bytes, probe_option = self._probe(now, option)
         return SplitDecision(
             kind=option.kind,
             split=option.split,
@@ -209,7 +210,8 @@ class Orchestrator:
             expected_accuracy=option.accuracy,
             reason=choice.reason,
             option_id=option.id,
-            probe_bytes=self._probe_bytes(now, option),
+            probe_bytes=probe_bytes,
+            probe_option=probe_option,
         )
 
     def observe(self, obs: Observation) -> None:
@@ -346,9 +348,25 @@ class Orchestrator:
         if self._probe_since is not None and now - self._probe_since > self.config.probe_timeout_s:
             self._probe_since = None
 
-    def _probe_bytes(self, now: float, chosen: Option) -> int | None:
+    def _probe(self, now: float, chosen: Option) -> tuple[int | None, str | None]:
+        """The probe to send beside this request: (wire bytes, option id of a sized probe)."""
         if self._probe_since is not None or not self._remote.any():
-            return None
+            return None, None
+        quiet = not self._link.up or now - self._link.last_transfer_s >= self.config.probe_interval_s
+        if not chosen.remote and quiet:
+            self._probe_since, self._probe_is_ping = now, False
+            # The remote request quickest to run now: on a slow device a head costs more than the
+            # bytes it saves, on a slow link the bytes cost more than the head.
+            remote = np.flatnonzero(self._remote)
+            wire = self._payload[remote] + self._framing_bytes()
+            cost = self._device_base[remote] * self._device.slowdown + 8000.0 * wire / self._link.bps()
+            best = int(np.argmin(cost))
+            return round(float(wire[best])), self.options[remote[best]].id
+        if now - self._last_ping_s >= self.config.ping_interval_s:
+            self._probe_since = self._last_ping_s = now
+            self._probe_is_ping = True
+            return 0, None
+        return None, None
         quiet = not self._link.up or now - self._link.last_transfer_s >= self.config.probe_interval_s
         if not chosen.remote and quiet:
             self._probe_since, self._probe_is_ping = now, False

@@ -249,7 +249,10 @@ class Simulation:
                 give_up[i] = min(cfg.timeout_ms, cfg.give_up_factor * decision.expected_latency_ms)
             pending: list[tuple[float, Observation | ProbeResult]] = [self._observation(i, o, give_up[i])]
             if decision.probe_bytes is not None:
-                pending.append(self._probe(float(t), decision.probe_bytes))
+                sent = float(t)
+                if decision.probe_option is not None:  # a sized probe: its device work comes first
+                    sent += float(self.device_ms[i, index[decision.probe_option]]) / 1000.0
+                pending.append(self._probe(sent, decision.probe_bytes))
             for done_s, item in pending:
                 heapq.heappush(events, (done_s, seq, item))
                 seq += 1

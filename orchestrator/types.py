@@ -95,6 +95,8 @@ class SplitDecision:
         probe_bytes: ``None``: no probe. Otherwise send a background probe beside this request and
             report it with ``observe_probe``: 0 asks for a bare ping (any tiny RPC), ``n > 0`` for a
             probe carrying about ``n`` bytes on the wire (sent while the request itself runs locally).
+        probe_option: for a sized probe, the remote option to send as the probe (a real request of it,
+            ``n`` bytes on the wire); ``None``: the client's choice.
     """
 
     kind: OptionKind
@@ -105,6 +107,7 @@ class SplitDecision:
     reason: str
     option_id: str
     probe_bytes: int | None = None
+    probe_option: str | None = None
 
 
 @dataclass(frozen=True)

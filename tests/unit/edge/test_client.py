@@ -73,6 +73,7 @@ class ScriptedPolicy:
         self.deadlines: list[float | None] = []
         self.remote_budgets: list[float | None] = []
         self.expected_ms = float("nan")  # no expectation: the client waits the whole remote budget
+        self.probe_option: str | None = None
 
     def decide(
         self, *, deadline_ms: float | None = None, remote_budget_ms: float | None = None
@@ -81,7 +82,15 @@ class ScriptedPolicy:
         self.remote_budgets.append(remote_budget_ms)
         o = next(self._cycle)
         return SplitDecision(
-            o.kind, o.split, o.level, self.expected_ms, o.accuracy, "scripted", o.id, next(self._probes, None)
+            o.kind,
+            o.split,
+            o.level,
+            self.expected_ms,
+            o.accuracy,
+            "scripted",
+            o.id,
+            next(self._probes, None),
+            self.probe_option,
         )
 
     def observe(self, obs: Observation) -> None:
@@ -356,6 +365,18 @@ class TestFallback:
         smallest = min((o for o in policy.options if o.remote), key=lambda o: o.payload_bytes)
         assert (probe_request.split, probe_request.level) == (smallest.split, smallest.level)
         assert not sized.failed and sized.rtt_ms >= 0
+
+    def test_a_probe_is_the_option_the_policy_names(
+        self, bundle: Bundle, images: np.ndarray, tail: TailHandler
+    ) -> None:
+        transport = MockTransport(tail)
+        policy = ScriptedPolicy(bundle, ["local"], probe_bytes=[700], also=("stem@1", "offload"))
+        policy.probe_option = "offload"
+        with EdgeClient(bundle, transport=transport, policy=policy, config=FAST) as c:
+            c.infer(images[0])
+            assert _wait_for(lambda: len(policy.probes) == 1)
+        (probe_request,) = transport.requests
+        assert probe_request.split == "input" and probe_request.tensor.codec == "png"
 
 
 class TestStream:

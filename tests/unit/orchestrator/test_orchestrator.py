@@ -217,6 +217,23 @@ class TestProbing:
         orch.observe_probe(ProbeResult(0, 400.0))  # a ping sent 0.4 s ago, before the lost request
         assert not orch.estimates().link_up and orch.decide().kind == "local"
 
+    @pytest.mark.parametrize(("bps", "probe"), [(5e6, "offload"), (20e3, "early@0")])
+    def test_a_sized_probe_is_the_remote_request_quickest_to_run_now(
+        self, manifest: Manifest, device: DeviceLatency, clock, bps: float, probe: str
+    ) -> None:
+        # fast link: 500 B of PNG (1 ms on the device) beat any head; slow link: bytes cost more than
+        # heads, and early@0 (30 B, 10 ms head) beats the smallest payload, late@0 (12 B, 40 ms head)
+        orch = make(manifest, device, clock)
+        for _ in range(5):
+            serve(orch, clock, bps=bps)
+        clock.t += 0.25
+        orch.observe(Observation(orch.decide().option_id, 1.0, 500, 600, 250.0, failed=True))
+        clock.t += 2.5  # any ping asked for beside that request is forgotten (probe_timeout_s)
+        d = orch.decide()
+        assert d.kind == "local" and d.probe_option == probe
+        wire = orch._payload[orch._index[probe]] + orch._framing_bytes()
+        assert d.probe_bytes == round(wire)
+
     def test_pings_do_not_hold_back_sized_probes(
         self, manifest: Manifest, device: DeviceLatency, clock
     ) -> None:
