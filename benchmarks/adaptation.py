@@ -771,7 +771,6 @@ def _live_trace(
     jobs += [(f"fixed:{oid}", None, oid) for oid in fixed_ids]
     runs: dict[str, Run] = {}
     first = float(trace.bandwidth_bps[0])
-
     with contextlib.ExitStack() as stack:
         lab = stack.enter_context(Netlab(rate_bps=first))
         target = stack.enter_context(runner.endpoint(lab, profile))

@@ -11,11 +11,11 @@
         HTTP                     /metrics /healthz /readyz (/metrics/triton with a local tritonserver)
 
 :func:`serve` runs one until SIGTERM or SIGINT, then drains: health turns NOT_SERVING, new inference
-calls are refused UNAVAILABLE (clients retry that elsewhere), in-flight calls get ``grace_s`` to finish, and the backend (and any tritonserver it started),
-the decode workers and, ``metrics_linger_s`` later (so that the final counts get scraped), the HTTP
-server are stopped before it returns. SIGHUP re-reads the configured
-bundle paths: new (name, version) pairs are loaded and published, vanished ones are unpublished,
-drained and unloaded, without dropping traffic.
+calls are refused UNAVAILABLE (clients retry that elsewhere), in-flight calls get ``grace_s`` to finish,
+and the backend (and any tritonserver it started), the decode workers and, ``metrics_linger_s`` later
+(so that the final counts get scraped), the HTTP server are stopped before it returns. SIGHUP re-reads
+the configured bundle paths: new (name, version) pairs are loaded and published, vanished ones are
+unpublished, drained and unloaded, without dropping traffic.
 """
 
 from __future__ import annotations

@@ -369,12 +369,3 @@ class Orchestrator:
             self._probe_is_ping = True
             return 0, None
         return None, None
-        quiet = not self._link.up or now - self._link.last_transfer_s >= self.config.probe_interval_s
-        if not chosen.remote and quiet:
-            self._probe_since, self._probe_is_ping = now, False
-            return round(float(self._payload[self._remote].min()) + self._framing_bytes())
-        if now - self._last_ping_s >= self.config.ping_interval_s:
-            self._probe_since = self._last_ping_s = now
-            self._probe_is_ping = True
-            return 0
-        return None
