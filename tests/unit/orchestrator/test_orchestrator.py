@@ -187,9 +187,10 @@ class TestLoad:
         assert orch.estimates().expected_ms["local"] > 2 * quiet
 
 
-def _link_lost(orch: Orchestrator, clock: object) -> Orchestrator:
-    """``orch`` after one request on a fast link and one that got no reply (the link counts as down)."""
-    serve(orch, clock, bps=5e6)
+def _link_lost(orch: Orchestrator, clock: object, *, bps: float = 5e6, served: int = 1) -> Orchestrator:
+    """``orch`` after ``served`` requests on a link of ``bps`` and one that got no reply (link down)."""
+    for _ in range(served):
+        serve(orch, clock, bps=bps)
     d = orch.decide()
     clock.t += 0.25  # type: ignore[attr-defined]  # the reply is waited for
     orch.observe(Observation(d.option_id, 1.0, 500, 600, 250.0, failed=True))
@@ -223,11 +224,7 @@ class TestProbing:
     ) -> None:
         # fast link: 500 B of PNG (1 ms on the device) beat any head; slow link: bytes cost more than
         # heads, and early@0 (30 B, 10 ms head) beats the smallest payload, late@0 (12 B, 40 ms head)
-        orch = make(manifest, device, clock)
-        for _ in range(5):
-            serve(orch, clock, bps=bps)
-        clock.t += 0.25
-        orch.observe(Observation(orch.decide().option_id, 1.0, 500, 600, 250.0, failed=True))
+        orch = _link_lost(make(manifest, device, clock), clock, bps=bps, served=5)
         clock.t += 2.5  # any ping asked for beside that request is forgotten (probe_timeout_s)
         d = orch.decide()
         assert d.kind == "local" and d.probe_option == probe
