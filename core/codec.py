@@ -25,6 +25,12 @@ chunk but the last is prefixed by its byte length (LEB128).
 
 Values outside a channel's table are sent as the escape bin followed by the raw value, uniform over
 ``[-2**15, 2**15)``, so no value is ever clipped silently (values beyond that range are clipped).
+
+Speed: numpy looks up every symbol's table entry at once; the per-symbol recurrence runs in C
+(``splitserve.core._rans``, built at install where a C compiler exists; :data:`NATIVE` says whether it
+is in use) or else in the Python loops below, which write and read the same bytes. On this project's
+2-core dev box, a 588-symbol latent: encode 0.05-0.12 ms in C against 0.22-0.40 ms in Python, decode
+0.02-0.03 ms against 0.23-0.43 ms.
 """
 
 from __future__ import annotations
@@ -41,10 +47,16 @@ import numpy as np
 
 from .errors import CodecError, CodecVersionError, DecodeError
 
+try:  # the C inner loops, built at install where a C compiler exists; the same bytes either way
+    from . import _rans
+except ImportError:  # pragma: no cover - depends on the install
+    _rans = None
+
 __all__ = [
     "CHUNK_SYMBOLS",
     "CODEC_NAME",
     "CODEC_VERSION",
+    "NATIVE",
     "EntropyTables",
     "decode",
     "decode_symbols",
@@ -106,9 +118,18 @@ class EntropyTables:
             rank.append(tuple(inv))
         coded = tuple(tuple(r[b] for b in o) for r, o in zip(self.freqs, order))
         object.__setattr__(self, "_order", order)
-        object.__setattr__(self, "_rank", tuple(rank))
         object.__setattr__(self, "_coded_freqs", coded)
-        object.__setattr__(self, "_coded_cdfs", tuple(tuple(_cumsum(r)) for r in coded))
+        # The same as padded arrays (per channel: the rank of each bin, then the coded frequency, cdf
+        # and bin of each rank): the encoder looks every symbol up at once, the C decoder reads them.
+        cdfs = tuple(tuple(_cumsum(r)) for r in coded)
+        pad = np.zeros((4, len(self.freqs), max(len(r) for r in self.freqs)), dtype=np.int64)
+        for c, rows in enumerate(zip(rank, coded, cdfs, order)):
+            for k, row in enumerate(rows):
+                pad[k, c, : len(row)] = row
+        object.__setattr__(self, "_coded_cdfs", cdfs)
+        object.__setattr__(self, "_padded", pad)
+        object.__setattr__(self, "_lengths", np.asarray([len(r) for r in self.freqs], dtype=np.int64))
+        object.__setattr__(self, "_offsets", np.asarray(self.offsets, dtype=np.int64))
 
     @property
     def channels(self) -> int:
@@ -177,40 +198,62 @@ def dequantize(q: np.ndarray, tables: EntropyTables) -> np.ndarray:
     return ((q.astype(np.float32) + med) * np.float32(tables.step)).astype(np.float32)
 
 
-def _bins(q: np.ndarray, tables: EntropyTables) -> tuple[list[int], list[int]]:
-    """Flattened (C-major) table bins and channel ids; out-of-table values map to the escape bin."""
+def _lookup(q: np.ndarray, tables: EntropyTables) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per symbol (flattened C-major): its coded frequency, its coded cumulative frequency, and
+    whether it is out of its channel's table (sent as the escape bin plus the raw value)."""
     c, h, w = q.shape
     offsets = np.asarray(tables.offsets, dtype=np.int64)[:, None, None]
     escape = np.asarray([len(r) - 1 for r in tables.freqs], dtype=np.int64)[:, None, None]
     idx = q.astype(np.int64) - offsets
-    idx = np.where((idx < 0) | (idx >= escape), escape, idx)
+    escaped = (idx < 0) | (idx >= escape)
+    bins = np.where(escaped, escape, idx).reshape(-1)
     chans = np.repeat(np.arange(c), h * w)
-    return idx.reshape(-1).tolist(), chans.tolist()
+    table = tables._padded  # type: ignore[attr-defined]
+    ranks = table[0, chans, bins]
+    return table[1, chans, ranks], table[2, chans, ranks], escaped.reshape(-1)
 
 
 def encode_symbols(q: np.ndarray, tables: EntropyTables) -> bytes:
     """Entropy-code integer symbols of shape (C, H, W)."""
-    bins, chans = _bins(q, tables)
-    raw = q.reshape(-1).tolist()
-    freqs, ranks, shift = tables._coded_freqs, tables._rank, tables.precision_bits  # type: ignore[attr-defined]
-    cdfs = tables._coded_cdfs  # type: ignore[attr-defined]
+    freqs, cdfs, escaped = _lookup(q, tables)
+    raw = q.reshape(-1).astype(np.int64) + _RAW_HALF
     out = bytearray()
-    n = len(bins)
+    n = len(freqs)
     for start in range(0, n, CHUNK_SYMBOLS):
-        stop = min(start + CHUNK_SYMBOLS, n)
-        x = 1
-        for i in range(stop - 1, start - 1, -1):
-            ch, b = chans[i], bins[i]
-            if b == len(ranks[ch]) - 1:  # escape: the raw value is decoded right after the escape bin
-                x = (x << _RAW_BITS) | (raw[i] + _RAW_HALF)
-            s = ranks[ch][b]
-            f = freqs[ch][s]
-            x = ((x // f) << shift) + cdfs[ch][s] + x % f
-        chunk = x.to_bytes((x.bit_length() + 7) // 8, "little")
-        if stop < n:
+        part = slice(start, min(start + CHUNK_SYMBOLS, n))
+        chunk = _encode_chunk(freqs[part], cdfs[part], escaped[part], raw[part], tables.precision_bits)
+        if part.stop < n:
             out += _leb128(len(chunk))
         out += chunk
     return bytes(out)
+
+
+def _encode_chunk_py(
+    freqs: np.ndarray, cdfs: np.ndarray, escaped: np.ndarray, raw: np.ndarray, shift: int
+) -> bytes:
+    """One chunk in Python (rANS codes in reverse); the C module computes the same bytes."""
+    x = 1
+    if escaped.any():
+        for f, cdf, esc, value in zip(
+            freqs[::-1].tolist(), cdfs[::-1].tolist(), escaped[::-1].tolist(), raw[::-1].tolist()
+        ):
+            if esc:  # the raw value is decoded right after the escape bin
+                x = (x << _RAW_BITS) | value
+            d, r = divmod(x, f)
+            x = (d << shift) + cdf + r
+    else:  # the common case, kept to two operations per symbol
+        for f, cdf in zip(freqs[::-1].tolist(), cdfs[::-1].tolist()):
+            d, r = divmod(x, f)
+            x = (d << shift) + cdf + r
+    return x.to_bytes((x.bit_length() + 7) // 8, "little")
+
+
+def _encode_chunk_c(
+    freqs: np.ndarray, cdfs: np.ndarray, escaped: np.ndarray, raw: np.ndarray, shift: int
+) -> bytes:
+    flags = np.ascontiguousarray(escaped, dtype=np.uint8)
+    c = np.ascontiguousarray
+    return _rans.encode_chunk(c(freqs), c(cdfs), flags, c(raw), shift)  # type: ignore[union-attr]
 
 
 def decode_symbols(data: bytes, shape: tuple[int, int, int], tables: EntropyTables) -> np.ndarray:
@@ -219,11 +262,7 @@ def decode_symbols(data: bytes, shape: tuple[int, int, int], tables: EntropyTabl
     if c != tables.channels or h <= 0 or w <= 0:
         raise DecodeError(f"shape {shape} does not match the entropy tables ({tables.channels} channels)")
     n = c * h * w
-    hw = h * w
-    freqs, orders, shift = tables._coded_freqs, tables._order, tables.precision_bits  # type: ignore[attr-defined]
-    cdfs = tables._coded_cdfs  # type: ignore[attr-defined]
-    mask = (1 << shift) - 1
-    out = [0] * n
+    out = np.empty(n, dtype=np.int32)
     pos = 0
     for start in range(0, n, CHUNK_SYMBOLS):
         stop = min(start + CHUNK_SYMBOLS, n)
@@ -235,24 +274,44 @@ def decode_symbols(data: bytes, shape: tuple[int, int, int], tables: EntropyTabl
         pos += length
         if len(chunk) != length or length == 0 or chunk[-1] == 0:
             raise DecodeError("bitstream truncated or not canonical")
-        x = int.from_bytes(chunk, "little")
-        for i in range(start, stop):
-            ch = i // hw
-            row, cdf, order = freqs[ch], cdfs[ch], orders[ch]
-            slot = x & mask
-            s = bisect.bisect_right(cdf, slot) - 1
-            x = row[s] * (x >> shift) + slot - cdf[s]
-            b = order[s]
-            if b == len(row) - 1:
-                out[i] = (x & 0xFFFF) - _RAW_HALF
-                x >>= _RAW_BITS
-            else:
-                out[i] = b + tables.offsets[ch]
-        if x != 1:
+        # Each symbol adds at most precision + 1 bits to the state (+16 for an escaped raw value).
+        if 8 * (length - 1) > (stop - start) * (tables.precision_bits + 1 + _RAW_BITS):
+            raise DecodeError(f"bitstream chunk of {length} bytes is too long for {stop - start} symbols")
+        if not _decode_chunk(chunk, out[start:stop], start, h * w, tables):
             raise DecodeError("bitstream corrupt: rANS state did not return to its initial value")
     if pos != len(data):
         raise DecodeError("bitstream has trailing bytes")
-    return np.asarray(out, dtype=np.int32).reshape(shape)
+    return out.reshape(shape)
+
+
+def _decode_chunk_py(chunk: bytes, out: np.ndarray, start: int, hw: int, tables: EntropyTables) -> bool:
+    """Decode ``len(out)`` symbols from flat position ``start``; whether the state came back to 1."""
+    freqs, orders, shift = tables._coded_freqs, tables._order, tables.precision_bits  # type: ignore[attr-defined]
+    cdfs = tables._coded_cdfs  # type: ignore[attr-defined]
+    mask = (1 << shift) - 1
+    x = int.from_bytes(chunk, "little")
+    values = [0] * len(out)
+    for k in range(len(out)):
+        ch = (start + k) // hw
+        row, cdf, order = freqs[ch], cdfs[ch], orders[ch]
+        slot = x & mask
+        s = bisect.bisect_right(cdf, slot) - 1
+        x = row[s] * (x >> shift) + slot - cdf[s]
+        b = order[s]
+        if b == len(row) - 1:
+            values[k] = (x & 0xFFFF) - _RAW_HALF
+            x >>= _RAW_BITS
+        else:
+            values[k] = b + tables.offsets[ch]
+    out[:] = values
+    return x == 1
+
+
+def _decode_chunk_c(chunk: bytes, out: np.ndarray, start: int, hw: int, tables: EntropyTables) -> bool:
+    pad = tables._padded  # type: ignore[attr-defined]
+    return _rans.decode_chunk(  # type: ignore[union-attr]
+        chunk, out, start, hw, pad[2], pad[3], tables._lengths, tables._offsets, tables.precision_bits  # type: ignore[attr-defined]
+    )
 
 
 def encode(y: np.ndarray, tables: EntropyTables) -> tuple[bytes, np.ndarray]:
@@ -269,10 +328,8 @@ def decode(data: bytes, shape: tuple[int, int, int], tables: EntropyTables) -> t
 
 def predicted_bits(q: np.ndarray, tables: EntropyTables) -> float:
     """Information content of symbols under the tables, in bits: what an ideal coder would emit."""
-    bins, chans = _bins(q, tables)
-    freqs = np.asarray([tables.freqs[c][b] for c, b in zip(chans, bins)], dtype=np.float64)
-    escapes = sum(1 for c, b in zip(chans, bins) if b == len(tables.freqs[c]) - 1)
-    return float(-np.log2(freqs / (1 << tables.precision_bits)).sum()) + escapes * _RAW_BITS
+    freqs, _, escaped = _lookup(q, tables)
+    return float(-np.log2(freqs / (1 << tables.precision_bits)).sum()) + int(escaped.sum()) * _RAW_BITS
 
 
 def symbols_crc32(q: np.ndarray) -> int:
@@ -301,3 +358,9 @@ def _read_leb128(data: bytes, pos: int) -> tuple[int, int]:
         shift += 7
         if not b & 0x80:
             return n, pos
+
+
+NATIVE = _rans is not None
+"""Whether the C inner loops are in use (else the Python ones: the same bytes, 4-15x slower)."""
+_encode_chunk = _encode_chunk_c if NATIVE else _encode_chunk_py
+_decode_chunk = _decode_chunk_c if NATIVE else _decode_chunk_py

@@ -128,6 +128,61 @@ class TestCorruption:
             codec.decode_symbols(b"", (4, 6, 6), self.tables)
 
 
+    def test_overlong_chunk_is_refused_before_decoding(self):
+        """A stream longer than any coding of that many symbols is refused up front, so a huge payload
+        cannot make the decoder work on a multi-megabyte state."""
+        with pytest.raises(DecodeError, match="too long"):
+            codec.decode_symbols(self.data + b"\x01" * 10_000, (4, 6, 6), self.tables)
+
+
+def _symbols_with_escapes(tables: EntropyTables, shape: tuple[int, int, int], seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    q = rng.integers(-4, 5, shape).astype(np.int32)
+    q.reshape(-1)[rng.random(q.size) < 0.02] = rng.integers(-32768, 32768)
+    return q
+
+
+@pytest.mark.skipif(not codec.NATIVE, reason="splitserve.core._rans was not built (no C compiler)")
+class TestNativeLoops:
+    """The C inner loops write and read exactly the bytes of the Python loops."""
+
+    @settings(max_examples=40, deadline=None, derandomize=True)
+    @given(channels=st.integers(1, 5), h=st.integers(1, 30), w=st.integers(1, 30), seed=st.integers(0, 2**16))
+    def test_same_bytes_and_symbols_as_python(self, channels, h, w, seed):
+        tables = make_tables(channels, bins=3 + seed % 20, seed=seed)
+        q = _symbols_with_escapes(tables, (channels, h, w), seed)
+        freqs, cdfs, escaped = codec._lookup(q, tables)
+        raw = q.reshape(-1).astype(np.int64) + 32768
+        data = codec._encode_chunk_c(freqs, cdfs, escaped, raw, 16)
+        assert data == codec._encode_chunk_py(freqs, cdfs, escaped, raw, 16)
+        out_c, out_py = np.empty(q.size, np.int32), np.empty(q.size, np.int32)
+        assert codec._decode_chunk_c(data, out_c, 0, h * w, tables)
+        assert codec._decode_chunk_py(data, out_py, 0, h * w, tables)
+        np.testing.assert_array_equal(out_c, q.reshape(-1))
+        np.testing.assert_array_equal(out_py, q.reshape(-1))
+
+    @settings(max_examples=40, deadline=None, derandomize=True)
+    @given(data=st.binary(min_size=1, max_size=64), seed=st.integers(0, 2**16))
+    def test_same_verdict_on_arbitrary_bytes(self, data, seed):
+        tables = make_tables(3, seed=seed)
+        out_c, out_py = np.empty(3 * 16, np.int32), np.empty(3 * 16, np.int32)
+        ok = codec._decode_chunk_c(data, out_c, 0, 16, tables)
+        assert ok == codec._decode_chunk_py(data, out_py, 0, 16, tables)
+        np.testing.assert_array_equal(out_c, out_py)
+
+
+def test_python_loops_round_trip(monkeypatch):
+    """Where the C module is not built the codec runs its Python loops: chunked, escaped streams too."""
+    monkeypatch.setattr(codec, "_encode_chunk", codec._encode_chunk_py)
+    monkeypatch.setattr(codec, "_decode_chunk", codec._decode_chunk_py)
+    tables = make_tables(3)
+    q = _symbols_with_escapes(tables, (3, 40, 40), seed=5)  # 4800 symbols: two chunks
+    data = codec.encode_symbols(q, tables)
+    np.testing.assert_array_equal(codec.decode_symbols(data, q.shape, tables), q)
+    with pytest.raises(DecodeError, match="did not return"):
+        codec.decode_symbols(data[:-1] + bytes([data[-1] ^ 0x10 or 1]), q.shape, tables)
+
+
 def test_bytes_match_predicted_rate():
     """The stream is the information content plus under one byte: within 2% over a batch of latents."""
     tables = make_tables(12, seed=7)

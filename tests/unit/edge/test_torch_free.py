@@ -74,7 +74,7 @@ def _source_copy(dest: Path) -> Path:
         shutil.copy(ROOT / "README.md", dest)
     package_dirs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
     for folder in sorted(set(package_dirs.values())):
-        shutil.copytree(ROOT / folder, dest / folder, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        shutil.copytree(ROOT / folder, dest / folder, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.so"))
     return dest
 
 

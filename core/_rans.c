@@ -1,0 +1,219 @@
+/* splitserve.core._rans: the inner loops of splitserve.core.codec in C.
+ *
+ * The same coder as the pure-Python one, bit for bit: rANS on an unbounded integer state, held here as
+ * little-endian 32-bit limbs. codec.py prepares every table lookup with numpy and calls one function per
+ * chunk; it falls back to its own Python loops where this module was not built (no C compiler).
+ *
+ *   encode (symbols in reverse):  x <- (x // f) * 2**shift + cdf + x % f      (start x = 1)
+ *   decode (symbols in order):    slot = x % 2**shift; s = bin of slot; x <- f * (x >> shift) + slot - cdf
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+#define RAW_BITS 16
+#define RAW_HALF (1 << (RAW_BITS - 1))
+
+typedef struct {
+    uint32_t *limb; /* little-endian; limb[n - 1] != 0 unless n == 1 */
+    Py_ssize_t n, cap;
+} Big;
+
+static int big_reserve(Big *x, Py_ssize_t n) {
+    if (n <= x->cap) return 0;
+    Py_ssize_t cap = x->cap ? x->cap : 8;
+    while (cap < n) cap *= 2;
+    uint32_t *limb = PyMem_Realloc(x->limb, (size_t)cap * sizeof(uint32_t));
+    if (!limb) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    x->limb = limb;
+    x->cap = cap;
+    return 0;
+}
+
+static void big_trim(Big *x) {
+    while (x->n > 1 && x->limb[x->n - 1] == 0) x->n--;
+}
+
+/* x <- x * 2**bits + low, with 0 < bits < 32 and low < 2**bits. */
+static int big_shl_add(Big *x, unsigned bits, uint32_t low) {
+    if (big_reserve(x, x->n + 1) < 0) return -1;
+    uint32_t carry = low;
+    for (Py_ssize_t i = 0; i < x->n; i++) {
+        uint32_t v = x->limb[i];
+        x->limb[i] = (v << bits) | carry;
+        carry = v >> (32 - bits);
+    }
+    x->limb[x->n++] = carry;
+    big_trim(x);
+    return 0;
+}
+
+/* x <- x // d, returns x % d (d > 0). */
+static uint32_t big_divmod_small(Big *x, uint32_t d) {
+    uint64_t rem = 0;
+    for (Py_ssize_t i = x->n - 1; i >= 0; i--) {
+        uint64_t cur = (rem << 32) | x->limb[i];
+        x->limb[i] = (uint32_t)(cur / d);
+        rem = cur % d;
+    }
+    big_trim(x);
+    return (uint32_t)rem;
+}
+
+/* x <- x >> bits (0 < bits < 32), returns the bits shifted out. */
+static uint32_t big_shr(Big *x, unsigned bits) {
+    uint32_t out = x->limb[0] & ((1u << bits) - 1);
+    for (Py_ssize_t i = 0; i < x->n; i++) {
+        uint32_t hi = i + 1 < x->n ? x->limb[i + 1] : 0;
+        x->limb[i] = (x->limb[i] >> bits) | (hi << (32 - bits));
+    }
+    big_trim(x);
+    return out;
+}
+
+/* x <- x * m + add (m, add < 2**32). */
+static int big_mul_add(Big *x, uint32_t m, uint32_t add) {
+    if (big_reserve(x, x->n + 1) < 0) return -1;
+    uint64_t carry = add;
+    for (Py_ssize_t i = 0; i < x->n; i++) {
+        uint64_t cur = (uint64_t)x->limb[i] * m + carry;
+        x->limb[i] = (uint32_t)cur;
+        carry = cur >> 32;
+    }
+    x->limb[x->n++] = (uint32_t)carry;
+    big_trim(x);
+    return 0;
+}
+
+static int check_buffer(Py_buffer *b, Py_ssize_t itemsize, Py_ssize_t count, const char *name) {
+    if (b->len != itemsize * count) {
+        PyErr_Format(PyExc_ValueError, "%s: expected %zd bytes, got %zd", name, itemsize * count, b->len);
+        return -1;
+    }
+    return 0;
+}
+
+/* encode_chunk(freqs, cdfs, escaped, raw, shift) -> bytes
+ * freqs, cdfs, raw: int64 per symbol, in coding order; escaped: one byte per symbol. */
+static PyObject *encode_chunk(PyObject *self, PyObject *args) {
+    Py_buffer fb, cb, eb, rb;
+    unsigned int shift;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*I", &fb, &cb, &eb, &rb, &shift)) return NULL;
+    PyObject *result = NULL;
+    Big x = {NULL, 0, 0};
+    Py_ssize_t n = eb.len;
+    if (shift == 0 || shift >= 32) {
+        PyErr_SetString(PyExc_ValueError, "shift must be in 1..31");
+        goto done;
+    }
+    if (check_buffer(&fb, 8, n, "freqs") < 0 || check_buffer(&cb, 8, n, "cdfs") < 0 ||
+        check_buffer(&rb, 8, n, "raw") < 0 || big_reserve(&x, 8) < 0)
+        goto done;
+    const int64_t *freqs = fb.buf, *cdfs = cb.buf, *raw = rb.buf;
+    const uint8_t *escaped = eb.buf;
+    x.limb[0] = 1;
+    x.n = 1;
+    for (Py_ssize_t i = n - 1; i >= 0; i--) {
+        int64_t f = freqs[i], cdf = cdfs[i];
+        if (f <= 0 || cdf < 0 || f + cdf > ((int64_t)1 << shift)) {
+            PyErr_SetString(PyExc_ValueError, "frequency table entry out of range");
+            goto done;
+        }
+        if (escaped[i] && big_shl_add(&x, RAW_BITS, (uint32_t)(raw[i] & 0xFFFF)) < 0) goto done;
+        uint32_t r = big_divmod_small(&x, (uint32_t)f);
+        if (big_shl_add(&x, shift, (uint32_t)cdf + r) < 0) goto done;
+    }
+    Py_ssize_t nbytes = 4 * x.n;
+    while (nbytes > 1 && ((x.limb[(nbytes - 1) / 4] >> (8 * ((nbytes - 1) % 4))) & 0xFF) == 0) nbytes--;
+    result = PyBytes_FromStringAndSize(NULL, nbytes);
+    if (result) {
+        uint8_t *out = (uint8_t *)PyBytes_AS_STRING(result);
+        for (Py_ssize_t i = 0; i < nbytes; i++) out[i] = (uint8_t)(x.limb[i / 4] >> (8 * (i % 4)));
+    }
+done:
+    PyMem_Free(x.limb);
+    PyBuffer_Release(&fb);
+    PyBuffer_Release(&cb);
+    PyBuffer_Release(&eb);
+    PyBuffer_Release(&rb);
+    return result;
+}
+
+/* decode_chunk(chunk, out, start, hw, cdfs, orders, lengths, offsets, shift) -> bool
+ * Decodes len(out) symbols (int32, written in place) whose flat positions start at `start`
+ * (channel = position // hw). cdfs, orders: int64 (channels, width), per channel the coded
+ * cumulative frequencies (cdfs[c][lengths[c]] is implied to be 2**shift) and the bin of each
+ * coded rank; lengths, offsets: int64 per channel. Returns whether the state came back to 1. */
+static PyObject *decode_chunk(PyObject *self, PyObject *args) {
+    Py_buffer db, ob, cb, rb, lb, fb;
+    Py_ssize_t start, hw;
+    unsigned int shift;
+    if (!PyArg_ParseTuple(args, "y*w*nny*y*y*y*I", &db, &ob, &start, &hw, &cb, &rb, &lb, &fb, &shift)) return NULL;
+    PyObject *result = NULL;
+    Big x = {NULL, 0, 0};
+    Py_ssize_t channels = lb.len / 8, count = ob.len / 4, width = channels ? cb.len / 8 / channels : 0;
+    if (shift == 0 || shift >= 32 || hw <= 0 || start < 0 || channels == 0 || width == 0) {
+        PyErr_SetString(PyExc_ValueError, "invalid decode arguments");
+        goto done;
+    }
+    if (check_buffer(&ob, 4, count, "out") < 0 || check_buffer(&cb, 8, channels * width, "cdfs") < 0 ||
+        check_buffer(&rb, 8, channels * width, "orders") < 0 || check_buffer(&fb, 8, channels, "offsets") < 0 ||
+        (start + count + hw - 1) / hw > channels || big_reserve(&x, db.len / 4 + 2) < 0) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "symbols beyond the last channel");
+        goto done;
+    }
+    const int64_t *cdfs = cb.buf, *orders = rb.buf, *lengths = lb.buf, *offsets = fb.buf;
+    int32_t *out = ob.buf;
+    const uint8_t *data = db.buf;
+    memset(x.limb, 0, (size_t)x.cap * sizeof(uint32_t));
+    for (Py_ssize_t i = 0; i < db.len; i++) x.limb[i / 4] |= (uint32_t)data[i] << (8 * (i % 4));
+    x.n = db.len ? (db.len + 3) / 4 : 1;
+    big_trim(&x);
+    const uint32_t total = 1u << shift;
+    for (Py_ssize_t k = 0; k < count; k++) {
+        Py_ssize_t ch = (start + k) / hw, len = (Py_ssize_t)lengths[ch];
+        if (len < 2 || len > width) {
+            PyErr_SetString(PyExc_ValueError, "table length out of range");
+            goto done;
+        }
+        const int64_t *cdf = cdfs + ch * width, *order = orders + ch * width;
+        uint32_t slot = big_shr(&x, shift);
+        Py_ssize_t lo = 0, hi = len; /* last s with cdf[s] <= slot */
+        while (hi - lo > 1) {
+            Py_ssize_t mid = (lo + hi) / 2;
+            if ((uint32_t)cdf[mid] <= slot) lo = mid;
+            else hi = mid;
+        }
+        uint32_t f = (lo + 1 < len ? (uint32_t)cdf[lo + 1] : total) - (uint32_t)cdf[lo];
+        if (big_mul_add(&x, f, slot - (uint32_t)cdf[lo]) < 0) goto done;
+        if (order[lo] == len - 1) {
+            out[k] = (int32_t)big_shr(&x, RAW_BITS) - RAW_HALF;
+        } else {
+            out[k] = (int32_t)(order[lo] + offsets[ch]);
+        }
+    }
+    result = PyBool_FromLong(x.n == 1 && x.limb[0] == 1);
+done:
+    PyMem_Free(x.limb);
+    PyBuffer_Release(&db);
+    PyBuffer_Release(&ob);
+    PyBuffer_Release(&cb);
+    PyBuffer_Release(&rb);
+    PyBuffer_Release(&lb);
+    PyBuffer_Release(&fb);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"encode_chunk", encode_chunk, METH_VARARGS, "Encode one chunk of symbols; see codec.encode_symbols."},
+    {"decode_chunk", decode_chunk, METH_VARARGS, "Decode one chunk in place; see codec.decode_symbols."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_rans", "rANS inner loops in C.", -1, methods};
+
+PyMODINIT_FUNC PyInit__rans(void) { return PyModule_Create(&module); }
