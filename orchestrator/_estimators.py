@@ -161,19 +161,32 @@ class RttEstimator:
     24 kbit/s and under 1 ms at 1 Mbit/s); the fastest of them, as BBR keeps a min-RTT (Cardwell et al.,
     ACM Queue 2016), because a delayed ping (scheduling, a lost packet) says nothing about the path.
 
+    A ping that shared the link with a request in flight waited behind it in the bottleneck's queue (on a
+    128 kbit/s link a 700-byte request holds a ping back 44 ms): such a *contended* ping bounds the round
+    trip from above, so it may lower the reference but not raise it, unless every ping kept is older than
+    ``stale_s`` (a client that always has a request in flight must still follow a longer path).
+
     Args:
         window_s: pings older than this are dropped (the latest one is always kept).
         max_samples: pings kept.
+        stale_s: age after which a contended ping replaces the reference even if slower.
     """
 
-    def __init__(self, *, window_s: float = 1.5, max_samples: int = 2) -> None:
+    def __init__(self, *, window_s: float = 1.5, max_samples: int = 2, stale_s: float = 10.0) -> None:
         self.window_s = window_s
+        self.stale_s = stale_s
         self._samples: deque[tuple[float, float, float]] = deque(maxlen=max_samples)
 
     def __len__(self) -> int:
         return len(self._samples)
 
-    def add(self, now_s: float, network_ms: float, wire_bytes: float = 0.0) -> None:
+    def add(
+        self, now_s: float, network_ms: float, wire_bytes: float = 0.0, *, contended: bool = False
+    ) -> None:
+        ref = self.reference()
+        fresh = bool(self._samples) and now_s - self._samples[-1][0] < self.stale_s
+        if contended and fresh and ref is not None and network_ms > ref[0]:
+            return
         self._samples.append((now_s, network_ms, wire_bytes))
         while len(self._samples) > 1 and now_s - self._samples[0][0] > self.window_s:
             self._samples.popleft()
@@ -242,6 +255,7 @@ class LinkEstimator:
         network_ms: float,
         *,
         ping: bool = False,
+        contended: bool = False,
         sent_s: float | None = None,
     ) -> None:
         """A transfer that completed.
@@ -251,13 +265,14 @@ class LinkEstimator:
             wire_bytes: bytes sent.
             network_ms: wall time less the server's own time.
             ping: a bare ping (a reference sample, not a throughput sample).
+            contended: the ping shared the link with a request (see :class:`RttEstimator`).
             sent_s: clock time the transfer was sent (default ``now_s - network_ms``); a transfer
                 older than the one that last set the up/down state leaves that state alone.
         """
         if ping or not self._pinged:
             self._pinged |= ping
             if ping or self.rtt.reference() is None:
-                self.rtt.add(now_s, network_ms, wire_bytes)
+                self.rtt.add(now_s, network_ms, wire_bytes, contended=contended)
         if not ping:
             ref_ms, ref_bytes = self._reference()
             if wire_bytes - ref_bytes >= self.min_extra_bytes:

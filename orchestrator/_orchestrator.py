@@ -162,6 +162,7 @@ class Orchestrator:
         self._pending: deque[tuple[float, str]] = deque()
         self._probe_since: float | None = None
         self._probe_is_ping = False
+        self._ping_contended = False  # the ping in flight shares the link with a remote request
         self._last_ping_s = -math.inf
 
     @classmethod
@@ -203,6 +204,7 @@ class Orchestrator:
         option = self.options[choice.index]
         if option.remote:
             self._pending.append((now, option.id))
+            self._ping_contended |= self._probe_is_ping and self._probe_since is not None
         probe_bytes, probe_option = self._probe(now, option)
         return SplitDecision(
             kind=option.kind,
@@ -247,7 +249,8 @@ class Orchestrator:
         if result.failed:
             self._link.observe_failure(now, sent_s=now - result.rtt_ms / 1e3)
         else:
-            self._link.observe(now, result.wire_bytes, result.rtt_ms, ping=ping)
+            contended = ping and self._ping_contended
+            self._link.observe(now, result.wire_bytes, result.rtt_ms, ping=ping, contended=contended)
 
     def update_device(self, device: DeviceLatency) -> None:
         """Replace the device measurements with fresh ones (the client re-measured its heads).
@@ -367,5 +370,6 @@ class Orchestrator:
         if now - self._last_ping_s >= self.config.ping_interval_s:
             self._probe_since = self._last_ping_s = now
             self._probe_is_ping = True
+            self._ping_contended = bool(self._pending)  # a remote request in flight, or this one
             return 0, None
         return None, None

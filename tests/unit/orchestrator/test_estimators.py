@@ -98,6 +98,21 @@ class TestRttEstimator:
         rtt.add(100.0, 80.0, 70)
         assert rtt.reference() == (80.0, 70)
 
+    def test_a_contended_ping_can_lower_the_reference_but_not_raise_it(self) -> None:
+        """A ping queued behind a request in flight bounds the round trip from above only."""
+        rtt = RttEstimator(window_s=1.5, max_samples=2)
+        rtt.add(0.0, 20.0, 64)
+        for t in (0.5, 1.0, 1.5):
+            rtt.add(t, 64.0, 64, contended=True)
+        assert rtt.reference() == (20.0, 64)
+        rtt.add(2.0, 18.0, 64, contended=True)
+        assert rtt.reference() == (18.0, 64)
+        rtt.add(2.5, 30.0, 64)
+        rtt.add(3.0, 31.0, 64)
+        assert rtt.reference() == (30.0, 64)  # pings on an idle link still move it up
+        rtt.add(14.0, 50.0, 64, contended=True)
+        assert rtt.reference() == (50.0, 64)  # and a stale reference gives way to a contended ping
+
 
 class TestLinkEstimator:
     def make(self) -> LinkEstimator:

@@ -198,6 +198,21 @@ def _link_lost(orch: Orchestrator, clock: object, *, bps: float = 5e6, served: i
 
 
 class TestProbing:
+    def test_a_ping_beside_a_remote_request_does_not_raise_the_round_trip(
+        self, manifest: Manifest, device: DeviceLatency, clock
+    ) -> None:
+        """On a slow link a ping sent beside a request waits behind it: that wait is not path RTT."""
+        orch = make(manifest, device, clock)
+        for _ in range(5):
+            serve(orch, clock, bps=5e6)
+            clock.t += 0.2
+        before = orch.estimates().base_rtt_ms
+        clock.t += 1.0
+        d = orch.decide()
+        assert d.kind != "local" and d.probe_bytes == 0  # a ping, beside a remote request
+        orch.observe_probe(ProbeResult(0, 20.0 + 44.0))
+        assert orch.estimates().base_rtt_ms == pytest.approx(before)
+
     def test_local_runs_probe_the_link_and_return_when_it_recovers(
         self, manifest: Manifest, device: DeviceLatency, clock
     ) -> None:
