@@ -24,7 +24,8 @@ network time of every remote option from below (the link is slower than believed
 client this reacts before the late reply arrives). While the device runs locally, nothing measures the
 link's throughput, so decisions then ask for a sized background probe when no transfer (pings do not
 count) has been seen for ``probe_interval_s`` (while the link is down,
-as soon as the previous probe has failed); a bare ping every ``ping_interval_s`` keeps the base RTT apart
+as soon as the previous probe has failed; after a probe much faster than expected, at once, since the
+throughput estimate moves on two such samples in a row); a bare ping every ``ping_interval_s`` keeps the base RTT apart
 from the transfer time. One probe is in flight at a time. A sized probe is a real request of the remote
 option quickest to run now (device time plus transfer at the current estimate: on a slow device the PNG
 of offload, on a slow link the smallest split payload), named in ``SplitDecision.probe_option``.
@@ -56,6 +57,8 @@ from .policies import DecisionState, Policy, create_policy
 from .types import DeviceLatency, Estimates, Observation, Option, ProbeResult, SplitDecision
 
 __all__ = ["Orchestrator", "OrchestratorConfig"]
+
+_RISE_RATIO = 1.5  # a sized probe this many times faster than expected is confirmed at once
 
 
 @dataclass(frozen=True)
@@ -163,6 +166,7 @@ class Orchestrator:
         self._probe_since: float | None = None
         self._probe_is_ping = False
         self._ping_contended = False  # the ping in flight shares the link with a remote request
+        self._confirm = False  # the last sized probe beat its expected time: probe again at once
         self._last_ping_s = -math.inf
 
     @classmethod
@@ -249,8 +253,10 @@ class Orchestrator:
         if result.failed:
             self._link.observe_failure(now, sent_s=now - result.rtt_ms / 1e3)
         else:
+            expected = float(self._link.network_ms(np.array(float(result.wire_bytes))))
             contended = ping and self._ping_contended
             self._link.observe(now, result.wire_bytes, result.rtt_ms, ping=ping, contended=contended)
+            self._confirm = not ping and result.rtt_ms * _RISE_RATIO < expected
 
     def update_device(self, device: DeviceLatency) -> None:
         """Replace the device measurements with fresh ones (the client re-measured its heads).
@@ -358,8 +364,8 @@ class Orchestrator:
         if self._probe_since is not None or not self._remote.any():
             return None, None
         quiet = not self._link.up or now - self._link.last_transfer_s >= self.config.probe_interval_s
-        if not chosen.remote and quiet:
-            self._probe_since, self._probe_is_ping = now, False
+        if not chosen.remote and (quiet or self._confirm):
+            self._probe_since, self._probe_is_ping, self._confirm = now, False, False
             # The remote request quickest to run now: on a slow device a head costs more than the
             # bytes it saves, on a slow link the bytes cost more than the head.
             remote = np.flatnonzero(self._remote)

@@ -262,6 +262,33 @@ class TestProbing:
                 orch.observe_probe(ProbeResult(d.probe_bytes, 300.0 + 8000.0 * d.probe_bytes / 5e3))
         assert max(b - a for a, b in zip(sized, sized[1:])) <= 3  # probe_interval_s apart, pings or not
 
+    def test_a_probe_much_faster_than_expected_is_confirmed_at_once(
+        self, manifest: Manifest, device: DeviceLatency, clock
+    ) -> None:
+        """Two fast samples move the throughput estimate: the second probe goes out without waiting."""
+        orch = make(manifest, device, clock)
+        for _ in range(8):
+            serve(orch, clock, bps=20e3)
+            clock.t += 0.1
+
+        def decide(bps: float) -> SplitDecision:
+            """A local decision 0.1 s later; its probe, if any, answered at ``bps``."""
+            clock.t += 0.1
+            d = orch.decide()
+            assert d.kind == "local"
+            if d.probe_bytes is not None:
+                orch.observe_probe(ProbeResult(d.probe_bytes, 20.0 + 8000.0 * d.probe_bytes / bps))
+            return d
+
+        while not decide(20e3).probe_bytes:  # up to a sized probe, answered as slowly as expected
+            pass
+        assert not decide(20e3).probe_bytes  # the next one after probe_interval_s
+        while not decide(2e6).probe_bytes:  # the link got faster: the first fast sample ...
+            pass
+        assert decide(2e6).probe_bytes  # ... is confirmed at once
+        clock.t += 0.1
+        assert orch.decide().kind != "local"
+
     def test_a_request_never_sent_says_nothing_about_the_link(
         self, manifest: Manifest, device: DeviceLatency, clock
     ) -> None:
