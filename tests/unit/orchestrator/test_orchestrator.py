@@ -197,15 +197,20 @@ def _link_lost(orch: Orchestrator, clock: object, *, bps: float = 5e6, served: i
     return orch
 
 
+def _served(orch: Orchestrator, clock: object, *, bps: float, requests: int, every_s: float) -> Orchestrator:
+    """``orch`` after ``requests`` requests on a link of ``bps``, one every ``every_s``."""
+    for _ in range(requests):
+        serve(orch, clock, bps=bps)
+        clock.t += every_s  # type: ignore[attr-defined]
+    return orch
+
+
 class TestProbing:
     def test_a_ping_beside_a_remote_request_does_not_raise_the_round_trip(
         self, manifest: Manifest, device: DeviceLatency, clock
     ) -> None:
         """On a slow link a ping sent beside a request waits behind it: that wait is not path RTT."""
-        orch = make(manifest, device, clock)
-        for _ in range(5):
-            serve(orch, clock, bps=5e6)
-            clock.t += 0.2
+        orch = _served(make(manifest, device, clock), clock, bps=5e6, requests=5, every_s=0.2)
         before = orch.estimates().base_rtt_ms
         clock.t += 1.0
         d = orch.decide()
@@ -266,10 +271,7 @@ class TestProbing:
         self, manifest: Manifest, device: DeviceLatency, clock
     ) -> None:
         """Two fast samples move the throughput estimate: the second probe goes out without waiting."""
-        orch = make(manifest, device, clock)
-        for _ in range(8):
-            serve(orch, clock, bps=20e3)
-            clock.t += 0.1
+        orch = _served(make(manifest, device, clock), clock, bps=20e3, requests=8, every_s=0.1)
 
         def decide(bps: float) -> SplitDecision:
             """A local decision 0.1 s later; its probe, if any, answered at ``bps``."""
