@@ -17,7 +17,16 @@ from ._config import BottleneckCfg
 from ._split import SplitBackbone
 from .split_model import SplitModel
 
-__all__ = ["evaluate", "seed_everything", "train_classifier", "train_split"]
+__all__ = ["bf16_native", "evaluate", "seed_everything", "train_classifier", "train_split"]
+
+
+def bf16_native() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX), where bf16 autocast pays.
+
+    Elsewhere oneDNN emulates bfloat16 and autocast is slower than float32, so callers fall back.
+    """
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -56,13 +65,16 @@ def train_classifier(
     batch: int = 128,
     lr: float = 0.1,
     shift_px: int = 0,
+    bf16: bool = False,
     seed: int = 0,
 ) -> SplitBackbone:
     """Train ``model`` from scratch with SGD, a one-cycle schedule, flips (and shifts) and label smoothing.
 
-    Five epochs is an underfitting regime for this network: random shifts (``shift_px``) cost accuracy
+    A few epochs is an underfitting regime for this network: random shifts (``shift_px``) cost accuracy
     there (5 epochs: 91.8% test accuracy with 2-pixel shifts and batch 256, 92.6% with flips only and
-    batch 128, measured here), so they are off by default.
+    batch 128, measured here), so they are off by default. ``bf16`` runs the forward pass under
+    bfloat16 autocast (weights, optimizer and loss stay float32): 1.3-1.6x the steps per second on a
+    CPU with native bfloat16 (:func:`bf16_native`), slower elsewhere.
     """
     gen = seed_everything(seed)
     x_all, y_all = torch.from_numpy(images), torch.from_numpy(labels)
@@ -75,7 +87,9 @@ def train_classifier(
     for _ in range(epochs):
         for idx in _batches(len(x_all), batch, gen):
             xb = augment(x_all[idx], gen, shift_px).contiguous(memory_format=torch.channels_last)
-            loss = F.cross_entropy(model(xb), y_all[idx], label_smoothing=0.1)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                logits = model(xb)
+            loss = F.cross_entropy(logits.float(), y_all[idx], label_smoothing=0.1)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

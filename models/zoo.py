@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,9 +27,9 @@ from ._registry import get_backbone, get_backbone_cfg
 from ._split import SplitBackbone
 from .export import EvalData, export_bundle
 from .split_model import SplitModel
-from .train import evaluate, train_classifier, train_split
+from .train import bf16_native, evaluate, train_classifier, train_split
 
-__all__ = ["RECIPES", "Recipe", "build_bundle", "build_test_bundle", "cache_dir", "trained_backbone", "trained_split"]
+__all__ = ["RECIPES", "Recipe", "build_bundle", "build_test_bundle", "bundle_key", "cache_dir", "trained_backbone", "trained_split"]
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,10 @@ class Recipe:
     """Everything that determines a trained bundle (hashed into its cache key)."""
 
     backbone: str = "fmnist_resnet"
-    backbone_epochs: int = 5
+    backbone_epochs: int = 8
+    backbone_batch: int = 256
+    backbone_lr: float = 0.2
+    backbone_bf16: bool = True  # bfloat16 autocast where the CPU has it natively (bf16_native)
     train_size: int = 60000
     splits: tuple[str, ...] = ("stem", "layer1")
     hd_epochs: float = 1.0
@@ -50,12 +54,26 @@ class Recipe:
     calib_size: int = 512
     seed: int = 0
     # Bump when training or export code changes what a recipe produces: it invalidates the cache.
-    code_version: int = 2
+    code_version: int = 3
 
     def key(self, *fields: str) -> str:
         d = dataclasses.asdict(self)
         chosen = {k: d[k] for k in fields} if fields else d
         return hashlib.sha256(json.dumps(chosen, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+    @property
+    def bf16(self) -> bool:
+        """Whether the backbone trains under bfloat16 autocast on this machine."""
+        return self.backbone_bf16 and bf16_native()
+
+    def bottleneck_for(self, split: str) -> BottleneckCfg:
+        """The bottleneck at ``split``: the recipe's own, else the backbone's default."""
+        return self.bottleneck.get(split) or get_backbone_cfg(self.backbone).bottleneck.get(split) or BottleneckCfg()
+
+    def backbone_key(self) -> str:
+        """Cache key of the trained backbone: its fields and whether this machine trains it in bf16."""
+        fields = ("backbone", "backbone_epochs", "backbone_batch", "backbone_lr", "train_size", "seed", "code_version")
+        return f"{self.key(*fields)}{'-bf16' if self.bf16 else ''}"
 
 
 RECIPES: dict[str, Recipe] = {
@@ -73,6 +91,8 @@ RECIPES: dict[str, Recipe] = {
     # The test suite's bundle: small and quick (about a minute on 2 cores), same code path.
     "fmnist_resnet-test": Recipe(
         backbone_epochs=1,
+        backbone_batch=128,
+        backbone_lr=0.1,
         train_size=8000,
         splits=("stem", "layer1"),
         hd_epochs=0.5,
@@ -109,27 +129,35 @@ def trained_backbone(recipe: Recipe) -> tuple[SplitBackbone, float]:
     factory = get_backbone(recipe.backbone)
     if cfg.weights != "train":
         return factory(), float("nan")
-    path = cache_dir() / f"{recipe.backbone}-{recipe.key('backbone', 'backbone_epochs', 'train_size', 'seed', 'code_version')}.pt"
+    path = cache_dir() / f"{recipe.backbone}-{recipe.backbone_key()}.pt"
     meta = path.with_suffix(".json")
     if path.exists() and meta.exists():
         return factory(path).eval(), json.loads(meta.read_text())["test_accuracy"]
     x, y = load_fashion_mnist("train")
     x, y = x[: recipe.train_size], y[: recipe.train_size]
-    model = train_classifier(factory(), x, y, epochs=recipe.backbone_epochs, seed=recipe.seed)
+    start = time.perf_counter()
+    model = train_classifier(
+        factory(), x, y, epochs=recipe.backbone_epochs, batch=recipe.backbone_batch, lr=recipe.backbone_lr,
+        bf16=recipe.bf16, seed=recipe.seed,
+    )
+    seconds = time.perf_counter() - start
     xt, yt = load_fashion_mnist("test")
     acc, _ = evaluate(model, xt, yt)
     _atomic_save(model.state_dict(), path)
-    meta.write_text(json.dumps({"test_accuracy": acc, "recipe": dataclasses.asdict(recipe)}, default=str))
+    meta.write_text(json.dumps(
+        {"test_accuracy": acc, "train_seconds": round(seconds, 1), "bf16": recipe.bf16, "recipe": dataclasses.asdict(recipe)},
+        default=str,
+    ))
     return model, acc
 
 
 def trained_split(recipe: Recipe, teacher: SplitBackbone, split: str) -> SplitModel:
     """The recipe's bottleneck at ``split``, trained (or loaded from the cache), CDFs updated."""
-    bcfg = recipe.bottleneck.get(split) or teacher.cfg.bottleneck.get(split) or BottleneckCfg()
+    bcfg = recipe.bottleneck_for(split)
     key = hashlib.sha256(
-        json.dumps([recipe.key("backbone", "backbone_epochs", "train_size", "hd_epochs", "kd_epochs",
-                               "rate_weight", "label_weight", "head_lr", "shift_px", "seed", "code_version"),
-                split, dataclasses.asdict(bcfg)]).encode()
+        json.dumps([recipe.backbone_key(), recipe.key("hd_epochs", "kd_epochs", "rate_weight", "label_weight", "head_lr",
+                                                      "shift_px"),
+                    split, dataclasses.asdict(bcfg)]).encode()
     ).hexdigest()[:12]
     path = cache_dir() / f"{recipe.backbone}-{split}-{key}.pt"
     if path.exists():
@@ -151,11 +179,17 @@ def trained_split(recipe: Recipe, teacher: SplitBackbone, split: str) -> SplitMo
     return model
 
 
+def bundle_key(recipe: Recipe) -> str:
+    """Cache key of a recipe's bundle: the recipe, its resolved bottlenecks, the backbone key, the codec."""
+    bottlenecks = [dataclasses.asdict(recipe.bottleneck_for(s)) for s in recipe.splits]
+    inputs = json.dumps([recipe.key(), recipe.backbone_key(), bottlenecks, f"{CODEC_NAME}{CODEC_VERSION}"], default=str)
+    return hashlib.sha256(inputs.encode()).hexdigest()[:12]
+
+
 def build_bundle(recipe_name: str, out_dir: Path | None = None, *, force: bool = False) -> Path:
     """Build (or reuse) the bundle of a named recipe; returns its directory."""
     recipe = RECIPES[recipe_name]
-    key = hashlib.sha256(f"{recipe.key()}-{CODEC_NAME}{CODEC_VERSION}".encode()).hexdigest()[:12]
-    out_dir = Path(out_dir) if out_dir else cache_dir() / "bundles" / f"{recipe_name}-{key}"
+    out_dir = Path(out_dir) if out_dir else cache_dir() / "bundles" / f"{recipe_name}-{bundle_key(recipe)}"
     if out_dir.exists() and not force:
         try:
             Bundle.open(out_dir).close()

@@ -138,3 +138,47 @@ def test_recipes_command_lists_every_recipe_with_its_training_length() -> None:
     lines = {line.split()[0]: line for line in out.output.splitlines() if line.strip()}
     assert set(lines) == set(RECIPES)
     assert "kd_epochs=16 " in lines["fmnist_resnet"] and "kd_epochs=3 " in lines["fmnist_resnet-quick"]
+
+
+def test_backbone_training_under_bf16_autocast_keeps_float32_weights():
+    """bf16 autocast changes the arithmetic of the forward pass only: weights stay float32 and learn."""
+    from splitserve.models.train import train_classifier
+
+    images, labels = load_fashion_mnist("train")
+    model = get_backbone("fmnist_resnet")()
+    before = model.stages.stem[0].weight.detach().clone()
+    trained = train_classifier(model, images[:256], labels[:256], epochs=1, batch=32, bf16=True)
+    weights = list(trained.state_dict().values())
+    assert all(w.dtype in (torch.float32, torch.int64) for w in weights)
+    assert not torch.equal(trained.stages.stem[0].weight, before)
+    assert torch.isfinite(trained(torch.from_numpy(images[:8]))).all()
+
+
+def test_cache_keys_follow_everything_a_bundle_is_built_from(monkeypatch):
+    """Backbone, split and bundle keys change with the training settings, the bf16 switch and the
+    backbone's default bottlenecks (which a recipe need not name)."""
+    import dataclasses
+
+    from splitserve.models import zoo
+
+    base = zoo.RECIPES["fmnist_resnet-quick"]
+    keys = {zoo.bundle_key(base)}
+    for change in ({"backbone_batch": 128}, {"backbone_lr": 0.1}, {"backbone_epochs": 5}, {"kd_epochs": 4.0}):
+        variant = dataclasses.replace(base, **change)
+        keys.add(zoo.bundle_key(variant))
+        if "kd_epochs" not in change:
+            assert variant.backbone_key() != base.backbone_key(), change
+    assert len(keys) == 5
+
+    monkeypatch.setattr(zoo, "bf16_native", lambda: True)
+    assert base.bf16 and base.backbone_key().endswith("-bf16")
+    assert not dataclasses.replace(base, backbone_bf16=False).bf16
+    monkeypatch.setattr(zoo, "bf16_native", lambda: False)
+    assert not base.bf16 and not base.backbone_key().endswith("-bf16")
+
+    cfg = get_backbone_cfg("fmnist_resnet")
+    moved = dataclasses.replace(cfg.bottleneck["stem"], latent_chs=cfg.bottleneck["stem"].latent_chs + 1)
+    before = zoo.bundle_key(base)
+    monkeypatch.setattr(zoo, "get_backbone_cfg", lambda name: dataclasses.replace(cfg, bottleneck={**cfg.bottleneck, "stem": moved}))
+    assert base.bottleneck_for("stem") == moved
+    assert zoo.bundle_key(base) != before
