@@ -348,17 +348,24 @@ def _orchestrator_ms(bundle: Bundle, repeats: int) -> dict[str, float]:
     return {"decide": decide, "observe": observe}
 
 
+# CPU features that decide how fast int8 runs: without a VNNI (or AMX) int8 dot product, ONNX Runtime
+# multiplies int8 with AVX2's vpmaddubsw, and int8 convolutions gain far less over fp32.
+_INT8_FLAGS = ("avx2", "avx512_vnni", "avx_vnni", "amx_int8")
+
+
 def _machine(threads: int) -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
+    fields: dict[str, str] = {}
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        for line in Path("/proc/cpuinfo").read_text().splitlines():  # the first processor's lines
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
+    cpu = fields.get("model name") or platform.processor() or platform.machine()
+    flags = [f for f in _INT8_FLAGS if f in fields.get("flags", "").split()]
     return {
         "cpu": cpu,
+        "int8_isa": flags,
         "cores": os.cpu_count(),
         "onnxruntime": ort.__version__,
         "ort_threads": threads,
