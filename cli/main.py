@@ -54,7 +54,8 @@ def recipes() -> None:
     for name, r in RECIPES.items():
         click.echo(
             f"{name:24s} backbone={r.backbone} splits={','.join(r.splits)} kd_epochs={r.kd_epochs:g} "
-            f"train_size={r.train_size} eval_size={r.eval_size}"
+            + "".join(f"{s}_kd_epochs={e:g} " for s, e in r.split_kd_epochs.items())
+            + f"train_size={r.train_size} eval_size={r.eval_size}"
         )
 
 

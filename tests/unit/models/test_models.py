@@ -138,6 +138,7 @@ def test_recipes_command_lists_every_recipe_with_its_training_length() -> None:
     lines = {line.split()[0]: line for line in out.output.splitlines() if line.strip()}
     assert set(lines) == set(RECIPES)
     assert "kd_epochs=16 " in lines["fmnist_resnet"] and "kd_epochs=3 " in lines["fmnist_resnet-quick"]
+    assert "layer1_kd_epochs=40 " in lines["fmnist_resnet"] and "layer1_kd" not in lines["fmnist_resnet-quick"]
 
 
 def test_backbone_training_under_bf16_autocast_keeps_float32_weights():
@@ -169,6 +170,10 @@ def test_cache_keys_follow_everything_a_bundle_is_built_from(monkeypatch):
         if "kd_epochs" not in change:
             assert variant.backbone_key() != base.backbone_key(), change
     assert len(keys) == 5
+    longer = dataclasses.replace(base, split_kd_epochs={"layer1": 9.0})
+    assert longer.kd_epochs_for("layer1") == 9.0 and longer.kd_epochs_for("stem") == base.kd_epochs
+    assert zoo.split_key(longer, "stem") == zoo.split_key(base, "stem")  # the other split stays cached
+    assert zoo.split_key(longer, "layer1") != zoo.split_key(base, "layer1")
 
     monkeypatch.setattr(zoo, "bf16_native", lambda: True)
     assert base.bf16 and base.backbone_key().endswith("-bf16")
