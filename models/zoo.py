@@ -92,8 +92,8 @@ RECIPES: dict[str, Recipe] = {
             "layer1": BottleneckCfg(latent_chs=12, hidden_chs=32, stride=2, level_steps=(0.5, 1.0, 1.4, 2.5)),
         },
     ),
-    # The demo's default: the same network and data, 3 epochs of distillation (about 20 minutes for a
-    # first build); a lower accuracy at every rate (results/README.md).
+    # The demo's default: the same network and data, 3 epochs of distillation (about 17 minutes for a
+    # first build, 4 of them the backbone); a lower accuracy at every rate (results/README.md).
     "fmnist_resnet-quick": Recipe(kd_epochs=3.0),
     # The test suite's bundle: small and quick (about a minute on 2 cores), same code path.
     "fmnist_resnet-test": Recipe(
