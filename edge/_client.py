@@ -445,12 +445,14 @@ class BaseEdgeClient:
         """How long to wait for the reply of ``job`` before falling back.
 
         Until the deadline less the local run's reserve, and with ``config.give_up_factor`` (and a
-        fallback to give up to) no longer than that many times the latency the policy expected.
+        fallback to give up to) no longer than that many times the latency the policy expected, but
+        at least ``config.give_up_min_s``.
         """
+        cfg = self.config
         until = job.deadline - self._local_reserve_s
         expected_ms = job.decision.expected_latency_ms
-        if self.config.fallback and self.config.give_up_factor and expected_ms > 0:
-            until = min(until, job.start + self.config.give_up_factor * expected_ms / 1e3)
+        if cfg.fallback and cfg.give_up_factor and expected_ms > 0:
+            until = min(until, job.start + max(cfg.give_up_factor * expected_ms / 1e3, cfg.give_up_min_s))
         return max(until - time.perf_counter(), 0.0)
 
     def _reply(self, job: _Job, reply: pb.InferResponse, arrived: float) -> Result:

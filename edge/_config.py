@@ -25,6 +25,7 @@ variable                                       field                        defa
 ``SPLITSERVE_EDGE_BREAKER_RESET_S``            ``breaker_reset_s``          ``2.0``
 ``SPLITSERVE_EDGE_FALLBACK``                   ``fallback``                 ``true``
 ``SPLITSERVE_EDGE_GIVE_UP_FACTOR``             ``give_up_factor``           ``3`` (0: wait the whole budget)
+``SPLITSERVE_EDGE_GIVE_UP_MIN_S``              ``give_up_min_s``            ``0.05``
 ``SPLITSERVE_EDGE_PRECISION``                  ``precision``                ``auto`` (or ``int8``, ``fp32``)
 ``SPLITSERVE_EDGE_ORT_THREADS``                ``ort_threads``              ``1`` (0: ONNX Runtime's choice)
 ``SPLITSERVE_EDGE_TOP_K``                      ``top_k``                    ``5``
@@ -77,6 +78,9 @@ class EdgeConfig:
         give_up_factor: with ``fallback``, stop waiting for a reply once the request has taken this many
             times the latency the policy expected for it, and answer on the device: a link that died
             costs that wait, not the whole remote budget. ``0`` waits for the whole budget.
+        give_up_min_s: the earliest a request is given up that way: a reply expected in 5 ms that has
+            not come after 15 ms is late (a scheduling or garbage-collection pause on a busy device), not
+            lost, and answering it on the device throws the remote work away.
         precision: heads and local model in ``int8``, ``fp32``, or ``auto``: whichever is faster on this
             device, timed at start (int8 is not faster everywhere: ``results/edge.json``).
         ort_threads: ONNX Runtime intra-op threads per session (0 lets ONNX Runtime choose).
@@ -107,6 +111,7 @@ class EdgeConfig:
     breaker_reset_s: float = 2.0
     fallback: bool = True
     give_up_factor: float = 3.0
+    give_up_min_s: float = 0.05
     precision: str = "auto"
     ort_threads: int = 1
     top_k: int = 5
@@ -137,6 +142,8 @@ class EdgeConfig:
             )
         if self.give_up_factor != 0 and not self.give_up_factor >= 1:
             raise ConfigError(f"give_up_factor must be 0 (off) or >= 1, got {self.give_up_factor}")
+        if not self.give_up_min_s >= 0:
+            raise ConfigError(f"give_up_min_s must be >= 0, got {self.give_up_min_s}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision {self.precision!r} is not one of {PRECISIONS}")
         if self.ort_threads < 0:

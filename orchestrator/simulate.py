@@ -10,8 +10,8 @@ Requests arrive every ``interval_ms`` (open loop: the same request times for eve
     latency   = device + network + server,   or timeout_ms + local device time when that exceeds timeout_ms
 
 An orchestrated request gives up sooner, at ``give_up_factor`` times the latency the orchestrator
-expected for it (when that is less than ``timeout_ms``), as the edge client does; fixed options and the
-oracle expect nothing and wait the whole ``timeout_ms``.
+expected for it but not before ``give_up_min_ms`` (when that is less than ``timeout_ms``), as the edge
+client does; fixed options and the oracle expect nothing and wait the whole ``timeout_ms``.
 
 ``d_i``, ``p_i``, ``s_i`` are per-request factors (log-normal, mean 1, the profile's CVs) drawn once from
 the seed and shared by every policy, so policies are compared on identical requests. The orchestrator
@@ -66,6 +66,7 @@ class SimConfig:
         give_up_factor: the client also gives up once a remote request has taken this many times the
             latency the orchestrator expected for it (0: only at ``timeout_ms``), as the edge client does
             (``EdgeConfig.give_up_factor``).
+        give_up_min_ms: but not before this (``EdgeConfig.give_up_min_s``).
         accuracy_floor: minimum accuracy for the oracle, the best fixed option and the orchestrator.
         seed: seed of the per-request factors.
         ping_bytes: wire size of a bare ping RPC.
@@ -75,6 +76,7 @@ class SimConfig:
     deadline_ms: float = 100.0
     timeout_ms: float = 250.0
     give_up_factor: float = 3.0
+    give_up_min_ms: float = 50.0
     accuracy_floor: float = 0.91
     seed: int = 0
     ping_bytes: int = 64
@@ -246,7 +248,8 @@ class Simulation:
             o = index[decision.option_id]
             choice[i] = o
             if cfg.give_up_factor > 0 and self.remote[o]:
-                give_up[i] = min(cfg.timeout_ms, cfg.give_up_factor * decision.expected_latency_ms)
+                give_up_ms = max(cfg.give_up_factor * decision.expected_latency_ms, cfg.give_up_min_ms)
+                give_up[i] = min(cfg.timeout_ms, give_up_ms)
             pending: list[tuple[float, Observation | ProbeResult]] = [self._observation(i, o, give_up[i])]
             if decision.probe_bytes is not None:
                 sent = float(t)

@@ -116,14 +116,16 @@ def test_the_orchestrator_learns_from_every_request(
 ) -> None:
     images = eval_set[0][:60]
     best = max(options_from_manifest(bundle.manifest), key=lambda o: o.accuracy)
-    with EdgeClient(
-        bundle, embedded.target, policy="max_accuracy", config=EdgeConfig(timeout_s=1.0, precision="int8")
-    ) as client:  # int8 pinned: the client rates options by the precision it keeps, `best` by int8
+    # int8 pinned: the client rates options by the precision it keeps, `best` by int8. No give-up: on a
+    # busy CI box a reply may come later than 50 ms, which the give-up rule (unit-tested on its own)
+    # would answer locally; this test is about what the orchestrator learns.
+    config = EdgeConfig(timeout_s=1.0, precision="int8", give_up_factor=0)
+    with EdgeClient(bundle, embedded.target, policy="max_accuracy", config=config) as client:
         prior_rtt_ms = client.policy.estimates().base_rtt_ms  # type: ignore[attr-defined]
         results = [client.infer(im) for im in images[:30]] + list(client.stream(images[30:]))
         estimates = client.policy.estimates()  # type: ignore[attr-defined]
     assert {r.chosen for r in results} == {best.id}
-    assert all(r.remote for r in results) == best.remote
+    assert all(r.remote for r in results) == best.remote, [r.fallback_reason for r in results if not r.remote]
     assert estimates.link_up and estimates.base_rtt_ms < prior_rtt_ms
 
 

@@ -293,6 +293,16 @@ class TestFallback:
         else:  # the whole remote budget: 0.5 s less the local run's reserve
             assert timeout_s > 0.3 and r.computed == "split"
 
+    def test_a_reply_only_a_little_late_is_not_given_up_before_the_minimum(
+        self, bundle: Bundle, images: np.ndarray, tail: TailHandler
+    ) -> None:
+        tail.delay = lambda request: 0.03  # 6x the 5 ms expected, like a scheduling pause on a busy device
+        policy = ScriptedPolicy(bundle, ["stem@0"])
+        policy.expected_ms = 5.0
+        with EdgeClient(bundle, transport=MockTransport(tail), policy=policy, config=FAST) as c:
+            r = c.infer(images[0], timeout_s=0.5)
+        assert r.computed == "split" and r.fallback_reason is None  # waited up to give_up_min_s (50 ms)
+
     def test_a_deadline_too_short_for_a_round_trip_stays_local(
         self, bundle: Bundle, images: np.ndarray, tail: TailHandler
     ) -> None:
