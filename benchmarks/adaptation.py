@@ -538,22 +538,22 @@ class EdgeClientRunner:
     splitserve.benchmarks.adaptation live-client``), sending one Fashion-MNIST test image every
     ``interval_ms`` through the relay with the orchestrator (or a fixed option) it is given, each with the
     profile's ``timeout_ms`` for the remote part plus the client's reserve for a local run. Every byte,
-    probe, timing and fallback is the real client's. With ``device_factor`` > 1 the client's device
-    work (heads, the local model, PNG encoding) is padded by a sleep to the profile's device times,
-    which are ``factor`` times this CPU's (see :func:`_stand_in_device`), and the orchestrator gets the
-    client's start-up measurement taken again on the padded device: this CPU standing in for a slower,
-    steady device, as in the simulator.
+    probe, timing and fallback is the real client's. With ``stand_in`` the client's device work (heads,
+    the local model, PNG encoding) is padded by a sleep to the profile's device times (a profile scaled
+    by ``--device-factor`` or given MACs by ``--mac-rate``; see :func:`_stand_in_device`), and the
+    orchestrator gets the client's start-up measurement taken again on the padded device: this CPU
+    standing in for a slower, steady device, as in the simulator.
 
     Args:
         bundle: the bundle both sides load.
-        device_factor: how many times slower the stand-in device is.
+        stand_in: pad device work to the profile's device times.
     """
 
     name = "edge_client"
 
-    def __init__(self, bundle: Path, device_factor: float = 1.0) -> None:
+    def __init__(self, bundle: Path, stand_in: bool = False) -> None:
         self.bundle = Path(bundle)
-        self.device_factor = device_factor
+        self.stand_in = stand_in
 
     @contextlib.contextmanager
     def endpoint(self, lab: Netlab, profile: Profile) -> Iterator[tuple[str, int]]:
@@ -595,7 +595,7 @@ class EdgeClientRunner:
             "interval_ms": cfg.interval_ms,
             "timeout_ms": cfg.timeout_ms,
             "accuracy_floor": cfg.accuracy_floor,
-            "device_factor": self.device_factor,
+            "stand_in": self.stand_in,
             "profile": job.profile.to_dict(),
         }
         f = tempfile.NamedTemporaryFile("w", suffix=".json")  # noqa: SIM115 - closed in go()
@@ -664,7 +664,6 @@ def _live_client_main(spec_path: str) -> None:
 
     spec = json.loads(Path(spec_path).read_text())
     profile = Profile.from_dict(spec["profile"])
-    factor = float(spec["device_factor"])
     sim = SimConfig(
         interval_ms=spec["interval_ms"], timeout_ms=spec["timeout_ms"], accuracy_floor=spec["accuracy_floor"]
     )
@@ -674,7 +673,7 @@ def _live_client_main(spec_path: str) -> None:
     images, _ = load_fashion_mnist("test")
     config = EdgeConfig(timeout_s=spec["timeout_ms"] / 1000.0)
     with EdgeClient(spec["bundle"], spec["address"], policy=policy, config=config) as client:
-        if factor != 1.0:
+        if spec["stand_in"]:
             _stand_in_device(client.runtime, profile)
             client.use_device_latency(client.runtime.measure())  # the start-up measurement, padded
         # SimConfig.timeout_ms is how long a remote request may take before the device answers; the
@@ -874,6 +873,7 @@ def run(
     seed: int = 0,
     traces: Sequence[str] | None = None,
     device_factor: float = 1.0,
+    mac_rate: float | None = None,
     live_runner: LiveRunner | None = None,
     live_traces: Sequence[str] = ("step", "on_off"),
     live_duration_s: float = 60.0,
@@ -894,6 +894,9 @@ def run(
         traces: names of the traces to simulate (``None``: the whole set).
         device_factor: scale every device time of the profile (a workstation standing in for a slower
             device); recorded in the report.
+        mac_rate: add to every device time its on-device MACs at this many MMAC/s
+            (:meth:`Profile.with_mac_rate`: a device where compute, not per-call overhead, dominates);
+            applied after ``device_factor``, recorded in the report.
         live_runner: endpoint + client for the live harness; ``None`` uses :class:`EdgeClientRunner`
             when ``bundle`` is given, else :class:`EmulatedRunner` (the profile has no bundle behind it).
         live_traces: names of the traces to run live.
@@ -925,6 +928,8 @@ def run(
             "not measurements): pass a profile built from the real bundle and measured latencies."
         )
     profile = Profile.load(profile_path).with_device_factor(device_factor)
+    if mac_rate is not None:
+        profile = profile.with_mac_rate(mac_rate)
     cfg = dataclasses.replace(config or SimConfig(), seed=seed)
     chosen = [t for t in trace_set(seed) if traces is None or t.name in traces]
     source = f"--profile {profile_path}" if not measured else ""
@@ -932,6 +937,7 @@ def run(
     report: dict[str, Any] = {
         "benchmark": "adaptation",
         "command": f"splitserve bench adaptation {source.strip()} --device-factor {device_factor:g}"
+        + (f" --mac-rate {mac_rate:g}" if mac_rate is not None else "")
         + (f" --live --live-duration {live_duration_s:g}" if live else "")
         + (f" --live-fixed {','.join(live_fixed)}" if live and live_fixed else "")
         + f" --out {out_dir}",
@@ -942,6 +948,7 @@ def run(
             "example": profile.example,
             "description": profile.description,
             "device_factor": device_factor,
+            "mac_rate_mmac_s": mac_rate,
         },
         "config": {**dataclasses.asdict(cfg), "orchestrators": ORCHESTRATORS},
         "rules": RULES,
@@ -964,7 +971,7 @@ def run(
             )
     report["sim_seconds"] = time.perf_counter() - started
     if live and live_runner is None and bundle is not None:
-        live_runner = EdgeClientRunner(bundle, device_factor)
+        live_runner = EdgeClientRunner(bundle, stand_in=device_factor != 1.0 or mac_rate is not None)
     if live:
         report["live"] = _run_live(
             out_dir,
@@ -1074,6 +1081,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--traces", default=None, help="comma-separated trace names to simulate (default: all)")
     p.add_argument("--device-factor", type=float, default=1.0, help="scale the profile's device times")
+    p.add_argument("--mac-rate", type=float, default=None, help="add on-device MACs at this many MMAC/s")
     p.add_argument("--live-traces", default="step,on_off")
     p.add_argument("--live-duration", type=float, default=60.0)
     p.add_argument("--live-fixed", default=None, help="comma-separated option ids (default: all)")
@@ -1086,6 +1094,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         seed=a.seed,
         traces=a.traces.split(",") if a.traces else None,
         device_factor=a.device_factor,
+        mac_rate=a.mac_rate,
         live_traces=a.live_traces.split(","),
         live_duration_s=a.live_duration,
         plots=not a.no_plots,

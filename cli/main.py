@@ -167,6 +167,8 @@ def bench_natural(recipe: str, out: Path) -> None:
                    "first (edge client + embedded endpoint on this machine).")
 @click.option("--device-factor", default=1.0, show_default=True,
               help="Scale every device time (this CPU standing in for a slower device).")
+@click.option("--mac-rate", type=float, default=None,
+              help="Add each option's on-device MACs at this many MMAC/s (a device where compute dominates).")
 @click.option("--live", is_flag=True, help="Also run the live harness (root: netns + tc tbf).")
 @click.option("--live-duration", default=60.0, show_default=True, help="Seconds each live trace lasts.")
 @click.option("--live-fixed", default=None, help="Comma-separated fixed options run live (default: all).")
@@ -175,6 +177,7 @@ def bench_adaptation(
     profile_path: Path | None,
     bundle_path: Path | None,
     device_factor: float,
+    mac_rate: float | None,
     live: bool,
     live_duration: float,
     live_fixed: str | None,
@@ -184,7 +187,7 @@ def bench_adaptation(
     from splitserve.benchmarks.adaptation import run
 
     result = run(
-        out, profile_path, live, device_factor=device_factor, bundle=bundle_path,
+        out, profile_path, live, device_factor=device_factor, mac_rate=mac_rate, bundle=bundle_path,
         live_duration_s=live_duration, live_fixed=live_fixed.split(",") if live_fixed else None,
     )
     click.echo(f"wrote {out / 'adaptation.json'} ({len(result['traces'])} traces)")

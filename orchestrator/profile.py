@@ -6,6 +6,7 @@ one with :meth:`Profile.from_manifest` from real measurements, or load one from 
 
     {"format": "splitserve.profile", "format_version": 1, "name": ..., "example": false,
      "description": ..., "framing_bytes": 150, "payload_cv": 0.15, "device_cv": 0.05, "server_cv": 0.1,
+     "total_macs": 17000000,
      "options": [{"kind": "split", "split": "block1", "level": 0, "payload_bytes": 22.0,
                   "accuracy": 0.897, "tail_share": 0.86, "device_ms": 11.0, "server_ms": 3.0}, ...]}
 
@@ -60,6 +61,8 @@ class Profile:
         payload_cv: per-request coefficient of variation of payload size (images differ).
         device_cv: per-request coefficient of variation of device time.
         server_cv: per-request coefficient of variation of server time.
+        total_macs: multiply-accumulates of the whole model per input (0: not recorded); the
+            compute of a split's device part is ``(1 - tail_share) * total_macs``.
     """
 
     name: str
@@ -70,6 +73,7 @@ class Profile:
     payload_cv: float = 0.15
     device_cv: float = 0.05
     server_cv: float = 0.1
+    total_macs: int = 0
 
     @property
     def options(self) -> tuple[Option, ...]:
@@ -141,6 +145,7 @@ class Profile:
             entries=tuple(entries),
             framing_bytes=framing_bytes,
             description=description,
+            total_macs=manifest.total_macs,
         )
 
     def with_device_factor(self, factor: float) -> Profile:
@@ -163,6 +168,37 @@ class Profile:
             description=f"{self.description} Device times scaled by {factor:g}.".strip(),
         )
 
+    def with_mac_rate(self, mmac_per_s: float) -> Profile:
+        """The same profile on a device whose neural-network compute runs at ``mmac_per_s``.
+
+        Each option's device time gains the time its on-device multiply-accumulates take at that rate:
+        the head and encoder for a split (``(1 - tail_share) * total_macs``), the whole model for local,
+        none for offload. This stands in for a device where compute, not per-call overhead, dominates
+        (a microcontroller or a phone's little core). On a workstation CPU per-call overhead dominates: a
+        head of 7-21% of the MACs plus its entropy coding costs as much as the whole small model or more.
+
+        Raises:
+            ValueError: ``mmac_per_s`` is not positive.
+            ConfigError: the profile does not record ``total_macs``.
+        """
+        if mmac_per_s <= 0:
+            raise ValueError(f"MAC rate must be positive, got {mmac_per_s}")
+        if self.total_macs <= 0:
+            raise ConfigError(f"profile {self.name!r} does not record total_macs; re-measure it from its bundle")
+        per_ms = mmac_per_s * 1e3
+        return replace(
+            self,
+            name=f"{self.name} (+MACs at {mmac_per_s:g} MMAC/s)",
+            entries=tuple(
+                replace(e, device_ms=e.device_ms + (1.0 - e.option.tail_share) * self.total_macs / per_ms)
+                for e in self.entries
+            ),
+            description=(
+                f"{self.description} Plus on-device MACs at {mmac_per_s:g} MMAC/s "
+                f"({self.total_macs / 1e6:.2f} M MACs for the whole model)."
+            ).strip(),
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": PROFILE_FORMAT,
@@ -174,6 +210,7 @@ class Profile:
             "payload_cv": self.payload_cv,
             "device_cv": self.device_cv,
             "server_cv": self.server_cv,
+            "total_macs": self.total_macs,
             "options": [
                 {**asdict(e.option), "device_ms": e.device_ms, "server_ms": e.server_ms} for e in self.entries
             ],
@@ -216,6 +253,7 @@ class Profile:
                 payload_cv=float(d.get("payload_cv", 0.15)),
                 device_cv=float(d.get("device_cv", 0.05)),
                 server_cv=float(d.get("server_cv", 0.1)),
+                total_macs=int(d.get("total_macs", 0)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"malformed profile: {exc!r}") from exc

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
 
 import pytest
 from splitserve.benchmarks.adaptation import run
-from splitserve.orchestrator import example_profile_path
+from splitserve.orchestrator import Profile, example_profile_path
 
 
 def test_sim_report_layout_and_plot(tmp_path: Path) -> None:
@@ -22,6 +23,7 @@ def test_sim_report_layout_and_plot(tmp_path: Path) -> None:
         "example": True,
         "description": report["profile"]["description"],
         "device_factor": 1.0,
+        "mac_rate_mmac_s": None,
     }
     assert saved["command"].startswith("splitserve bench adaptation --profile ")
     (entry,) = saved["traces"]
@@ -35,6 +37,19 @@ def test_sim_report_layout_and_plot(tmp_path: Path) -> None:
     assert entry["targets"]["mean_within_10pct_of_oracle"] and entry["settling"]
     assert "best_fixed" in saved["rules"] and saved["summary"]["sim"]["variable_traces"] == ["step"]
     assert (tmp_path / "adaptation_sim_step.png").stat().st_size > 10_000
+
+
+def test_mac_rate_reaches_the_simulated_device_and_the_report(tmp_path: Path) -> None:
+    profile = dataclasses.replace(Profile.load(example_profile_path()), total_macs=10_000_000)
+    profile.save(tmp_path / "p.json")
+    report = run(
+        tmp_path / "out", tmp_path / "p.json", mac_rate=50.0, traces=("constant",), plots=False, log=lambda _: None
+    )
+    assert report["profile"]["mac_rate_mmac_s"] == 50.0 and "(+MACs at 50 MMAC/s)" in report["profile"]["name"]
+    assert " --mac-rate 50 " in report["command"]
+    (entry,) = report["traces"]
+    local_ms = profile.entry("local").device_ms + 200.0  # 10 M MACs at 50 MMAC/s
+    assert entry["policies"]["fixed:local"]["mean_ms"] == pytest.approx(local_ms, rel=0.1)
 
 
 def test_live_needs_a_reachable_lab_or_says_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -51,7 +66,6 @@ def test_stand_in_device_takes_the_profiles_device_times() -> None:
     from types import SimpleNamespace
 
     from splitserve.benchmarks.adaptation import _stand_in_device
-    from splitserve.orchestrator import Profile
 
     profile = Profile.load(example_profile_path()).with_device_factor(0.5)  # block1 5.5 ms, local 35 ms
     runtime = SimpleNamespace(

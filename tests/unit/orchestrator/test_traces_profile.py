@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +64,7 @@ class TestProfile:
         p = Profile.from_manifest(manifest, device, server, framing_bytes=120.0)
         assert p.name == "m:1" and not p.example
         assert p.entry("late@0").device_ms == 40.0 and p.entry("offload").server_ms == 4.0
+        assert p.total_macs == 1_000_000 and Profile.from_dict(p.to_dict()).total_macs == 1_000_000
         with pytest.raises(ConfigError, match="no server time"):
             Profile.from_manifest(manifest, device, {"offload": 4.0}, framing_bytes=120.0)
 
@@ -71,6 +73,21 @@ class TestProfile:
         assert slow.entry("local").device_ms == 3 * example.entry("local").device_ms
         assert slow.entry("offload").server_ms == example.entry("offload").server_ms
         assert "x3" in slow.name and example.with_device_factor(1.0) is example
+
+    def test_mac_rate_adds_each_options_on_device_compute(self, example: Profile) -> None:
+        with pytest.raises(ConfigError, match="total_macs"):
+            example.with_mac_rate(100.0)  # the example records no MACs
+        p = dataclasses.replace(example, total_macs=20_000_000)
+        fast = p.with_mac_rate(100.0)  # 20 M MACs at 100 MMAC/s: 200 ms for the whole model
+        assert fast.entry("local").device_ms == pytest.approx(p.entry("local").device_ms + 200.0)
+        assert fast.entry("offload").device_ms == p.entry("offload").device_ms
+        split = next(e for e in p.entries if e.option.kind == "split")
+        head_ms = (1.0 - split.option.tail_share) * 200.0
+        assert fast.entry(split.option.id).device_ms == pytest.approx(split.device_ms + head_ms)
+        assert fast.entry(split.option.id).server_ms == split.server_ms
+        assert "100 MMAC/s" in fast.name and "100 MMAC/s" in fast.description
+        with pytest.raises(ValueError, match="positive"):
+            p.with_mac_rate(0.0)
 
     def test_rejects_malformed(self, tmp_path: Path) -> None:
         (tmp_path / "bad.json").write_text('{"format": "other"}')
