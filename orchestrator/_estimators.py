@@ -354,7 +354,9 @@ class ServerEstimator:
     Compute time per option is ``prior_ms[option] * slowdown``: the priors give the relative cost of each
     option, ``slowdown`` (learned from every reply) scales them to what the endpoint delivers now, so a
     loaded endpoint penalises the options with the biggest tails most. The queue estimate decays with
-    ``queue_half_life_s`` when no reply refreshes it (so the device does not avoid the endpoint forever).
+    ``queue_half_life_s`` when no reply refreshes it, and the slowdown returns toward 1 with the same
+    half-life, so that the device does not avoid the endpoint forever after one slow spell (a cold
+    endpoint's first replies are 10-20x its usual; while the device runs locally no reply corrects that).
     """
 
     def __init__(
@@ -362,6 +364,7 @@ class ServerEstimator:
     ) -> None:
         self.prior_ms = dict(prior_ms)
         self._slowdown = Ewma(alpha)
+        self._slowdown_t = -math.inf
         self._queue = Ewma(queue_alpha)
         self._queue_t = -math.inf
         self._half_life_s = queue_half_life_s
@@ -369,23 +372,29 @@ class ServerEstimator:
     def observe(self, now_s: float, option_id: str, queue_ms: float, compute_ms: float) -> None:
         prior = self.prior_ms.get(option_id)
         if prior is not None and prior > 0:
+            if self._slowdown.value is not None:
+                self._slowdown.value = self.slowdown(now_s)  # decay to now before blending, as the queue
             self._slowdown.add(float(np.clip(compute_ms / prior, 0.1, 20.0)))
+            self._slowdown_t = now_s
         if self._queue.value is not None:
             self._queue.value = self.queue_ms(now_s)  # decay to now before blending the new sample in
         self._queue.add(max(queue_ms, 0.0))
         self._queue_t = now_s
 
-    @property
-    def slowdown(self) -> float:
-        return 1.0 if self._slowdown.value is None else self._slowdown.value
+    def slowdown(self, now_s: float) -> float:
+        """Endpoint compute relative to the priors, decayed toward 1 since the last reply."""
+        if self._slowdown.value is None:
+            return 1.0
+        decay = 0.5 ** (max(now_s - self._slowdown_t, 0.0) / self._half_life_s)
+        return 1.0 + (self._slowdown.value - 1.0) * decay
 
     def queue_ms(self, now_s: float) -> float:
         if self._queue.value is None:
             return 0.0
         return self._queue.value * float(0.5 ** (max(now_s - self._queue_t, 0.0) / self._half_life_s))
 
-    def compute_ms(self, option_id: str) -> float:
-        return self.prior_ms.get(option_id, 0.0) * self.slowdown
+    def compute_ms(self, option_id: str, now_s: float) -> float:
+        return self.prior_ms.get(option_id, 0.0) * self.slowdown(now_s)
 
 
 class DeviceEstimator:

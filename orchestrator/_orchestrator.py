@@ -277,7 +277,7 @@ class Orchestrator:
             throughput_bps=self._link.bps(),
             link_up=self._link.up,
             queue_ms=self._server.queue_ms(now),
-            server_slowdown=self._server.slowdown,
+            server_slowdown=self._server.slowdown(now),
             device_slowdown=self._device.slowdown,
             framing_bytes=self._framing_bytes(),
             expected_ms={o.id: float(e) for o, e in zip(self.options, expected)},
@@ -304,7 +304,7 @@ class Orchestrator:
         """Device time of every option, plus expected server time for remote ones."""
         queue = self._server.queue_ms(now)
         device = self._device_base * self._device.slowdown
-        server = self._server_prior * self._server.slowdown + queue
+        server = self._server_prior * self._server.slowdown(now) + queue
         fixed: FloatArray = device + np.where(self._remote, server, 0.0)
         return fixed
 
@@ -314,7 +314,7 @@ class Orchestrator:
             return 0.0
         sent_s, oid = self._pending[0]
         o = self._option(oid)
-        elapsed = (now - sent_s) * 1000.0 - self._device.expected_ms(oid) - self._server.compute_ms(oid)
+        elapsed = (now - sent_s) * 1000.0 - self._device.expected_ms(oid) - self._server.compute_ms(oid, now)
         predicted = float(self._link.network_ms(np.array(o.payload_bytes + self._framing_bytes())))
         return elapsed if elapsed > predicted else 0.0
 

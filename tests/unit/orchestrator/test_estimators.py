@@ -184,9 +184,18 @@ class TestServerEstimator:
     def test_queue_and_slowdown(self) -> None:
         srv = ServerEstimator({"a": 2.0, "b": 4.0}, alpha=1.0, queue_alpha=1.0, queue_half_life_s=2.0)
         srv.observe(0.0, "a", queue_ms=40.0, compute_ms=4.0)
-        assert srv.compute_ms("b") == pytest.approx(8.0)
+        assert srv.compute_ms("b", 0.0) == pytest.approx(8.0)
         assert srv.queue_ms(0.0) == pytest.approx(40.0)
         assert srv.queue_ms(2.0) == pytest.approx(20.0)
+
+    def test_a_slow_spell_fades_without_replies(self) -> None:
+        srv = ServerEstimator({"a": 1.0}, alpha=0.5, queue_alpha=1.0, queue_half_life_s=2.0)
+        srv.observe(0.0, "a", queue_ms=0.0, compute_ms=20.0)  # a cold endpoint's first reply
+        assert srv.slowdown(0.0) == pytest.approx(20.0)
+        assert srv.slowdown(2.0) == pytest.approx(10.5)  # half the excess over 1 per half-life
+        assert srv.slowdown(20.0) == pytest.approx(1.0, abs=0.02)
+        srv.observe(2.0, "a", queue_ms=0.0, compute_ms=1.0)  # blended with the decayed value
+        assert srv.slowdown(2.0) == pytest.approx(0.5 * 10.5 + 0.5 * 1.0)
 
 
 class TestDeviceEstimator:

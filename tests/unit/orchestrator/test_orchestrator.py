@@ -168,6 +168,20 @@ class TestLoad:
         assert d.split == "late"  # a tenfold slower endpoint hurts the biggest tail most
         assert orch.estimates().server_slowdown > 5
 
+    def test_a_cold_endpoint_is_tried_again_once_its_slow_spell_fades(
+        self, manifest: Manifest, device: DeviceLatency, clock
+    ) -> None:
+        orch = make(manifest, device, clock)
+        priors = orch._server.prior_ms
+        for _ in range(3):  # a cold endpoint: the first replies take 20x the priors
+            d = serve(orch, clock, bps=5e6, server_ms=lambda oid: 20 * priors.get(oid, 0.0))
+        for _ in range(5):
+            d = serve(orch, clock, bps=5e6, server_ms=lambda oid: priors.get(oid, 0.0))
+        assert d.kind == "local"  # no reply corrects the slowdown while the device runs locally
+        normal = [serve(orch, clock, bps=5e6, server_ms=lambda oid: priors.get(oid, 0.0)) for _ in range(100)]
+        back = next(i for i, d in enumerate(normal) if d.kind != "local")
+        assert back < 60 and orch.estimates().server_slowdown < 3  # within 6 s, not never
+
     def test_device_refresh(self, manifest: Manifest, device: DeviceLatency, clock) -> None:
         orch = make(manifest, device, clock)
         orch.update_device(DeviceLatency(head_ms={"early": 1.0, "late": 2.0}, local_ms=3.0, offload_ms=1.0))
