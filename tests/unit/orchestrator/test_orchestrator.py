@@ -182,6 +182,18 @@ class TestLoad:
         back = next(i for i, d in enumerate(normal) if d.kind != "local")
         assert back < 60 and orch.estimates().server_slowdown < 3  # within 6 s, not never
 
+    def test_a_slow_first_ping_does_not_keep_the_device_local(
+        self, manifest: Manifest, device: DeviceLatency, clock
+    ) -> None:
+        orch = make(manifest, device, clock)
+        serve(orch, clock, bps=5e6, rtt_ms=150.0)  # the first ping and request on a cold connection
+        assert orch.decide().kind == "local"
+        clock.t += 0.1
+        # While local only sized probes go out (each faster than the stale reference, so confirmed by
+        # another at once); their own round trips must correct the reference.
+        decisions = [serve(orch, clock, bps=5e6, rtt_ms=20.0) for _ in range(10)]
+        assert decisions[-1].kind != "local" and orch.estimates().base_rtt_ms < 30.0
+
     def test_device_refresh(self, manifest: Manifest, device: DeviceLatency, clock) -> None:
         orch = make(manifest, device, clock)
         orch.update_device(DeviceLatency(head_ms={"early": 1.0, "late": 2.0}, local_ms=3.0, offload_ms=1.0))
