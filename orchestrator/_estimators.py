@@ -278,12 +278,6 @@ class LinkEstimator:
             if wire_bytes - ref_bytes >= self.min_extra_bytes:
                 self.throughput.add(wire_bytes - ref_bytes, network_ms - ref_ms)
             self.last_transfer_s = now_s
-            if self._pinged and network_ms < ref_ms:
-                # Faster than the reference ping: the reference is stale (a ping slowed by a cold
-                # connection or a queue). The transfer bounds the round trip from above, as a contended
-                # ping does; without that, a client that only sends sized probes (each "faster than
-                # expected", so confirmed by another at once, so no ping) plans with it for good.
-                self.rtt.add(now_s, network_ms, wire_bytes, contended=True)
         if self._newest(now_s - network_ms / 1e3 if sent_s is None else sent_s):
             self.up = True
         self.last_seen_s = now_s

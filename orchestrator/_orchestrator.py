@@ -167,6 +167,7 @@ class Orchestrator:
         self._probe_is_ping = False
         self._ping_contended = False  # the ping in flight shares the link with a remote request
         self._confirm = False  # the last sized probe beat its expected time: probe again at once
+        self._confirming = False  # the sized probe in flight is that second probe
         self._last_ping_s = -math.inf
 
     @classmethod
@@ -250,13 +251,18 @@ class Orchestrator:
         """Feed back a background probe's outcome."""
         now = self._clock()
         ping, self._probe_since, self._probe_is_ping = self._probe_is_ping, None, False
+        confirming, self._confirming = self._confirming, False
         if result.failed:
             self._link.observe_failure(now, sent_s=now - result.rtt_ms / 1e3)
         else:
             expected = float(self._link.network_ms(np.array(float(result.wire_bytes))))
             contended = ping and self._ping_contended
             self._link.observe(now, result.wire_bytes, result.rtt_ms, ping=ping, contended=contended)
-            self._confirm = not ping and result.rtt_ms * _RISE_RATIO < expected
+            # Once per rise: a confirming probe that beats its expected time again is not confirmed
+            # by a third, so a due ping goes out next. Otherwise, after a slow first ping (a cold
+            # connection), every sized probe beats the stale reference, each is "confirmed" by another,
+            # no ping ever refreshes the reference, and the device stays local for good.
+            self._confirm = not ping and not confirming and result.rtt_ms * _RISE_RATIO < expected
 
     def update_device(self, device: DeviceLatency) -> None:
         """Replace the device measurements with fresh ones (the client re-measured its heads).
@@ -357,7 +363,7 @@ class Orchestrator:
         while self._pending and now - self._pending[0][0] > self.config.pending_timeout_s:
             self._pending.popleft()
         if self._probe_since is not None and now - self._probe_since > self.config.probe_timeout_s:
-            self._probe_since = None
+            self._probe_since, self._confirming = None, False
 
     def _probe(self, now: float, chosen: Option) -> tuple[int | None, str | None]:
         """The probe to send beside this request: (wire bytes, option id of a sized probe)."""
@@ -365,6 +371,7 @@ class Orchestrator:
             return None, None
         quiet = not self._link.up or now - self._link.last_transfer_s >= self.config.probe_interval_s
         if not chosen.remote and (quiet or self._confirm):
+            self._confirming = self._confirm and not quiet
             self._probe_since, self._probe_is_ping, self._confirm = now, False, False
             # The remote request quickest to run now: on a slow device a head costs more than the
             # bytes it saves, on a slow link the bytes cost more than the head.
