@@ -385,13 +385,16 @@ class ServerEstimator:
         """Endpoint compute relative to the priors, decayed toward 1 since the last reply."""
         if self._slowdown.value is None:
             return 1.0
-        decay = 0.5 ** (max(now_s - self._slowdown_t, 0.0) / self._half_life_s)
-        return 1.0 + (self._slowdown.value - 1.0) * decay
+        return 1.0 + (self._slowdown.value - 1.0) * self._decay(self._slowdown_t, now_s)
 
     def queue_ms(self, now_s: float) -> float:
         if self._queue.value is None:
             return 0.0
-        return self._queue.value * float(0.5 ** (max(now_s - self._queue_t, 0.0) / self._half_life_s))
+        return self._queue.value * self._decay(self._queue_t, now_s)
+
+    def _decay(self, since_s: float, now_s: float) -> float:
+        """The share of an estimate left ``now_s`` when no reply has refreshed it since ``since_s``."""
+        return float(0.5 ** (max(now_s - since_s, 0.0) / self._half_life_s))
 
     def compute_ms(self, option_id: str, now_s: float) -> float:
         return self.prior_ms.get(option_id, 0.0) * self.slowdown(now_s)

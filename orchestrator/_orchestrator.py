@@ -26,9 +26,10 @@ link's throughput, so decisions then ask for a sized background probe when no tr
 count) has been seen for ``probe_interval_s`` (while the link is down,
 as soon as the previous probe has failed; after a probe much faster than expected, at once, since the
 throughput estimate moves on two such samples in a row, but only once in a row, so that the due ping is
-not starved); a bare ping every ``ping_interval_s`` keeps the base RTT apart from the transfer time. One probe is in flight at a time. A sized probe is a real request of the remote
-option quickest to run now (device time plus transfer at the current estimate: on a slow device the PNG
-of offload, on a slow link the smallest split payload), named in ``SplitDecision.probe_option``.
+not starved); a bare ping every ``ping_interval_s`` keeps the base RTT apart from the transfer time. One
+probe is in flight at a time. A sized probe is a real request of the remote option quickest to run now
+(device time plus transfer at the current estimate: on a slow device the PNG of offload, on a slow link
+the smallest split payload), named in ``SplitDecision.probe_option``.
 """
 
 from __future__ import annotations
