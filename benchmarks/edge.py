@@ -32,7 +32,6 @@ from __future__ import annotations
 import bisect
 import json
 import os
-import platform
 import tempfile
 import time
 from collections import defaultdict
@@ -51,6 +50,8 @@ from splitserve.edge._runtime import load_session, png_bytes, session_options
 from splitserve.edge._transports.base import BaseTransport, StreamCall
 from splitserve.orchestrator import DeviceLatency, Observation, Orchestrator, ServerTimings
 from splitserve.protos.v1 import inference_pb2 as pb
+
+from ._machine import machine_info
 
 __all__ = ["TARGET_OVERHEAD_MS", "TARGET_SPEEDUP", "run"]
 
@@ -97,7 +98,7 @@ def run(
         report: dict[str, Any] = {
             "benchmark": "edge",
             "bundle": {"name": m.name, "version": m.version, "path": str(bundle.root)},
-            "machine": _machine(threads),
+            "machine": machine_info(threads),
             "repeats": repeats,
             "eval_size": n_eval,
             "targets": {"speedup": TARGET_SPEEDUP, "client_overhead_ms": TARGET_OVERHEAD_MS},
@@ -350,29 +351,6 @@ def _orchestrator_ms(bundle: Bundle, repeats: int) -> dict[str, float]:
 
 # CPU features that decide how fast int8 runs: without a VNNI (or AMX) int8 dot product, ONNX Runtime
 # multiplies int8 with AVX2's vpmaddubsw, and int8 convolutions gain far less over fp32.
-_INT8_FLAGS = ("avx2", "avx512_vnni", "avx_vnni", "amx_int8")
-
-
-def _machine(threads: int) -> dict[str, Any]:
-    fields: dict[str, str] = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():  # the first processor's lines
-            key, _, value = line.partition(":")
-            fields.setdefault(key.strip(), value.strip())
-    except OSError:
-        pass
-    cpu = fields.get("model name") or platform.processor() or platform.machine()
-    flags = [f for f in _INT8_FLAGS if f in fields.get("flags", "").split()]
-    return {
-        "cpu": cpu,
-        "int8_isa": flags,
-        "cores": os.cpu_count(),
-        "onnxruntime": ort.__version__,
-        "ort_threads": threads,
-        "python": platform.python_version(),
-    }
-
-
 _OP_GROUPS = {
     "convolutions": ("Conv", "QLinearConv", "FusedConv", "QLinearAdd", "Add", "Gemm", "QGemm"),
     "quantize / dequantize / layout": (

