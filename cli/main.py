@@ -230,6 +230,18 @@ def bench_natural(recipe: str, bundle_path: Path | None, out: Path) -> None:
                                                    "head_int8_speedups", "head_plus_encode_share_of_local")}, indent=1))
 
 
+@bench.command("int8")
+@click.option("--bundle", "bundle_path", type=click.Path(exists=True, path_type=Path), required=True)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
+def bench_int8(bundle_path: Path, out: Path) -> None:
+    """Quantization settings (format, weight bits, calibration) on a natural bundle: agreement and speed."""
+    from splitserve.benchmarks.int8 import run
+
+    for row in run(out, bundle_path)["rows"]:
+        click.echo(f"{row['model']:8s} {row['name']:32s} agree {row['agreement_centre']:.3f} "
+                   f"speed-up {row['speedup']:.2f}x ({row['int8_ms']:.2f} vs {row['fp32_ms']:.2f} ms)")
+
+
 @bench.command("adaptation")
 @click.option("--profile", "profile_path", type=click.Path(exists=True, path_type=Path), default=None,
               help="Profile JSON (default: the shipped example profile, with a warning).")

