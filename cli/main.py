@@ -11,18 +11,34 @@ from pathlib import Path
 
 import click
 
-from splitserve.core.errors import SplitServeError
+from splitserve.core.cli_errors import ErrorLineGroup, fail
 
 
-class _Group(click.Group):
-    """A group that turns splitserve errors into one clear line and exit code 2."""
+# Which extra installs a module the commands import lazily.
+_EXTRA_OF = {
+    "torch": "train", "torchvision": "train", "compressai": "train", "onnx": "train", "onnxscript": "train",
+    "matplotlib": "train", "efficientnet_lite_pytorch": "train", "zstandard": "train",
+    "prometheus_client": "cloud", "tritonclient": "cloud", "grpc_health": "cloud", "grpc_reflection": "cloud",
+    "grpc": "edge", "onnxruntime": "edge", "google": "edge", "PIL": "edge", "tqdm": "edge",
+}
+
+
+def missing_extra_message(exc: ModuleNotFoundError) -> str:
+    """One line naming the extra that brings the missing module."""
+    root = (exc.name or "").split(".")[0]
+    extra = _EXTRA_OF.get(root, "dev")
+    return f"this command needs the [{extra}] extra (missing module {root!r}): pip install 'splitserve[{extra}]'"
+
+
+class _Group(ErrorLineGroup):
+    """A group that turns splitserve errors and missing extras into one clear line and exit code 2."""
 
     def invoke(self, ctx: click.Context) -> object:
         try:
             return super().invoke(ctx)
-        except SplitServeError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(2)
+        except ModuleNotFoundError as exc:
+            fail(missing_extra_message(exc))
+            return None
 
 
 @click.group(cls=_Group)
@@ -315,12 +331,27 @@ def demo(recipe: str, n_images: int) -> None:
 
 
 def _mount_part_commands() -> None:
-    """Mount the cloud and edge command groups (they import only their own, torch-free, parts)."""
-    from splitserve.cloud.cli import cloud
-    from splitserve.edge.cli import edge
+    """Mount the cloud and edge command groups (they import only their own, torch-free, parts).
 
-    cli.add_command(cloud)
-    cli.add_command(edge)
+    A part whose extra is not installed (``pip install splitserve[edge]`` has no prometheus_client)
+    is mounted as a stub that says which extra to install, so the rest of the CLI still works.
+    """
+    import importlib
+
+    for part, doc in (("cloud", "The cloud endpoint."), ("edge", "The edge client.")):
+        try:
+            cli.add_command(getattr(importlib.import_module(f"splitserve.{part}.cli"), part))
+        except ModuleNotFoundError as exc:
+            cli.add_command(_missing_part(part, doc, missing_extra_message(exc)))
+
+
+def _missing_part(name: str, doc: str, message: str) -> click.Command:
+    @click.command(name, help=f"{doc} (not installed: {message})", context_settings={"ignore_unknown_options": True})
+    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+    def stub(args: tuple[str, ...]) -> None:
+        fail(message)
+
+    return stub
 
 
 _mount_part_commands()

@@ -33,6 +33,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from splitserve.core.errors import ConfigError
 
 __all__ = ["STAGES", "UNKNOWN", "Metrics", "MetricsHTTPServer"]
 
@@ -132,7 +133,12 @@ class MetricsHTTPServer:
         triton_metrics_url: str | None = None,
     ) -> None:
         handler = _handler_class(metrics, ready, triton_metrics_url)
-        self._httpd = ThreadingHTTPServer((host, port), handler)
+        try:
+            self._httpd = ThreadingHTTPServer((host, port), handler)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot serve metrics on {host}:{port}: {exc.strerror or exc} (choose --metrics-port; -1 disables)"
+            ) from exc
         self._httpd.daemon_threads = True
         self.port: int = self._httpd.server_address[1]
         self._thread = threading.Thread(

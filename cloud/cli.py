@@ -6,6 +6,7 @@ import asyncio
 import logging
 
 import click
+from splitserve.core.cli_errors import ErrorLineGroup
 from splitserve.core.errors import SplitServeError
 
 from .config import DECODE_MODES, CloudConfig
@@ -14,7 +15,7 @@ from .server import serve as _serve
 __all__ = ["cloud"]
 
 
-@click.group("cloud")
+@click.group("cloud", cls=ErrorLineGroup)
 def cloud() -> None:
     """The cloud endpoint: decode bitstreams from the edge and run the tails."""
 
@@ -77,7 +78,4 @@ def serve(bundles: tuple[str, ...], **flags: object) -> None:
     logging.basicConfig(
         level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    try:
-        asyncio.run(_serve(config))
-    except SplitServeError as exc:
-        raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+    asyncio.run(_serve(config))  # a SplitServeError becomes one line, exit 2 (ErrorLineGroup)

@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -351,7 +352,25 @@ def _backend(config: CloudConfig) -> TailBackend:
     return TritonBackend(config.triton_url)
 
 
+def _check_port_free(address: str) -> None:
+    """Refuse an address in use before gRPC tries it (its C core would log a line of its own beside ours)."""
+    host, _, port_text = address.rpartition(":")
+    host = host.strip("[]") or "::"
+    if not port_text.isdigit() or int(port_text) == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, int(port_text)))
+        except socket.gaierror:
+            return  # a name gRPC resolves itself; let it report
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {address}: {exc.strerror or exc} (choose --address)") from exc
+
+
 def _bind(server: grpc.aio.Server, config: CloudConfig) -> int:
+    _check_port_free(config.address)
     try:
         if config.tls_cert:
             port = server.add_secure_port(config.address, _server_credentials(config))

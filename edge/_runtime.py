@@ -16,6 +16,7 @@ dot-product instructions (DESIGN.md, pitfalls; ``results/edge.json`` has the fig
 
 from __future__ import annotations
 
+import io
 import struct
 import time
 import zlib
@@ -37,9 +38,11 @@ if TYPE_CHECKING:
 
 __all__ = ["EdgeRuntime", "ImageLike", "load_session", "png_bytes", "session_options", "to_input", "top_k"]
 
-ImageLike = Union[np.ndarray, "Image.Image", str, Path]
-"""An input: a uint8 array ``(C, H, W)``, ``(H, W)`` or ``(H, W, C)``, a PIL image, or an image file
-(images and files need pillow; arrays need nothing beyond numpy)."""
+ImageLike = Union[np.ndarray, "Image.Image", str, Path, bytes]
+"""An input: a uint8 array ``(C, H, W)``, ``(H, W)`` or ``(H, W, C)`` of the model's size, an
+``(H, W, C)`` photo of any size, a PIL image, an image file, or the bytes of one (JPEG, PNG, WebP...);
+photos, images, files and bytes need pillow and get the bundle's preprocessing; arrays of the model's
+size need nothing beyond numpy."""
 
 _WARMUP = 2
 _CHOICE_ROUNDS = 7  # interleaved rounds of the fp32/int8 timing behind precision="auto"
@@ -228,24 +231,30 @@ def to_input(
         RequestError: a wrong dtype or size, or a file that is not a readable image.
     """
     c, h, w = shape
-    if isinstance(image, np.ndarray):
+    photo = isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] == c and image.shape[:2] != (h, w)
+    if isinstance(image, np.ndarray) and not (photo and image.dtype == np.uint8 and c in (1, 3)):
         return _from_array(image, (c, h, w))
-    if not isinstance(image, (str, Path)) and type(image).__module__.split(".")[0] != "PIL":
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        image = io.BytesIO(bytes(image))
+    elif not isinstance(image, (str, Path, np.ndarray)) and type(image).__module__.split(".")[0] != "PIL":
         raise RequestError(
-            f"an input must be a numpy array, a PIL image or an image file, not {type(image).__name__}"
+            f"an input must be a numpy array, a PIL image, an image file or its bytes, not {type(image).__name__}"
         )
     try:
-        from PIL import Image
+        from PIL import Image, ImageOps
     except ModuleNotFoundError as exc:
         raise RequestError("reading image files needs pillow (pip install pillow); arrays do not") from exc
     if isinstance(image, Image.Image):
         return _from_pil(image, (c, h, w), preprocess or {})
+    if isinstance(image, np.ndarray):  # an (H, W, C) photo of another size than the model's input
+        return _from_pil(Image.fromarray(image[:, :, 0] if c == 1 else image), (c, h, w), preprocess or {})
     try:
         with Image.open(image) as im:
             im.load()
-            return _from_pil(im, (c, h, w), preprocess or {})
+            return _from_pil(ImageOps.exif_transpose(im), (c, h, w), preprocess or {})
     except (OSError, ValueError) as exc:
-        raise RequestError(f"cannot read image {image}: {exc}") from exc
+        name = "the given bytes" if isinstance(image, io.BytesIO) else image
+        raise RequestError(f"cannot read image {name}: {exc}") from exc
 
 
 def _from_array(a: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:

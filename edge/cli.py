@@ -26,6 +26,7 @@ import click
 import numpy as np
 
 from splitserve.core.bundle import Bundle
+from splitserve.core.cli_errors import ErrorLineGroup
 from splitserve.core.errors import SplitServeError
 
 from ._client import EdgeClient, Result
@@ -114,7 +115,7 @@ def iter_inputs(paths: tuple[Path, ...], shape: tuple[int, ...]) -> tuple[list[s
     return [s.name for s in sources], frames()
 
 
-@click.group("edge")
+@click.group("edge", cls=ErrorLineGroup)
 def edge() -> None:
     """The edge client: classify inputs on this device and the cloud endpoint."""
 
@@ -157,27 +158,37 @@ def run(
     """Classify INPUTS (images, folders, .npy or raw frames) and print one row per input."""
     from tqdm.auto import tqdm
 
-    try:
-        config = EdgeConfig.from_env().with_overrides(**flags)
-        b = Bundle.open(bundle)
-    except SplitServeError as exc:
-        raise click.UsageError(str(exc)) from exc
+    # Splitserve errors (a bad bundle, a bad setting) propagate: the top-level command prints them as
+    # one line, "error: ...", exit 2, as every splitserve command does.
+    config = EdgeConfig.from_env().with_overrides(**flags)
+    b = Bundle.open(bundle)
     names, frames = iter_inputs(inputs, b.manifest.input_shape)
     if limit is not None:
         names = names[:limit]
     if not names:
-        raise click.UsageError("no input found (images, .npy or raw frames)")
+        b.close()
+        skipped = _unsupported(inputs)
+        shown = ", ".join(p.name for p in skipped[:5]) + (", ..." if len(skipped) > 5 else "")
+        raise SplitServeError(
+            "no input found (images, .npy or raw frames)"
+            + (f": skipped {len(skipped)} other files ({shown})" if skipped else ": the folders are empty")
+        )
     results: list[Result] = []
+    unreachable: str | None = None
     try:
         with EdgeClient(b, config=config) as client:
+            if config.endpoint:
+                try:
+                    client.ping()
+                except SplitServeError as exc:
+                    unreachable = f"endpoint {config.endpoint} did not answer a ping ({exc})"
+                    click.echo(f"warning: {unreachable}; inputs are answered on this device", err=True)
             feed = (frame for _, frame in zip(names, frames, strict=False))  # --limit may cut the inputs
             answers = (client.infer(f) for f in feed) if unary else client.stream(feed)
             bar = tqdm(answers, total=len(names), unit="input", disable=not progress, dynamic_ncols=True)
             for result in bar:
                 results.append(result)
                 bar.set_postfix_str(result.computed, refresh=False)
-    except SplitServeError as exc:
-        raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
     finally:
         b.close()
     if fmt == "jsonl":
@@ -186,6 +197,32 @@ def run(
     else:
         click.echo(_table(names, results))
         click.echo(_summary(results))
+    note = _why_local(results, config, unreachable)
+    if note:
+        click.echo(note, err=True)
+    if unreachable and not any(r.remote for r in results):
+        raise SystemExit(3)
+
+
+def _unsupported(paths: tuple[Path, ...]) -> list[Path]:
+    """Files under ``paths`` that are neither images nor frames."""
+    accepted = IMAGE_SUFFIXES | RAW_SUFFIXES | {".npy"}
+    files = [p for given in paths for p in (sorted(given.rglob("*")) if given.is_dir() else [given])]
+    return [p for p in files if p.is_file() and p.suffix.lower() not in accepted]
+
+
+def _why_local(results: list[Result], config: EdgeConfig, unreachable: str | None) -> str | None:
+    """A note when nothing was sent although an endpoint is configured, saying why and what sends."""
+    if not config.endpoint or any(r.remote for r in results):
+        return None
+    if unreachable:
+        return f"note: every input was answered on this device because the {unreachable}."
+    if any(r.fallback_reason for r in results):
+        return None
+    return (
+        f"note: every input ran on this device: the orchestrator ({config.policy}) expected it to be faster "
+        "than sending; --policy offload or --policy SPLIT@LEVEL (see `splitserve eval BUNDLE`) sends them."
+    )
 
 
 def _table(names: list[str], results: list[Result]) -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import helm_python as helm
+import kubernetes_validate
 import pytest
 import yaml
 
@@ -159,6 +160,34 @@ def install_dry_run(chart: helm.Chart) -> Callable[[dict[str, Any], Sequence[str
         return parse_manifests([json.loads(payload)["manifest"]])
 
     return _install
+
+
+# The same Kubernetes versions and CRD kinds as test_chart.test_objects_are_valid_kubernetes.
+STRICT_KUBE_VERSIONS = ("1.27", "1.33")
+CRD_KINDS = {"ServiceMonitor"}
+
+
+@pytest.fixture(scope="session")
+def validate_strictly() -> Callable[[Sequence[dict[str, Any]]], None]:
+    """A function that validates objects (e.g. ``Rendered.objects``) with ``kubernetes-validate``, strictly.
+
+    Unknown fields are errors; every object is checked against the chart's oldest supported Kubernetes
+    and a recent one. Custom resources (ServiceMonitor) have no schema there and are skipped.
+    """
+
+    def _validate(objects: Sequence[dict[str, Any]]) -> None:
+        assert objects, "nothing was rendered"
+        for obj in objects:
+            if obj["kind"] in CRD_KINDS:
+                continue
+            for kube_version in STRICT_KUBE_VERSIONS:
+                try:
+                    kubernetes_validate.validate(obj, kube_version, strict=True)
+                except kubernetes_validate.ValidationError as exc:
+                    where = f"{obj['kind']}/{obj['metadata']['name']} on Kubernetes {kube_version}"
+                    pytest.fail(f"{where}: {exc.message} at {list(exc.path)}")
+
+    return _validate
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -138,11 +138,13 @@ def test_selectors_match_their_pods_only(rendered: Any) -> None:
         component = pdb["metadata"]["labels"]["app.kubernetes.io/component"]
         assert selected(pdb["spec"]["selector"]["matchLabels"]) == {component}
     for hpa in rendered.all("HorizontalPodAutoscaler"):
+        component = hpa["metadata"]["labels"]["app.kubernetes.io/component"]
         target = hpa["spec"]["scaleTargetRef"]
         assert (target["apiVersion"], target["kind"]) == ("apps/v1", "Deployment")
-        assert target["name"] == rendered.one("Deployment", "endpoint")["metadata"]["name"]
+        assert target["name"] == rendered.one("Deployment", component)["metadata"]["name"]
     for policy in rendered.all("NetworkPolicy"):
-        assert selected(policy["spec"]["podSelector"]["matchLabels"]) == {"triton"}
+        component = policy["metadata"]["labels"]["app.kubernetes.io/component"]
+        assert selected(policy["spec"]["podSelector"]["matchLabels"]) == {component}
 
 
 def test_ports_agree_between_services_probes_and_containers(rendered: Any) -> None:
@@ -153,8 +155,11 @@ def test_ports_agree_between_services_probes_and_containers(rendered: Any) -> No
             assert port["targetPort"] == port["name"], "target ports are referenced by name"
             container_port(spec, port["targetPort"])
     for deployment in rendered.all("Deployment"):
+        component = deployment["metadata"]["labels"]["app.kubernetes.io/component"]
         for spec in pod_spec(deployment)["containers"]:
             for probe_kind in ("startupProbe", "livenessProbe", "readinessProbe"):
+                if spec["name"] != component and probe_kind not in spec:
+                    continue  # sidecars (extraContainers) bring their own probes, or none
                 probe = spec[probe_kind]
                 action = probe.get("httpGet") or probe.get("grpc")
                 assert action is not None, f"{spec['name']} {probe_kind} is neither httpGet nor grpc"
@@ -164,6 +169,11 @@ def test_ports_agree_between_services_probes_and_containers(rendered: Any) -> No
     env = endpoint_env(rendered)
     assert int(env["SPLITSERVE_CLOUD_ADDRESS"].rsplit(":", 1)[1]) == container_port(endpoint, "grpc")
     assert int(env["SPLITSERVE_CLOUD_METRICS_PORT"]) == container_port(endpoint, "metrics")
+    extra_rules = len(rendered.merged["networkPolicy"]["endpoint"]["extraIngress"])
+    for policy in rendered.all("NetworkPolicy", "endpoint"):
+        rules = policy["spec"]["ingress"][: len(policy["spec"]["ingress"]) - extra_rules]
+        policy_ports = {p["port"] for rule in rules for p in rule["ports"]}
+        assert policy_ports <= {container_port(endpoint, "grpc"), container_port(endpoint, "metrics")}
 
     if not rendered.all("Deployment", "triton"):
         return
@@ -178,7 +188,7 @@ def test_ports_agree_between_services_probes_and_containers(rendered: Any) -> No
         env["SPLITSERVE_CLOUD_TRITON_URL"]
         == f"{service['metadata']['name']}.{namespace}.svc:{grpc_port['port']}"
     )
-    for policy in rendered.all("NetworkPolicy"):
+    for policy in rendered.all("NetworkPolicy", "triton"):
         policy_ports = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
         assert policy_ports <= {container_port(triton, "grpc"), container_port(triton, "metrics")}
 
@@ -206,17 +216,29 @@ def test_references_inside_the_release_resolve(rendered: Any) -> None:
     accounts = {a["metadata"]["name"] for a in rendered.all("ServiceAccount")}
     for deployment in rendered.all("Deployment"):
         spec = pod_spec(deployment)
+        component = deployment["metadata"]["labels"]["app.kubernetes.io/component"]
+        # ConfigMaps the operator adds with extraEnvFrom live outside the release.
+        external = {
+            source["configMapRef"]["name"]
+            for source in rendered.merged[component]["extraEnvFrom"]
+            if "configMapRef" in source
+        }
         if rendered.merged["serviceAccount"]["create"]:
             assert spec["serviceAccountName"] in accounts
         volumes = {v["name"] for v in spec["volumes"]}
+        assert len(volumes) == len(spec["volumes"]), "two volumes share a name"
         names = {c["name"] for c in spec["containers"]}
+        every_name = [c["name"] for c in all_containers(spec)]
+        assert len(every_name) == len(set(every_name)), "two containers share a name"
         for c in all_containers(spec):
             mounts = [m["name"] for m in c.get("volumeMounts", [])]
             assert set(mounts) <= volumes, c["name"]
             assert len(mounts) == len(set(mounts)), c["name"]
+            paths = [m["mountPath"] for m in c.get("volumeMounts", [])]
+            assert len(paths) == len(set(paths)), c["name"]
             for source in c.get("envFrom", []):
                 if "configMapRef" in source:
-                    assert source["configMapRef"]["name"] in configmaps
+                    assert source["configMapRef"]["name"] in configmaps | external
             for entry in c.get("env", []):
                 field_ref = entry.get("valueFrom", {}).get("resourceFieldRef")
                 if field_ref:
@@ -297,7 +319,7 @@ def test_model_repository_reaches_both_pods(rendered: Any) -> None:
     copies = [c for c in endpoint_spec.get("initContainers", []) if c["name"].startswith("copy-bundle-")]
     for deployment in rendered.all("Deployment"):
         for c in pod_spec(deployment)["containers"]:
-            for mount in c["volumeMounts"]:
+            for mount in c.get("volumeMounts", []):
                 if mount["name"] == "models":
                     assert mount["readOnly"] is True, "servers never write to the model repository"
     if repo["source"] == "pvc":
@@ -367,9 +389,59 @@ def test_autoscaler_owns_the_replica_count(rendered: Any) -> None:
         assert "Pods" not in metrics
 
 
+def test_triton_autoscaler_owns_the_replica_count(rendered: Any) -> None:
+    if not rendered.all("Deployment", "triton"):
+        assert not rendered.all("HorizontalPodAutoscaler", "triton")
+        return
+    triton = rendered.merged["triton"]
+    autoscaling = triton["autoscaling"]
+    deployment = rendered.one("Deployment", "triton")
+    hpas = rendered.all("HorizontalPodAutoscaler", "triton")
+    if not autoscaling["enabled"]:
+        assert not hpas
+        assert deployment["spec"]["replicas"] == triton["replicaCount"]
+        return
+    (hpa,) = hpas
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert "replicas" not in deployment["spec"], "the HPA, not each upgrade, sets the replica count"
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (
+        autoscaling["minReplicas"],
+        autoscaling["maxReplicas"],
+    )
+    (metric,) = hpa["spec"]["metrics"]
+    queue = autoscaling["queueTime"]
+    assert metric["type"] == queue["type"], "Triton scales on queue time only, never on CPU"
+    source = metric["pods"] if queue["type"] == "Pods" else metric["external"]
+    assert source["metric"]["name"] == queue["metricName"]
+    assert str(source["target"].get("averageValue", source["target"].get("value"))) == str(queue["target"])
+
+
+def test_endpoint_network_policy(rendered: Any) -> None:
+    policy_values = rendered.merged["networkPolicy"]
+    policies = rendered.all("NetworkPolicy", "endpoint")
+    if not (policy_values["enabled"] and policy_values["endpoint"]["enabled"]):
+        assert not policies
+        return
+    (policy,) = policies
+    endpoint = container(rendered.one("Deployment", "endpoint"), "endpoint")
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    rules = policy["spec"]["ingress"]
+    by_port = {rule["ports"][0]["port"]: rule for rule in rules if len(rule["ports"]) == 1}
+    grpc_rule = by_port[container_port(endpoint, "grpc")]
+    assert grpc_rule.get("from", []) == policy_values["endpoint"]["grpcFrom"]
+    metrics_rule = by_port.get(container_port(endpoint, "metrics"))
+    if policy_values["metricsFrom"]:
+        assert metrics_rule is not None and metrics_rule["from"] == policy_values["metricsFrom"]
+    else:
+        assert metrics_rule is None, "an empty metricsFrom closes the metrics port"
+    assert rules[len(rules) - len(policy_values["endpoint"]["extraIngress"]) :] == (
+        policy_values["endpoint"]["extraIngress"]
+    )
+
+
 def test_only_the_endpoint_reaches_triton(rendered: Any) -> None:
     if not rendered.all("Deployment", "triton"):
-        assert not rendered.all("NetworkPolicy")
+        assert not rendered.all("NetworkPolicy", "triton")
         return
     (policy,) = rendered.all("NetworkPolicy", "triton")
     endpoint_labels = rendered.one("Deployment", "endpoint")["spec"]["template"]["metadata"]["labels"]

@@ -68,6 +68,79 @@ SCHEMA_REJECTS = {
         {"triton": {"extraArgs": ["log-verbose=1"]}},
         ["/triton/extraArgs/0", "pattern"],
     ),
+    "unknown decode mode": (
+        {"endpoint": {"config": {"decodeMode": "gpu"}}},
+        ["/endpoint/config/decodeMode", "'auto', 'process', 'thread', 'inline'"],
+    ),
+    "global that is not a mapping": ({"global": "registry.example.com"}, ["/global", "want object"]),
+    "sidecar without an image": (
+        {"endpoint": {"extraContainers": [{"name": "proxy"}]}},
+        ["/endpoint/extraContainers/0", "missing property 'image'"],
+    ),
+    "sidecar name not a DNS label": (
+        {"triton": {"extraContainers": [{"name": "Log_Shipper", "image": "fluent-bit:3.1"}]}},
+        ["/triton/extraContainers/0/name", "pattern"],
+    ),
+    "sidecar escalating privileges": (
+        {
+            "endpoint": {
+                "extraContainers": [
+                    {"name": "proxy", "image": "envoy:1.31", "securityContext": {"allowPrivilegeEscalation": True}}
+                ]
+            }
+        },
+        ["/endpoint/extraContainers/0/securityContext/allowPrivilegeEscalation", "value must be false"],
+    ),
+    "privileged init container": (
+        {
+            "triton": {
+                "initContainers": [
+                    {
+                        "name": "setup",
+                        "image": "busybox:1.36",
+                        "securityContext": {"allowPrivilegeEscalation": False, "privileged": True},
+                    }
+                ]
+            }
+        },
+        ["/triton/initContainers/0/securityContext/privileged", "value must be false"],
+    ),
+    "envFrom with two sources": (
+        {"endpoint": {"extraEnvFrom": [{"configMapRef": {"name": "a"}, "secretRef": {"name": "b"}}]}},
+        ["/endpoint/extraEnvFrom/0", "oneOf"],
+    ),
+    "envFrom without a source": (
+        {"triton": {"extraEnvFrom": [{"prefix": "LICENSE_"}]}},
+        ["/triton/extraEnvFrom/0", "oneOf"],
+    ),
+    "volume without a source": (
+        {"endpoint": {"extraVolumes": [{"name": "cache"}]}},
+        ["/endpoint/extraVolumes/0", "minProperties"],
+    ),
+    "relative mount path": (
+        {"triton": {"extraVolumeMounts": [{"name": "cache", "mountPath": "cache"}]}},
+        ["/triton/extraVolumeMounts/0/mountPath", "pattern"],
+    ),
+    "bidirectional mount propagation": (
+        {"endpoint": {"extraVolumeMounts": [{"name": "c", "mountPath": "/c", "mountPropagation": "Bidirectional"}]}},
+        ["/endpoint/extraVolumeMounts/0/mountPropagation", "'None', 'HostToContainer'"],
+    ),
+    "Triton scaled on CPU": (
+        {"triton": {"autoscaling": {"queueTime": {"type": "Resource"}}}},
+        ["/triton/autoscaling/queueTime/type", "'Pods', 'External'"],
+    ),
+    "queue time target with a unit": (
+        {"triton": {"autoscaling": {"queueTime": {"target": "5 ms"}}}},
+        ["/triton/autoscaling/queueTime/target", "pattern"],
+    ),
+    "Triton scaled to zero": (
+        {"triton": {"autoscaling": {"minReplicas": 0}}},
+        ["/triton/autoscaling/minReplicas", "minimum"],
+    ),
+    "misspelt endpoint policy key": (
+        {"networkPolicy": {"endpoint": {"grpcfrom": []}}},
+        ["/networkPolicy/endpoint", "additional properties 'grpcfrom' not allowed"],
+    ),
 }
 
 # (values, the line splitserve.validateValues must print).
@@ -119,6 +192,55 @@ TEMPLATE_REJECTS = {
             "endpoint.preStopSleepSeconds + endpoint.config.graceSeconds (35 s) must be below "
             "endpoint.terminationGracePeriodSeconds (30 s)"
         ),
+    ),
+    "Triton replica bounds crossed": (
+        {"triton": {"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2}}},
+        "triton.autoscaling.minReplicas (5) is greater than triton.autoscaling.maxReplicas (2)",
+    ),
+    "external queue metric without a selector": (
+        {"triton": {"autoscaling": {"enabled": True, "queueTime": {"type": "External"}}}},
+        "triton.autoscaling.queueTime.type=External needs triton.autoscaling.queueTime.selector",
+    ),
+    "sidecar named like the chart's container": (
+        {"endpoint": {"extraContainers": [{"name": "endpoint", "image": "envoy:1.31"}]}},
+        'endpoint.initContainers and endpoint.extraContainers: container name "endpoint" is taken',
+    ),
+    "init container named like a bundle copy": (
+        {
+            "modelRepository": {"source": "image", "image": {"repository": "ml/bundles", "tag": "1"}},
+            "triton": {"initContainers": [{"name": "copy-bundle-0", "image": "busybox:1.36"}]},
+        },
+        'triton.initContainers and triton.extraContainers: container name "copy-bundle-0" is taken',
+    ),
+    "init container and sidecar with one name": (
+        {
+            "triton": {
+                "initContainers": [{"name": "helper", "image": "busybox:1.36"}],
+                "extraContainers": [{"name": "helper", "image": "busybox:1.36"}],
+            }
+        },
+        'container name "helper" is taken',
+    ),
+    "extra volume named like the chart's": (
+        {"endpoint": {"extraVolumes": [{"name": "tokens", "emptyDir": {}}]}},
+        'endpoint.extraVolumes: volume name "tokens" is taken',
+    ),
+    "extra volume listed twice": (
+        {"triton": {"extraVolumes": [{"name": "logs", "emptyDir": {}}, {"name": "logs", "emptyDir": {}}]}},
+        'triton.extraVolumes: volume name "logs" is taken',
+    ),
+    "mount of a volume the pod lacks": (
+        {"triton": {"extraVolumeMounts": [{"name": "logs", "mountPath": "/var/log/triton"}]}},
+        'triton.extraVolumeMounts: "logs" names no volume of the pod (models, dshm, tmp)',
+    ),
+    "mount over a chart mount": (
+        {
+            "endpoint": {
+                "extraVolumes": [{"name": "scratch", "emptyDir": {}}],
+                "extraVolumeMounts": [{"name": "scratch", "mountPath": "/tmp"}],
+            }
+        },
+        'endpoint.extraVolumeMounts: mountPath "/tmp" is already mounted in the endpoint container',
     ),
     "PDB with both bounds": (
         {"triton": {"pdb": {"minAvailable": 1}}},

@@ -92,6 +92,18 @@ print as 1e+06; this prints integers as integers and keeps strings quoted.
 {{- end -}}
 {{- end -}}
 
+{{/*
+A Kubernetes quantity (e.g. an HPA target) from a string or a number, quoted; numbers reach templates as
+float64 and print as integers.
+*/}}
+{{- define "splitserve.quantity" -}}
+{{- if kindIs "string" . -}}
+{{- quote . -}}
+{{- else -}}
+{{- int . | toString | quote -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Whether ServiceMonitors are rendered: "true" or empty. */}}
 {{- define "splitserve.serviceMonitor.enabled" -}}
 {{- $create := .Values.serviceMonitor.create -}}
@@ -288,6 +300,77 @@ container security context applies).
 {{- end -}}
 
 {{/*
+Containers the operator adds to a component's pods (`initContainers`, `extraContainers`), as a YAML list.
+A container without a `securityContext` gets the component's `containerSecurityContext`, so that sidecars
+are as locked down as the chart's own containers unless they say otherwise. Takes the component dict
+plus `containers` (the list).
+*/}}
+{{- define "splitserve.userContainers" -}}
+{{- $securityContext := (index .context.Values .component).containerSecurityContext -}}
+{{- $containers := list -}}
+{{- range .containers -}}
+{{- $container := deepCopy . -}}
+{{- if not (hasKey $container "securityContext") -}}
+{{- $_ := set $container "securityContext" (deepCopy $securityContext) -}}
+{{- end -}}
+{{- $containers = append $containers $container -}}
+{{- end -}}
+{{- with $containers -}}
+{{- toYaml . -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+What the chart itself puts in a component's pods, for the checks of the operator's additions in
+`splitserve.validateValues`: `containers` (names of the main and copy containers), `volumes` (names
+rendered with these values), `reservedVolumes` (every name the chart may use) and `mountPaths` (of the
+main container). Returned as JSON; takes the component dict. Keep it in step with the Deployments.
+*/}}
+{{- define "splitserve.chartPodParts" -}}
+{{- $values := .context.Values -}}
+{{- $repo := $values.modelRepository -}}
+{{- $containers := list .component -}}
+{{- $volumes := list -}}
+{{- $mountPaths := list -}}
+{{- $reserved := list -}}
+{{- $copies := false -}}
+{{- if eq .component "endpoint" -}}
+{{- $endpoint := $values.endpoint -}}
+{{- $copies = ne $repo.source "pvc" -}}
+{{- $reserved = list "models" "tmp" "tls" "client-ca" "tokens" -}}
+{{- $volumes = list "models" "tmp" -}}
+{{- $mountPaths = list $repo.mountPath "/tmp" -}}
+{{- if $endpoint.tls.enabled -}}
+{{- $volumes = append $volumes "tls" -}}
+{{- $mountPaths = append $mountPaths "/etc/splitserve/tls" -}}
+{{- if $endpoint.tls.clientCA.enabled -}}
+{{- $volumes = append $volumes "client-ca" -}}
+{{- $mountPaths = append $mountPaths "/etc/splitserve/client-ca" -}}
+{{- end -}}
+{{- end -}}
+{{- if $endpoint.auth.tokensSecret -}}
+{{- $volumes = append $volumes "tokens" -}}
+{{- $mountPaths = append $mountPaths "/etc/splitserve/auth" -}}
+{{- end -}}
+{{- else -}}
+{{- $copies = eq $repo.source "image" -}}
+{{- $reserved = list "models" "dshm" "tmp" -}}
+{{- $volumes = list "dshm" "tmp" -}}
+{{- $mountPaths = list "/dev/shm" "/tmp" -}}
+{{- if ne $repo.source "objectStore" -}}
+{{- $volumes = prepend $volumes "models" -}}
+{{- $mountPaths = prepend $mountPaths $repo.mountPath -}}
+{{- end -}}
+{{- end -}}
+{{- if $copies -}}
+{{- range $index, $_ := $repo.bundles -}}
+{{- $containers = append $containers (printf "copy-bundle-%d" $index) -}}
+{{- end -}}
+{{- end -}}
+{{- dict "containers" $containers "volumes" $volumes "reservedVolumes" $reserved "mountPaths" $mountPaths | toJson -}}
+{{- end -}}
+
+{{/*
 Cross-field checks the schema cannot express with a clear message. Every failed rule adds a line, and
 the chart fails once with all of them.
 */}}
@@ -340,6 +423,50 @@ the chart fails once with all of them.
 {{- end -}}
 {{- if not (dig "requests" "cpu" "" $endpoint.resources) -}}
 {{- $messages = append $messages "endpoint.autoscaling needs endpoint.resources.requests.cpu: CPU utilization is measured against the request." -}}
+{{- end -}}
+{{- end -}}
+{{- $triton := .Values.triton -}}
+{{- if and $triton.enabled $triton.autoscaling.enabled -}}
+{{- $autoscaling := $triton.autoscaling -}}
+{{- if gt (int $autoscaling.minReplicas) (int $autoscaling.maxReplicas) -}}
+{{- $messages = append $messages (printf "triton.autoscaling.minReplicas (%d) is greater than triton.autoscaling.maxReplicas (%d)." (int $autoscaling.minReplicas) (int $autoscaling.maxReplicas)) -}}
+{{- end -}}
+{{- if and (eq $autoscaling.queueTime.type "External") (not $autoscaling.queueTime.selector) -}}
+{{- $messages = append $messages "triton.autoscaling.queueTime.type=External needs triton.autoscaling.queueTime.selector: without it the HPA reads the queue time of every Triton the adapter sees, not this release's." -}}
+{{- end -}}
+{{- end -}}
+{{- $components := list "endpoint" -}}
+{{- if $triton.enabled -}}
+{{- $components = append $components "triton" -}}
+{{- end -}}
+{{- range $component := $components -}}
+{{- $values := index $.Values $component -}}
+{{- $parts := include "splitserve.chartPodParts" (dict "context" $ "component" $component) | fromJson -}}
+{{- $names := $parts.containers -}}
+{{- range $container := concat $values.initContainers $values.extraContainers -}}
+{{- if has $container.name $names -}}
+{{- $messages = append $messages (printf "%s.initContainers and %s.extraContainers: container name %q is taken (the pod already has %s); names are shared by all containers of a pod." $component $component $container.name (join ", " $names)) -}}
+{{- end -}}
+{{- $names = append $names $container.name -}}
+{{- end -}}
+{{- $volumes := $parts.volumes -}}
+{{- $taken := $parts.reservedVolumes -}}
+{{- range $volume := $values.extraVolumes -}}
+{{- if has $volume.name $taken -}}
+{{- $messages = append $messages (printf "%s.extraVolumes: volume name %q is taken (the chart uses %s, and each name once); pick another." $component $volume.name (join ", " $parts.reservedVolumes)) -}}
+{{- end -}}
+{{- $taken = append $taken $volume.name -}}
+{{- $volumes = append $volumes $volume.name -}}
+{{- end -}}
+{{- $paths := $parts.mountPaths -}}
+{{- range $mount := $values.extraVolumeMounts -}}
+{{- if not (has $mount.name $volumes) -}}
+{{- $messages = append $messages (printf "%s.extraVolumeMounts: %q names no volume of the pod (%s): add it to %s.extraVolumes." $component $mount.name (join ", " $volumes) $component) -}}
+{{- end -}}
+{{- if has $mount.mountPath $paths -}}
+{{- $messages = append $messages (printf "%s.extraVolumeMounts: mountPath %q is already mounted in the %s container (%s)." $component $mount.mountPath $component (join ", " $paths)) -}}
+{{- end -}}
+{{- $paths = append $paths $mount.mountPath -}}
 {{- end -}}
 {{- end -}}
 {{- range $component := list "endpoint" "triton" -}}

@@ -105,6 +105,6 @@ def test_empty_folder_and_bad_policy(bundle_path: Path, tmp_path: Path) -> None:
     assert code == 2 and "no input found" in out
     np.save(tmp_path / "a.npy", np.zeros((28, 28), np.uint8))
     code, out = _run("--bundle", str(bundle_path), "--policy", "fastest", str(tmp_path / "a.npy"))
-    assert code == 1 and "unknown policy" in out
+    assert code == 2 and "unknown policy" in out
     code, out = _run("--bundle", str(bundle_path), "--timeout-s", "0", str(tmp_path / "a.npy"))
     assert code == 2 and "timeout_s" in out

@@ -47,6 +47,22 @@ def test_preprocess_resizes_the_short_side_then_crops_the_centre() -> None:
     assert x[:, :, 4:6].mean() > 200 and x[:, :, :3].max() == 0
 
 
+def test_photos_of_any_size_and_encoded_bytes_get_the_bundles_preprocessing() -> None:
+    photo = np.zeros((300, 400, 3), np.uint8)
+    photo[:, 190:210] = 255  # a bright bar in the middle
+    pre = {"resize": 24, "crop": 20}
+    x = to_input(photo, (3, 20, 20), pre)
+    assert x.shape == (3, 20, 20) and x[:, :, 9:11].mean() > 150 and x[:, :, :5].max() == 0
+    np.testing.assert_array_equal(x, to_input(Image.fromarray(photo), (3, 20, 20), pre))
+    buf = io.BytesIO()
+    Image.fromarray(photo).save(buf, format="PNG")
+    np.testing.assert_array_equal(to_input(buf.getvalue(), (3, 20, 20), pre), x)
+    with pytest.raises(RequestError, match="cannot read image the given bytes"):
+        to_input(b"\xff\xd8 not a jpeg", (3, 20, 20), pre)
+    with pytest.raises(RequestError, match="not int"):
+        to_input(7, (3, 20, 20), pre)
+
+
 def test_files(tmp_path: Path) -> None:
     a = np.random.default_rng(1).integers(0, 256, (28, 28), dtype=np.uint8)
     Image.fromarray(a).save(tmp_path / "a.png")
