@@ -85,7 +85,11 @@ SCHEMA_REJECTS = {
         {
             "endpoint": {
                 "extraContainers": [
-                    {"name": "proxy", "image": "envoy:1.31", "securityContext": {"allowPrivilegeEscalation": True}}
+                    {
+                        "name": "proxy",
+                        "image": "envoy:1.31",
+                        "securityContext": {"allowPrivilegeEscalation": True},
+                    }
                 ]
             }
         },
@@ -122,7 +126,11 @@ SCHEMA_REJECTS = {
         ["/triton/extraVolumeMounts/0/mountPath", "pattern"],
     ),
     "bidirectional mount propagation": (
-        {"endpoint": {"extraVolumeMounts": [{"name": "c", "mountPath": "/c", "mountPropagation": "Bidirectional"}]}},
+        {
+            "endpoint": {
+                "extraVolumeMounts": [{"name": "c", "mountPath": "/c", "mountPropagation": "Bidirectional"}]
+            }
+        },
         ["/endpoint/extraVolumeMounts/0/mountPropagation", "'None', 'HostToContainer'"],
     ),
     "Triton scaled on CPU": (
