@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import stat
 import tarfile
 import tempfile
 from dataclasses import dataclass, field
@@ -119,6 +121,9 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Manifest:
+        """Parse and validate a manifest: every value typed and bounded, or one :class:`BundleError`."""
+        if not isinstance(d, dict):
+            raise BundleError(f"malformed manifest: a JSON object is expected, not {type(d).__name__}")
         if d.get("format") != MANIFEST_FORMAT:
             raise BundleError(f"not a splitserve bundle manifest (format={d.get('format')!r})")
         if d.get("format_version") != MANIFEST_VERSION:
@@ -156,8 +161,45 @@ class Manifest:
                 files=dict(d["files"]),
                 extra=dict(d.get("extra", {})),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise BundleError(f"malformed manifest: {exc!r}") from exc
+
+
+def _validate(m: Manifest) -> None:
+    """Bounds a served manifest must keep (a hostile one is refused at open, not per request)."""
+
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise BundleError(f"malformed manifest: {what}")
+
+    def name_ok(v: object, limit: int = 128) -> bool:
+        return isinstance(v, str) and 0 < len(v) <= limit and all(c.isalnum() or c in "._-" for c in v)
+
+    need(name_ok(m.name) and name_ok(m.version), "name and version must be 1-128 characters of [A-Za-z0-9._-]")
+    need(len(m.input_shape) == 3 and all(1 <= v <= 8192 for v in m.input_shape), f"input shape {m.input_shape}")
+    need(m.input_dtype == "uint8", f"input dtype {m.input_dtype!r} (uint8 expected)")
+    need(0 < len(m.classes) <= 100_000 and all(isinstance(c, str) and len(c) <= 256 for c in m.classes),
+         "classes must be 1-100000 names")
+    need(0 <= m.total_macs < 10**15 and 0.0 <= m.unsplit_accuracy <= 1.0, "total_macs / unsplit_accuracy out of range")
+    need(all(isinstance(k, str) and isinstance(v, str) and len(v) == 64 for k, v in m.files.items()),
+         "files must map paths to sha256 hex digests")
+    names = [s.name for s in m.splits]
+    need(len(set(names)) == len(names) and OFFLOAD_SPLIT not in names, "split names must be unique")
+    for s in m.splits:
+        need(name_ok(s.name, 64), f"split name {s.name!r}")
+        need(len(s.latent_shape) == 3 and all(1 <= v <= 65536 for v in s.latent_shape)
+             and s.latent_shape[0] * s.latent_shape[1] * s.latent_shape[2] <= 1 << 24,
+             f"latent_shape {list(s.latent_shape)} of split {s.name!r} (3 positive sizes, at most 2**24 values)")
+        need(0 <= s.head_macs < 10**15 and 0.0 <= s.head_mac_share <= 1.0, f"head MACs of split {s.name!r}")
+        levels = [lv.level for lv in s.levels]
+        need(0 < len(levels) <= 256 and len(set(levels)) == len(levels) and all(0 <= v < 256 for v in levels),
+             f"levels of split {s.name!r} must be 1-256 distinct numbers in 0..255")
+        for lv in s.levels:
+            need(0 <= lv.bytes_per_sample < 1 << 30 and all(0.0 <= a <= 1.0 for a in (lv.accuracy, lv.accuracy_fp32, lv.fidelity)),
+                 f"figures of {s.name!r} level {lv.level}")
+            need(lv.tables in m.files, f"tables {lv.tables!r} of {s.name!r} level {lv.level} are not a bundle file")
+        for rel in (s.head_int8, s.head_fp32, s.tail_onnx):
+            need(rel in m.files, f"{rel!r} of split {s.name!r} is not a bundle file")
 
 
 class Bundle:
@@ -181,8 +223,12 @@ class Bundle:
         tmp = None
         if path.is_file() and tarfile.is_tarfile(path):
             tmp = tempfile.TemporaryDirectory(prefix="splitserve-bundle-")
-            with tarfile.open(path) as tar:
-                tar.extractall(tmp.name, filter="data")
+            try:
+                with tarfile.open(path) as tar:
+                    tar.extractall(tmp.name, filter="data")
+            except (tarfile.TarError, OSError) as exc:  # FilterError: members that leave the folder, links
+                tmp.cleanup()
+                raise BundleError(f"bundle archive {path} is refused: {exc}") from exc
             entries = [p for p in Path(tmp.name).iterdir()]
             root = entries[0] if len(entries) == 1 and entries[0].is_dir() else Path(tmp.name)
         elif path.is_dir():
@@ -191,12 +237,17 @@ class Bundle:
             raise BundleError(f"no bundle at {path}: expected a directory or a .tar written by `splitserve export`")
         manifest_path = root / "manifest.json"
         try:
+            if manifest_path.is_symlink() or not manifest_path.is_file():
+                raise FileNotFoundError(manifest_path)
             raw = json.loads(manifest_path.read_text())
         except FileNotFoundError as exc:
             raise BundleError(f"{path} has no manifest.json: not a splitserve bundle") from exc
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise BundleError(f"{manifest_path} is not valid JSON: {exc}") from exc
+        except RecursionError as exc:
+            raise BundleError(f"{manifest_path} nests too deeply to be a manifest") from exc
         manifest = Manifest.from_dict(raw)
+        _validate(manifest)
         coded = manifest.extra.get("codec", {})
         if coded and (coded.get("name"), coded.get("version")) != (CODEC_NAME, CODEC_VERSION):
             raise BundleError(
@@ -230,7 +281,18 @@ class Bundle:
 
 
 def _verify_files(root: Path, files: dict[str, str]) -> None:
-    present = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+    present = set()
+    for folder, dirs, names in os.walk(root):  # links are not followed: a link is refused, not read
+        for entry in [*dirs, *names]:
+            p = Path(folder) / entry
+            rel = p.relative_to(root).as_posix()
+            mode = p.lstat().st_mode
+            if stat.S_ISLNK(mode):
+                raise BundleError(f"bundle {root} holds a link, {rel}: bundles hold regular files only")
+            if entry in names:
+                if not stat.S_ISREG(mode):
+                    raise BundleError(f"bundle {root} holds {rel}, which is not a regular file")
+                present.add(rel)
     present.discard("manifest.json")
     unlisted = sorted(present - files.keys())
     if unlisted:
@@ -250,9 +312,7 @@ def _verify_files(root: Path, files: dict[str, str]) -> None:
 def _check_kind(p: Path, rel: str, template: bytes) -> None:
     name = p.name
     if name.endswith(".onnx"):
-        with open(p, "rb") as f:
-            head = f.read(1)
-        if head != bytes([_ONNX_FIRST_BYTE]):
+        if not _is_onnx(p.read_bytes()):
             raise BundleError(f"bundle file {rel} is not an ONNX model")
     elif name.endswith(".json"):
         try:
@@ -269,6 +329,44 @@ def _check_kind(p: Path, rel: str, template: bytes) -> None:
             raise BundleError(f"bundle file {rel} is not the python-backend model shipped with splitserve")
     else:
         raise BundleError(f"bundle file {rel} is neither ONNX nor JSON: refused (bundles carry no pickles)")
+
+
+# ModelProto's fields and their protobuf wire types (0 varint, 2 length-delimited), from onnx.proto.
+_MODEL_FIELDS = {1: 0, 2: 2, 3: 2, 4: 2, 5: 0, 6: 2, 7: 2, 8: 2, 14: 2, 20: 2, 25: 2, 26: 2}
+
+
+def _is_onnx(data: bytes) -> bool:
+    """Whether ``data`` parses as an ONNX ``ModelProto`` at its top level: known fields of the right wire
+    types, lengths that end exactly at the end, an IR version and a graph (without the onnx package)."""
+    pos, seen = 0, set()
+
+    def varint() -> int:
+        nonlocal pos
+        value = shift = 0
+        while True:
+            if pos >= len(data) or shift > 63:
+                raise ValueError("truncated varint")
+            byte = data[pos]
+            pos += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                return value
+
+    try:
+        while pos < len(data):
+            key = varint()
+            number, wire = key >> 3, key & 7
+            if _MODEL_FIELDS.get(number) != wire:
+                return False
+            length = varint() if wire == 2 else (varint(), 0)[1]
+            if pos + length > len(data):
+                return False
+            pos += length
+            seen.add(number)
+    except ValueError:
+        return False
+    return data[:1] == bytes([_ONNX_FIRST_BYTE]) and {1, 7} <= seen
 
 
 def copy_python_backend_model(dest: Path) -> None:

@@ -377,6 +377,8 @@ def test_triton_autoscaling_defaults(chart: helm.Chart, render: Any, validate_st
             "target": {"type": "AverageValue", "averageValue": defaults["queueTime"]["target"]},
         },
     }
+    assert "metrics adapter" in rendered.notes, "NOTES say what the HPA needs"
+    assert "metrics adapter" not in render({}).notes
     validate_strictly(rendered.objects)
 
 

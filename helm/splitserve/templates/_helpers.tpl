@@ -443,7 +443,7 @@ the chart fails once with all of them.
 {{- $values := index $.Values $component -}}
 {{- $parts := include "splitserve.chartPodParts" (dict "context" $ "component" $component) | fromJson -}}
 {{- $names := $parts.containers -}}
-{{- range $container := concat $values.initContainers $values.extraContainers -}}
+{{- range $container := concat (default list $values.initContainers) (default list $values.extraContainers) -}}
 {{- if has $container.name $names -}}
 {{- $messages = append $messages (printf "%s.initContainers and %s.extraContainers: container name %q is taken (the pod already has %s); names are shared by all containers of a pod." $component $component $container.name (join ", " $names)) -}}
 {{- end -}}

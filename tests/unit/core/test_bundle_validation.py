@@ -1,0 +1,116 @@
+"""Hostile bundles are refused at open with one clear error: bad manifest values, links, FIFOs, fake ONNX."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import tarfile
+from pathlib import Path
+
+import pytest
+from splitserve.core.bundle import MANIFEST_FORMAT, MANIFEST_VERSION, Bundle, sha256_file
+from splitserve.core.errors import BundleError
+
+ONNX = b"\x08\x08" + b"\x3a\x03\x12\x01g"  # ir_version 8, a graph named "g": the smallest ModelProto
+
+
+def _bundle(root: Path, **changes) -> Path:
+    """A minimal bundle that opens; ``changes`` edit the manifest (or its split with ``split_*`` keys)."""
+    files = {
+        "edge/s/head.int8.onnx": ONNX, "edge/s/head.fp32.onnx": ONNX, "triton/t/1/model.onnx": ONNX,
+        "edge/s/level0.json": b"{}", "edge/full.fp32.onnx": ONNX,
+    }
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    split = {
+        "name": "s", "latent_shape": [4, 7, 7], "head_int8": "edge/s/head.int8.onnx", "head_fp32": "edge/s/head.fp32.onnx",
+        "tail_model": "m_tail_s", "tail_onnx": "triton/t/1/model.onnx", "head_macs": 10, "head_mac_share": 0.2,
+        "levels": [{"level": 0, "tables": "edge/s/level0.json", "bytes_per_sample": 30.0, "accuracy": 0.9,
+                    "accuracy_fp32": 0.9, "fidelity": 0.95}],
+    }
+    split.update({k[6:]: v for k, v in changes.items() if k.startswith("split_")})
+    manifest = {
+        "format": MANIFEST_FORMAT, "format_version": MANIFEST_VERSION, "name": "m", "version": "1",
+        "input": {"shape": [1, 28, 28], "dtype": "uint8"}, "classes": ["a", "b"], "total_macs": 100,
+        "unsplit_accuracy": 0.9, "splits": [split], "local": {"fp32": "edge/full.fp32.onnx"}, "offload": {},
+        "files": {rel: sha256_file(root / rel) for rel in files},
+    }
+    manifest.update({k: v for k, v in changes.items() if not k.startswith("split_")})
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return root
+
+
+def test_the_minimal_bundle_opens(tmp_path):
+    assert Bundle.open(_bundle(tmp_path)).manifest.splits[0].latent_shape == (4, 7, 7)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"split_latent_shape": [-1, 7, 7]}, "latent_shape"),
+        ({"split_latent_shape": [2**40, 7, 7]}, "latent_shape"),
+        ({"split_latent_shape": [0, 0, 0]}, "latent_shape"),
+        ({"split_latent_shape": [7, 7]}, "latent_shape"),
+        ({"classes": []}, "classes"),
+        ({"name": "../evil"}, "name and version"),
+        ({"split_head_mac_share": 7.0}, "head MACs"),
+        ({"split_levels": []}, "levels"),
+        ({"split_tail_onnx": "/etc/passwd"}, "is not a bundle file"),
+        ({"input": {"shape": [1, 28], "dtype": "uint8"}}, "input shape"),
+    ],
+)
+def test_bad_manifest_values_are_refused_at_open(tmp_path, changes, message):
+    with pytest.raises(BundleError, match=message):
+        Bundle.open(_bundle(tmp_path, **changes))
+
+
+def test_manifest_that_is_not_an_object_or_nests_too_deep(tmp_path):
+    root = _bundle(tmp_path)
+    (root / "manifest.json").write_text("[1, 2]")
+    with pytest.raises(BundleError, match="a JSON object is expected"):
+        Bundle.open(root)
+    (root / "manifest.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(BundleError, match="nests too deeply|not valid JSON"):
+        Bundle.open(root)
+
+
+def test_links_and_special_files_are_refused(tmp_path):
+    root = _bundle(tmp_path / "a")
+    os.symlink("/etc", root / "edge" / "etc")
+    with pytest.raises(BundleError, match="holds a link, edge/etc"):
+        Bundle.open(root)
+    root = _bundle(tmp_path / "b")
+    target = root / "edge/s/level0.json"
+    target.unlink()
+    os.symlink("/etc/hostname", target)
+    with pytest.raises(BundleError, match="holds a link"):
+        Bundle.open(root)
+    root = _bundle(tmp_path / "c")
+    os.mkfifo(root / "edge" / "pipe")
+    with pytest.raises(BundleError, match="not a regular file"):
+        Bundle.open(root)
+
+
+def test_one_valid_onnx_byte_before_a_pickle_is_refused(tmp_path):
+    root = _bundle(tmp_path)
+    rel = "edge/s/head.int8.onnx"
+    (root / rel).write_bytes(b"\x08" + pickle.dumps({"weights": [1, 2]}))
+    m = json.loads((root / "manifest.json").read_text())
+    m["files"][rel] = sha256_file(root / rel)
+    (root / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="not an ONNX model"):
+        Bundle.open(root)
+
+
+def test_tar_members_that_leave_the_bundle_are_refused(tmp_path):
+    archive = tmp_path / "evil.tar"
+    with tarfile.open(archive, "w") as tar:
+        info = tarfile.TarInfo("../escaped.json")
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"{}"))
+    with pytest.raises(BundleError, match="is refused"):
+        Bundle.open(archive)
+    assert not (tmp_path.parent / "escaped.json").exists()
