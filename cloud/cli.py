@@ -28,7 +28,7 @@ def cloud() -> None:
     "--address", help="gRPC listen address HOST:PORT [SPLITSERVE_CLOUD_ADDRESS, default [::]:50051]."
 )
 @click.option(
-    "--metrics-port", type=int, help="HTTP port of /metrics, /healthz, /readyz; -1 disables [9100]."
+    "--metrics-port", type=int, help="HTTP port of /metrics, /healthz, /readyz; -1 disables [9464]."
 )
 @click.option("--metrics-host", help="HTTP listen host [0.0.0.0].")
 @click.option(

@@ -8,7 +8,7 @@ variable                                    field                      default
 ==========================================  =========================  =====================================
 ``SPLITSERVE_CLOUD_BUNDLES``                ``bundles``                (none: comma-separated bundle paths)
 ``SPLITSERVE_CLOUD_ADDRESS``                ``address``                ``[::]:50051``
-``SPLITSERVE_CLOUD_METRICS_PORT``           ``metrics_port``           ``9100`` (``-1`` disables HTTP)
+``SPLITSERVE_CLOUD_METRICS_PORT``           ``metrics_port``           ``9464`` (``-1`` disables HTTP)
 ``SPLITSERVE_CLOUD_METRICS_HOST``           ``metrics_host``           ``0.0.0.0``
 ``SPLITSERVE_CLOUD_TRITON_URL``             ``triton_url``             empty: embedded ONNX Runtime;
                                                                        ``local``: start tritonserver;
@@ -82,7 +82,7 @@ class CloudConfig:
 
     bundles: tuple[str, ...] = ()
     address: str = "[::]:50051"
-    metrics_port: int = 9100
+    metrics_port: int = 9464
     metrics_host: str = "0.0.0.0"
     triton_url: str = ""
     tls_cert: str = ""

@@ -252,9 +252,9 @@ def test_endpoint_network_policy_by_default(render: Any, validate_strictly: Vali
     assert policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "endpoint"
     assert policy["spec"]["policyTypes"] == ["Ingress"]
     rules = ingress_by_port(policy)
-    assert rules.keys() == {50051, 9100}, "nothing but gRPC and metrics"
+    assert rules.keys() == {50051, 9464}, "nothing but gRPC and metrics"
     assert "from" not in rules[50051], "edge devices reach gRPC from anywhere unless grpcFrom narrows it"
-    assert rules[9100]["from"] == [{"namespaceSelector": {}}]
+    assert rules[9464]["from"] == [{"namespaceSelector": {}}]
     validate_strictly(rendered.objects)
 
 
@@ -438,13 +438,6 @@ def test_metrics_port_matches_the_endpoint_default(chart: helm.Chart, render: An
     assert int(data["SPLITSERVE_CLOUD_METRICS_PORT"]) == endpoint["ports"]["metrics"], "set, not assumed"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "cloud/config.py (metrics_port), cloud/cli.py and cloud/Dockerfile (EXPOSE) default to 9100, "
-        "node_exporter's port; the chart follows the endpoint until the code moves (e.g. to 9464)"
-    ),
-)
 def test_metrics_port_is_not_node_exporters(chart: helm.Chart) -> None:
     endpoint = chart.merge_values({})["endpoint"]
     assert NODE_EXPORTER_PORT not in (endpoint["ports"]["metrics"], endpoint["service"]["ports"]["metrics"])

@@ -11,7 +11,7 @@ from splitserve.core.errors import ConfigError
 
 def test_defaults_match_the_deployment_contract():
     c = CloudConfig.from_env({})
-    assert c.address == "[::]:50051" and c.metrics_port == 9100 and c.triton_url == ""
+    assert c.address == "[::]:50051" and c.metrics_port == 9464 and c.triton_url == ""
     assert c.max_message_bytes == 4194304 and c.max_inflight_per_client == 64 and c.decode_workers == 0
     assert c.decode_worker_count >= 1 and c.decode_mode == "auto"
 
