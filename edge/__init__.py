@@ -13,9 +13,18 @@ The default policy is the orchestrator (``min_latency``), which picks split, lev
 per request from what it measures; a :class:`FixedPolicy` or ``"local"`` / ``"offload"`` /
 ``"SPLIT@LEVEL"`` pins one option. Whatever happens to the endpoint, every input gets one
 :class:`Result`: the whole model runs on the device when the endpoint fails or cannot meet the deadline.
+The errors a client raises (all :class:`SplitServeError`) are importable from here too.
 """
 
 from __future__ import annotations
+
+from splitserve.core.errors import AuthenticationError as AuthenticationError
+from splitserve.core.errors import ConfigError as ConfigError
+from splitserve.core.errors import DeadlineExceededError as DeadlineExceededError
+from splitserve.core.errors import RequestError as RequestError
+from splitserve.core.errors import SplitServeError as SplitServeError
+from splitserve.core.errors import TransportError as TransportError
+from splitserve.core.errors import UnavailableError as UnavailableError
 
 from ._breaker import CircuitBreaker as CircuitBreaker
 from ._client import AsyncEdgeClient as AsyncEdgeClient
@@ -37,6 +46,13 @@ from ._transports import MockTransport as MockTransport
 
 __all__ = [
     "AsyncBaseTransport",
+    "AuthenticationError",
+    "ConfigError",
+    "DeadlineExceededError",
+    "RequestError",
+    "SplitServeError",
+    "TransportError",
+    "UnavailableError",
     "AsyncEdgeClient",
     "AsyncGrpcTransport",
     "BaseEdgeClient",

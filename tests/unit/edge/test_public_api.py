@@ -16,3 +16,11 @@ def test_all_lists_exactly_the_public_names() -> None:
 def test_every_exported_name_resolves() -> None:
     for name in edge.__all__:
         assert getattr(edge, name) is not None
+
+
+def test_the_errors_a_client_raises_import_from_the_edge_package() -> None:
+    from splitserve.core import errors
+
+    for name in ("SplitServeError", "ConfigError", "RequestError", "TransportError", "UnavailableError",
+                 "DeadlineExceededError", "AuthenticationError"):
+        assert getattr(edge, name) is getattr(errors, name)
