@@ -123,10 +123,13 @@ def run(
     bar.update()
 
     points: list[dict[str, Any]] = []
+    ceilings: dict[str, Any] = {}
     for s in m.splits:
         tail = ort_session(bundle.path(s.tail_onnx))
         for int8 in (True, False):
             y = run_batched(ort_session(bundle.path(s.head_int8 if int8 else s.head_fp32)), images, BATCH)
+            if not int8:  # the latent unquantized: what the decoder and tail give at an unlimited rate
+                ceilings[s.name] = _agreement(run_batched(tail, y, BATCH).argmax(1), ref, centre)
             for lv in s.levels:
                 tables = bundle.tables(s.name, lv.level)
                 q = np.stack([codec.quantize(v, tables) for v in y])
@@ -172,6 +175,7 @@ def run(
         "labelled_n": int(labelled.sum()),
         "local_int8": _agreement(local_int8, ref, centre),
         "points": points,
+        "unquantized_latent": ceilings,
         "baselines": baselines,
         "latency_ms": timing,
         "summary": _summary(points, baselines, timing),
@@ -276,6 +280,9 @@ def _plot(result: dict[str, Any], path: Path) -> None:
             if b:
                 ax.plot([x[bkey] for x in b], [100 * x[key]["agreement"] for x in b], marker, alpha=0.7,
                         label=f"input as {fmt.upper()} (q {'/'.join(str(x['quality']) for x in b)})")
+        for split, ceiling in result.get("unquantized_latent", {}).items():
+            ax.axhline(100 * ceiling[key]["agreement"], color="tab:blue", lw=0.8, ls="-.",
+                       label=f"split {split}, latent unquantized (rate unbounded)")
         ax.axvline(BYTES_TARGET, color="r", lw=0.8, ls=":", label=f"{BYTES_TARGET} B")
         ax.axhline(100 * AGREEMENT_TARGET, color="k", lw=0.8, ls=":", label=f"{AGREEMENT_TARGET:.0%} agreement")
         ax.set_xscale("log")

@@ -66,6 +66,7 @@ __all__ = [
         "NaturalCodec",
     "NaturalRecipe",
     "PhotoViews",
+    "add_levels",
     "build_natural_bundle",
     "distill",
     "heldout_views",
@@ -109,10 +110,29 @@ class NaturalRecipe:
     log_every: int = 5
     seed: int = 0
     code_version: int = 2
+    # Finer steps whose densities are fitted after training on the trained encoder's latents (the
+    # decoder sees less quantization noise than it was trained on): the curve's high-rate end.
+    extra_level_steps: tuple[float, ...] = (0.5, 0.35, 0.25)
+    extra_level_views: int = 256
+    extra_level_iters: int = 400
 
     def key(self, data_digest: str) -> str:
+        """Names everything the trained split depends on (the final weights, the bundle)."""
         blob = json.dumps({**dataclasses.asdict(self), "data": data_digest}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    def train_key(self, data_digest: str) -> str:
+        """Names what the distillation run sees (its checkpoints): everything but the levels fitted after it."""
+        fields = {k: v for k, v in dataclasses.asdict(self).items() if k not in _AFTER_TRAINING}
+        blob = json.dumps({**fields, "data": data_digest}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    def all_levels(self) -> BottleneckCfg:
+        """The bottleneck with its trained levels followed by the levels fitted after training."""
+        return dataclasses.replace(self.bottleneck, level_steps=self.bottleneck.level_steps + self.extra_level_steps)
+
+
+_AFTER_TRAINING = ("extra_level_steps", "extra_level_views", "extra_level_iters")
 
 
 NATURAL_RECIPES: dict[str, NaturalRecipe] = {"efficientnet_lite0-natural": NaturalRecipe()}
@@ -278,10 +298,11 @@ class NaturalCodec(BottleneckCodec):
         dec.bias.copy_(mean)
 
 
-def _split_model(teacher: SplitBackbone, recipe: NaturalRecipe) -> SplitModel:
-    model = SplitModel(teacher, recipe.split, recipe.bottleneck)
+def _split_model(teacher: SplitBackbone, recipe: NaturalRecipe, *, extra_levels: bool = False) -> SplitModel:
+    cfg = recipe.all_levels() if extra_levels else recipe.bottleneck
+    model = SplitModel(teacher, recipe.split, cfg)
     chs = teacher.cfg.split_point(recipe.split).num_chs
-    model.codec = NaturalCodec(chs, recipe.bottleneck, recipe.refine_blocks)
+    model.codec = NaturalCodec(chs, cfg, recipe.refine_blocks)
     cloud = teacher.cloud_modules(recipe.split)  # the teacher's own modules, frozen ...
     tuned = [copy.deepcopy(m) for m in cloud[: recipe.tune_tail_stages]]  # ... but for tuned copies
     for p in nn.Sequential(*tuned).parameters():
@@ -468,10 +489,9 @@ def trained_natural_split(
     recipe = NATURAL_RECIPES[name]
     teacher = teacher if teacher is not None else get_backbone(recipe.backbone)()
     files, digest = _training_files(recipe)
-    key = recipe.key(digest)
-    final = cache_dir() / f"{recipe.backbone}-{recipe.split}-natural-{key}.pt"
+    final = cache_dir() / f"{recipe.backbone}-{recipe.split}-natural-{recipe.key(digest)}.pt"
     if final.exists():
-        model = _split_model(teacher, recipe)
+        model = _split_model(teacher, recipe, extra_levels=True)
         state = torch.load(final, map_location="cpu", weights_only=True)
         missing, unexpected = _trained(model, recipe).load_state_dict(state, strict=False)
         if unexpected or any(not k.endswith(_CDF_BUFFERS) for k in missing):
@@ -479,11 +499,56 @@ def trained_natural_split(
         model.eval()
         model.codec.update(force=True)
         return model
-    model = distill(teacher, recipe, files, cache_dir() / "runs" / f"{name}-{key}", steps=steps)
-    if steps is None or steps >= recipe.steps:
-        trained = _trained(model, recipe).state_dict()
-        _save_atomic({k: v for k, v in trained.items() if not k.endswith(_CDF_BUFFERS)}, final)
+    model = distill(teacher, recipe, files, cache_dir() / "runs" / f"{name}-{recipe.train_key(digest)}", steps=steps)
+    if steps is not None and steps < recipe.steps:
+        return model
+    model = add_levels(model, recipe, files)
+    trained = _trained(model, recipe).state_dict()
+    _save_atomic({k: v for k, v in trained.items() if not k.endswith(_CDF_BUFFERS)}, final)
     return model
+
+
+def add_levels(model: SplitModel, recipe: NaturalRecipe, files: Sequence[Path]) -> SplitModel:
+    """Append the recipe's ``extra_level_steps``: a density per step fitted on the trained encoder's latents.
+
+    Only the entropy models learn here (likelihood of ``y / step`` plus CompressAI's quantile loss);
+    encoder, decoder and tail stay as distilled.
+    """
+    from compressai.entropy_models import EntropyBottleneck
+
+    if not recipe.extra_level_steps:
+        return model
+    full = _split_model(model.teacher, recipe, extra_levels=True)
+    n_trained = len(recipe.bottleneck.level_steps)
+    state = {k: v for k, v in _trained(model, recipe).state_dict().items()
+             if k != "codec.steps" and not k.endswith(_CDF_BUFFERS)}
+    _trained(full, recipe).load_state_dict(state, strict=False)
+    views = PhotoViews(prepare_images(files, recipe.prepare_side, cache_dir() / "prepared"), recipe.crop,
+                       recipe.view_scale, recipe.seed + 13)
+    head = full.edge_head().eval()
+    with torch.no_grad():
+        y = torch.cat([head(torch.stack([views[i + j] for j in range(min(32, recipe.extra_level_views - i))]))
+                       for i in range(0, recipe.extra_level_views, 32)])
+    gen = torch.Generator().manual_seed(recipe.seed)
+    for offset, step in enumerate(recipe.extra_level_steps):
+        eb: EntropyBottleneck = full.codec.entropy[n_trained + offset]
+        eb.train()
+        params = [p for n, p in eb.named_parameters() if not n.endswith("quantiles")]
+        opt = torch.optim.Adam(params, lr=1e-2)
+        aux = torch.optim.Adam([eb.quantiles], lr=1e-2)
+        for _ in range(recipe.extra_level_iters):
+            batch = y[torch.randint(0, len(y), (16,), generator=gen)] / step
+            _, likelihoods = eb(batch)
+            loss = -torch.log2(likelihoods).sum() / len(batch) / 8192
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            aux.zero_grad(set_to_none=True)
+            eb.loss().backward()
+            aux.step()
+    full.eval()
+    full.codec.update(force=True)
+    return full
 
 
 def heldout_views(views_per_photo: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

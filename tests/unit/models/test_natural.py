@@ -120,3 +120,20 @@ def test_summary_checks_the_targets_and_prices_the_codecs():
     assert by_level[2]["codec"] == "jpeg q10"
     assert s["local_int8_speedup"] == pytest.approx(10 / 6)
     assert s["head_plus_encode_share_of_local"]["stage3"] == pytest.approx(2.6 / 6)
+
+
+def test_levels_fitted_after_training_extend_the_codec(photo_files, cache, tmp_path):
+    from splitserve.models.natural import add_levels
+
+    teacher = efficientnet_lite0(pretrained=False)
+    recipe = dataclasses.replace(TINY, steps=1, extra_level_steps=(0.5,), extra_level_views=4, extra_level_iters=3)
+    trained = distill(teacher, recipe, photo_files, tmp_path / "run", progress=False)
+    full = add_levels(trained, recipe, photo_files)
+    assert full.codec.num_levels == 3 and full.codec.steps.tolist() == [1.0, 2.0, 0.5]
+    assert torch.equal(full.codec.encoder[1].weight, trained.codec.encoder[1].weight)  # the encoder is kept
+    x = torch.zeros(1, 3, 96, 96, dtype=torch.uint8)
+    with torch.no_grad():
+        y = full.edge_head()(x).numpy()[0]
+    fine, coarse = full.codec.export_tables(2), full.codec.export_tables(0)
+    assert fine.step == 0.5 and len(codec.encode_symbols(codec.quantize(y, fine), fine)) > 0
+    assert coarse.step == 1.0
