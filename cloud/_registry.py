@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 from splitserve.core.bundle import OFFLOAD_SPLIT, Bundle
-from splitserve.core.codec import CHUNK_SYMBOLS, EntropyTables
+from splitserve.core.codec import EntropyTables
 from splitserve.core.errors import BundleError, DuplicateRegistrationError, UnknownModelError
 
 from ._decode import ImageLayout, TablesRef
@@ -125,7 +125,7 @@ class ServedBundle:
                 levels[info.level] = _Level(
                     TablesRef(str(bundle.path(info.tables)), m.files[info.tables]),
                     tables,
-                    _max_stream_bytes(c * h * w, tables.precision_bits),
+                    _max_stream_bytes(c * h * w, tables.precision_bits, tables.chunk_symbols),
                 )
             splits[s.name] = _Split(s.name, s.latent_shape, levels)
             tails[s.name] = _spec(
@@ -215,9 +215,9 @@ def _spec(
     )
 
 
-def _max_stream_bytes(symbols: int, precision_bits: int) -> int:
+def _max_stream_bytes(symbols: int, precision_bits: int, chunk_symbols: int) -> int:
     """An upper bound on a valid stream's length: every symbol an escape of the rarest bin."""
-    chunks = math.ceil(symbols / CHUNK_SYMBOLS)
+    chunks = math.ceil(symbols / chunk_symbols)
     return math.ceil(symbols * (precision_bits + 16) / 8) + 6 * chunks
 
 

@@ -7,9 +7,11 @@ only when complete, so an interrupted export never leaves a half bundle behind.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import io
 import json
+import math
 import shutil
 import tempfile
 import warnings
@@ -281,7 +283,9 @@ def _write_bundle(
         bar.update()
         levels = []
         for level in range(sm.codec.num_levels):
-            tables = sm.codec.export_tables(level)
+            tables = dataclasses.replace(
+                sm.codec.export_tables(level), chunk_symbols=codec.chunk_symbols_for(math.prod(latent_shape))
+            )
             tables_rel = f"edge/{split}/level{level}.json"
             tables.save(root / tables_rel)
             figures = {}

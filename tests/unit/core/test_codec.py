@@ -227,3 +227,36 @@ def test_bit_exact_across_processes(tmp_path):
     y_hat, q = codec.decode(data, (5, 7, 7), loaded)
     assert codec.symbols_crc32(q) == int(out.stdout)
     np.testing.assert_array_equal(y_hat, codec.dequantize(codec.quantize(y, tables), tables))
+
+
+class TestChunkLength:
+    """Long latents code in short chunks (a property of the tables): time stays linear, bytes grow little."""
+
+    def test_the_exporter_picks_short_chunks_only_for_long_latents(self):
+        assert codec.chunk_symbols_for(588) == codec.chunk_symbols_for(4096) == codec.CHUNK_SYMBOLS
+        assert codec.chunk_symbols_for(56 * 14 * 14) == codec.LONG_LATENT_CHUNK
+
+    @pytest.mark.parametrize("native", [True, False])
+    def test_short_chunks_round_trip_and_survive_json(self, tmp_path, monkeypatch, native):
+        import dataclasses
+
+        if not native:
+            monkeypatch.setattr(codec, "_encode_chunk", codec._encode_chunk_py)
+            monkeypatch.setattr(codec, "_decode_chunk", codec._decode_chunk_py)
+        tables = dataclasses.replace(make_tables(3), chunk_symbols=256)
+        tables.save(tmp_path / "t.json")
+        loaded = EntropyTables.load(tmp_path / "t.json")
+        assert loaded.chunk_symbols == 256 and json.loads((tmp_path / "t.json").read_text())["format_version"] == 2
+        q = _symbols_with_escapes(loaded, (3, 40, 40), seed=3)  # 4800 symbols: 19 chunks
+        data = codec.encode_symbols(q, loaded)
+        np.testing.assert_array_equal(codec.decode_symbols(data, q.shape, loaded), q)
+        long = codec.encode_symbols(q, make_tables(3))
+        assert len(long) < len(data) < len(long) + 3.5 * 19  # per chunk: a 2-byte length, start-up, rounding
+        with pytest.raises(DecodeError):
+            codec.decode_symbols(data, q.shape, make_tables(3))  # read with the wrong chunk length
+
+    def test_old_tables_keep_their_format(self):
+        d = make_tables(2).to_dict()
+        assert d["format_version"] == 1 and "chunk_symbols" not in d
+        with pytest.raises(CodecError, match="chunk_symbols"):
+            EntropyTables(step=1.0, medians=(0.0,), offsets=(0,), freqs=((65535, 1),), chunk_symbols=3)
