@@ -273,7 +273,7 @@ class NaturalCodec(BottleneckCodec):
     channels it also projects. Measured here on Lite0's stage3 (head 29.5% of the MACs, leaving 0.5%
     for the encoder: at most about 60 output channels), unquantized, before training: 2x2 patches to
     48 / 64 / 96 components 79 / 83 / 88% agreement, stage2 4x4 patches to 48 / 160 components 60 /
-    81%. Distilled 1,400 steps with 56 components at stride 2, the quantized split agreed on 69-72%
+    81%. Distilled 500 steps with 56 components at stride 2, the quantized split agreed on 67-72%
     of held-out centre crops at 1.8-3.5 KB, no better than its unquantized latent (70%): the projection,
     not the rate, was the limit, so the recipe keeps all 40 channels at stride 1. The decoder inverts
     the map and adds ``refine_blocks`` zero-initialised residual 3x3 blocks; it ends unclipped, as
