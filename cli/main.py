@@ -65,13 +65,18 @@ def train_backbone(recipe: str) -> None:
 @train.command("natural")
 @click.option("--recipe", default="efficientnet_lite0-natural", show_default=True, help="Natural-image recipe.")
 @click.option("--steps", type=int, default=None, help="Stop after this many steps (resumable later).")
-def train_natural(recipe: str, steps: int | None) -> None:
-    """Distil the recipe's bottleneck on the photo corpus (resumes from its last checkpoint)."""
+@click.option("--retrain", is_flag=True, help="Train even if committed or cached weights fit the recipe.")
+def train_natural(recipe: str, steps: int | None, retrain: bool) -> None:
+    """Distil the recipe's bottleneck on the photo corpus (resumes from its last checkpoint).
+
+    Without --retrain, weights committed in the package (models/weights) or cached that fit the
+    recipe are used as they are.
+    """
     from splitserve.models.natural import NATURAL_RECIPES, trained_natural_split
 
     if recipe not in NATURAL_RECIPES:
         raise click.BadParameter(f"unknown recipe {recipe!r} (known: {', '.join(NATURAL_RECIPES)})", param_hint="--recipe")
-    trained_natural_split(recipe, steps=steps)
+    trained_natural_split(recipe, steps=steps, retrain=retrain)
 
 
 @cli.group(cls=_Group)

@@ -28,6 +28,7 @@ __all__ = [
     "center_crop",
     "imagenet_val",
     "load_natural_images",
+    "package_file",
     "photos",
     "random_view",
 ]
@@ -59,7 +60,8 @@ class NaturalImage:
     label: int | None = None
 
 
-def _package_file(dist: str, rel: str) -> Path:
+def package_file(dist: str, rel: str) -> Path:
+    """The file ``rel`` of the installed distribution ``dist`` (a clear error naming the install)."""
     try:
         path = Path(str(md.distribution(dist).locate_file(rel)))
     except md.PackageNotFoundError:
@@ -76,7 +78,7 @@ def _read_rgb(path: Path) -> np.ndarray:
 
 def imagenet_val() -> list[NaturalImage]:
     """The 20 labelled ImageNet validation images of the foolbox wheel, in file order."""
-    root = _package_file("foolbox", "foolbox/data/imagenet_00_243.jpg").parent
+    root = package_file("foolbox", "foolbox/data/imagenet_00_243.jpg").parent
     out = []
     for path in sorted(root.glob("imagenet_*.jpg")):
         m = re.fullmatch(r"imagenet_(\d+)_(\d+)\.jpg", path.name)
@@ -89,7 +91,7 @@ def imagenet_val() -> list[NaturalImage]:
 
 def photos() -> list[NaturalImage]:
     """The unlabelled photographs of the scikit-image and scikit-learn wheels."""
-    return [NaturalImage(Path(rel).stem, rel, _read_rgb(_package_file(dist, rel))) for dist, rel in PHOTO_FILES]
+    return [NaturalImage(Path(rel).stem, rel, _read_rgb(package_file(dist, rel))) for dist, rel in PHOTO_FILES]
 
 
 def load_natural_images(which: str) -> list[NaturalImage]:

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageEnhance, ImageOps
 from splitserve.core.bundle import Bundle
 from splitserve.core.errors import ConfigError, SplitServeError
-from splitserve.core.natural_images import center_crop
+from splitserve.core.natural_images import PHOTO_FILES, package_file, center_crop
 from splitserve.core.photo_corpus import load_corpus
 from torch import nn
 from tqdm.auto import tqdm
@@ -68,6 +68,8 @@ __all__ = [
     "PhotoViews",
     "add_levels",
     "build_natural_bundle",
+    "commit_weights",
+    "committed_weights",
     "distill",
     "heldout_views",
     "image_files",
@@ -488,23 +490,62 @@ def _training_files(recipe: NaturalRecipe) -> tuple[list[Path], str]:
     return [p.path(corpus.root) for p in photos], corpus.digest("train")
 
 
+WEIGHTS_DIR = Path(__file__).with_name("weights")
+
+
+def committed_weights(name: str) -> tuple[Path, dict] | None:
+    """The weights committed for recipe ``name`` that its current code still builds, hash-checked.
+
+    A file is used only if ``recipe.key(its data digest)`` equals the key it was saved under: any
+    change to the recipe makes it stale (then it is retrained, never silently reused).
+
+    Raises:
+        IntegrityError: a committed file does not match the sha256 its sidecar records.
+    """
+    from splitserve.core.bundle import sha256_file
+    from splitserve.core.errors import IntegrityError
+
+    recipe = NATURAL_RECIPES[name]
+    for side in sorted(WEIGHTS_DIR.glob(f"{name}-*.json")):
+        meta = json.loads(side.read_text())
+        if meta.get("recipe") != name or recipe.key(meta["data_digest"]) != meta["key"]:
+            continue
+        path = side.with_suffix(".pt")
+        if not path.is_file() or sha256_file(path) != meta["sha256"]:
+            raise IntegrityError(f"{path} does not match the sha256 in {side.name}: restore it or delete both")
+        return path, meta
+    return None
+
+
+def _load_trained(teacher: SplitBackbone, recipe: NaturalRecipe, path: Path) -> SplitModel:
+    model = _split_model(teacher, recipe, extra_levels=True)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    missing, unexpected = _trained(model, recipe).load_state_dict(state, strict=False)
+    if unexpected or any(not k.endswith(_CDF_BUFFERS) for k in missing):
+        raise ConfigError(f"split weights {path} do not fit the recipe: delete them to retrain")
+    model.eval()
+    model.codec.update(force=True)
+    return model
+
+
 def trained_natural_split(
-    name: str = "efficientnet_lite0-natural", teacher: SplitBackbone | None = None, *, steps: int | None = None
+    name: str = "efficientnet_lite0-natural",
+    teacher: SplitBackbone | None = None,
+    *,
+    steps: int | None = None,
+    retrain: bool = False,
 ) -> SplitModel:
-    """The recipe's trained split (from the cache, or trained/resumed now), CDFs updated."""
+    """The recipe's trained split, CDFs updated: the committed weights (``models/weights``) if they fit the
+    recipe, else the cache's, else trained now (resuming its run); ``retrain`` skips committed and cached."""
     recipe = NATURAL_RECIPES[name]
     teacher = teacher if teacher is not None else get_backbone(recipe.backbone)()
+    committed = None if retrain else committed_weights(name)
+    if committed is not None:
+        return _load_trained(teacher, recipe, committed[0])
     files, digest = _training_files(recipe)
     final = cache_dir() / f"{recipe.backbone}-{recipe.split}-natural-{recipe.key(digest)}.pt"
-    if final.exists():
-        model = _split_model(teacher, recipe, extra_levels=True)
-        state = torch.load(final, map_location="cpu", weights_only=True)
-        missing, unexpected = _trained(model, recipe).load_state_dict(state, strict=False)
-        if unexpected or any(not k.endswith(_CDF_BUFFERS) for k in missing):
-            raise ConfigError(f"cached split model {final} does not fit the recipe: delete it to retrain")
-        model.eval()
-        model.codec.update(force=True)
-        return model
+    if final.exists() and not retrain:
+        return _load_trained(teacher, recipe, final)
     model = distill(teacher, recipe, files, cache_dir() / "runs" / f"{name}-{recipe.train_key(digest)}", steps=steps)
     if steps is not None and steps < recipe.steps:
         return model
@@ -512,6 +553,41 @@ def trained_natural_split(
     trained = _trained(model, recipe).state_dict()
     _save_atomic({k: v for k, v in trained.items() if not k.endswith(_CDF_BUFFERS)}, final)
     return model
+
+
+def commit_weights(name: str, figures: dict) -> Path:
+    """Copy the cache's trained weights of ``name`` into ``models/weights`` with a sidecar JSON.
+
+    The sidecar records the recipe and its key, the training data's digest, the sha256, the command
+    that rebuilds the file, which machine trained it (the run's sessions) and ``figures``.
+    """
+    import shutil
+
+    from splitserve.core.bundle import sha256_file
+
+    recipe = NATURAL_RECIPES[name]
+    _, digest = _training_files(recipe)
+    key = recipe.key(digest)
+    final = cache_dir() / f"{recipe.backbone}-{recipe.split}-natural-{key}.pt"
+    if not final.exists():
+        raise ConfigError(f"no trained weights for {name} in the cache: run `splitserve train natural --recipe {name}`")
+    if final.stat().st_size > 5 * 2**20:
+        raise ConfigError(f"{final} is over 5 MB: not committed")
+    WEIGHTS_DIR.mkdir(exist_ok=True)
+    for old in WEIGHTS_DIR.glob(f"{name}-*"):  # one file per recipe: the older one goes
+        old.unlink()
+    dest = WEIGHTS_DIR / f"{name}-{key}.pt"
+    shutil.copyfile(final, dest)
+    run = cache_dir() / "runs" / f"{name}-{recipe.train_key(digest)}" / "run.json"
+    meta = {
+        "recipe": name, "key": key, "data_digest": digest, "sha256": sha256_file(dest), "bytes": dest.stat().st_size,
+        "command": f"splitserve data photos && splitserve train natural --recipe {name} --retrain",
+        "recipe_fields": json.loads(json.dumps(dataclasses.asdict(recipe), default=str)),
+        "trained": json.loads(run.read_text())["sessions"] if run.exists() else [],
+        "figures": figures,
+    }
+    dest.with_suffix(".json").write_text(json.dumps(meta, indent=1))
+    return dest
 
 
 def add_levels(model: SplitModel, recipe: NaturalRecipe, files: Sequence[Path]) -> SplitModel:
@@ -580,8 +656,9 @@ def heldout_views(views_per_photo: int, seed: int = 1) -> tuple[np.ndarray, np.n
 def build_natural_bundle(name: str = "efficientnet_lite0-natural", *, force: bool = False) -> Path:
     """Train what is missing and export the bundle (cached); manifest figures on held-out photos."""
     recipe = NATURAL_RECIPES[name]
-    files, digest = _training_files(recipe)
-    out_dir = cache_dir() / "bundles" / f"{name}-{recipe.key(digest)}"
+    committed = committed_weights(name)
+    key = committed[1]["key"] if committed is not None else recipe.key(_training_files(recipe)[1])
+    out_dir = cache_dir() / "bundles" / f"{name}-{key}"
     if out_dir.exists() and not force:
         try:
             Bundle.open(out_dir).close()
@@ -590,7 +667,10 @@ def build_natural_bundle(name: str = "efficientnet_lite0-natural", *, force: boo
             pass
     teacher = get_backbone(recipe.backbone)()
     model = trained_natural_split(name, teacher)
-    calib_views = PhotoViews(prepare_images(files, recipe.prepare_side, cache_dir() / "prepared"), recipe.crop,
+    # Calibration views come from the training split's photos that ship in installed wheels (scikit-image,
+    # scikit-learn), so a bundle builds from committed weights without fetching the training corpus.
+    wheel_photos = [package_file(dist, rel) for dist, rel in PHOTO_FILES]
+    calib_views = PhotoViews(prepare_images(wheel_photos, recipe.prepare_side, cache_dir() / "prepared"), recipe.crop,
                              recipe.view_scale, recipe.seed + 7)
     calib = np.stack([calib_views[i].numpy() for i in range(64)])
     images, _, _, centre = heldout_views(2)

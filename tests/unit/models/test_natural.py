@@ -11,7 +11,7 @@ import torch
 from splitserve.benchmarks.natural import _agreement, _encode, _summary, wilson_interval
 from splitserve.core import codec
 from splitserve.core.errors import ConfigError
-from splitserve.core.natural_images import PHOTO_FILES, _package_file
+from splitserve.core.natural_images import PHOTO_FILES, package_file
 from splitserve.models import BottleneckCfg
 from splitserve.models.backbones.efficientnet import efficientnet_lite0
 from splitserve.models.natural import NaturalRecipe, PhotoViews, distill, heldout_views, prepare_images
@@ -24,7 +24,7 @@ TINY = NaturalRecipe(
 
 @pytest.fixture(scope="module")
 def photo_files() -> list:
-    return [_package_file(dist, rel) for dist, rel in PHOTO_FILES[:3]]
+    return [package_file(dist, rel) for dist, rel in PHOTO_FILES[:3]]
 
 
 @pytest.fixture()
@@ -137,3 +137,35 @@ def test_levels_fitted_after_training_extend_the_codec(photo_files, cache, tmp_p
     fine, coarse = full.codec.export_tables(2), full.codec.export_tables(0)
     assert fine.step == 0.5 and len(codec.encode_symbols(codec.quantize(y, fine), fine)) > 0
     assert coarse.step == 1.0
+
+
+def test_committed_weights_fit_their_recipes_and_hashes():
+    """Every committed weight file is still what its recipe builds (else the recipe changed: retrain)."""
+    from splitserve.core.bundle import sha256_file
+    from splitserve.models.natural import NATURAL_RECIPES, WEIGHTS_DIR
+
+    for side in WEIGHTS_DIR.glob("*.json"):
+        meta = json.loads(side.read_text())
+        assert NATURAL_RECIPES[meta["recipe"]].key(meta["data_digest"]) == meta["key"], side.name
+        assert sha256_file(side.with_suffix(".pt")) == meta["sha256"] and meta["bytes"] <= 5 * 2**20
+        assert side.stem == f"{meta['recipe']}-{meta['key']}" and meta["command"] and meta["figures"]
+
+
+def test_committed_weights_are_used_only_while_they_fit(tmp_path, monkeypatch):
+    from splitserve.core.bundle import sha256_file
+    from splitserve.core.errors import IntegrityError
+    from splitserve.models import natural
+
+    monkeypatch.setattr(natural, "WEIGHTS_DIR", tmp_path)
+    monkeypatch.setitem(natural.NATURAL_RECIPES, "tiny", TINY)
+    key = TINY.key("digest0")
+    (tmp_path / f"tiny-{key}.pt").write_bytes(b"weights")
+    meta = {"recipe": "tiny", "key": key, "data_digest": "digest0", "sha256": sha256_file(tmp_path / f"tiny-{key}.pt")}
+    (tmp_path / f"tiny-{key}.json").write_text(json.dumps(meta))
+    assert natural.committed_weights("tiny")[0] == tmp_path / f"tiny-{key}.pt"
+    monkeypatch.setitem(natural.NATURAL_RECIPES, "tiny", dataclasses.replace(TINY, steps=5))
+    assert natural.committed_weights("tiny") is None  # the recipe changed: stale, not reused
+    monkeypatch.setitem(natural.NATURAL_RECIPES, "tiny", TINY)
+    (tmp_path / f"tiny-{key}.pt").write_bytes(b"tampered")
+    with pytest.raises(IntegrityError, match="does not match the sha256"):
+        natural.committed_weights("tiny")
