@@ -147,13 +147,15 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
 
 
 def _bearer(metadata: Sequence[tuple[str, Any]]) -> bytes | None:
-    for key, value in metadata:
-        if key == "authorization":
-            raw = value if isinstance(value, bytes) else str(value).encode()
-            scheme, _, token = raw.partition(b" ")
-            if scheme.lower() == b"bearer" and token.strip():
-                return token.strip()
-            return None
+    """The bearer token of the call; None when missing, malformed or sent more than once (ambiguous:
+    a proxy and a client could each think theirs counts)."""
+    values = [value for key, value in metadata if key == "authorization"]
+    if len(values) != 1:
+        return None
+    raw = values[0] if isinstance(values[0], bytes) else str(values[0]).encode()
+    scheme, _, token = raw.partition(b" ")
+    if scheme.lower() == b"bearer" and token.strip():
+        return token.strip()
     return None
 
 

@@ -35,7 +35,9 @@ from prometheus_client import (
 )
 from splitserve.core.errors import ConfigError
 
-__all__ = ["STAGES", "UNKNOWN", "Metrics", "MetricsHTTPServer"]
+__all__ = ["HTTP_IDLE_TIMEOUT_S", "STAGES", "UNKNOWN", "Metrics", "MetricsHTTPServer"]
+
+HTTP_IDLE_TIMEOUT_S = 10.0
 
 _LOG = logging.getLogger(__name__)
 
@@ -160,6 +162,16 @@ def _handler_class(
     metrics: Metrics, ready: Callable[[], bool], triton_metrics_url: str | None
 ) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
+        # An idle or stalled connection is closed after this many seconds, so idle clients cannot pin
+        # threads (one per connection) for ever.
+        timeout = HTTP_IDLE_TIMEOUT_S
+
+        def handle(self) -> None:
+            try:
+                super().handle()
+            except (ConnectionError, TimeoutError):  # the peer went away or stalled: nothing to log as an error
+                _LOG.debug("metrics http: connection from %s ended early", self.client_address[0])
+
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/metrics":

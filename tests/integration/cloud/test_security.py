@@ -142,6 +142,10 @@ def test_bearer_tokens_over_tls(start_server, test_bundle, samples, pki, tmp_pat
         "token prefix": lambda: stub.Infer(
             sample.request, timeout=5, metadata=[("authorization", "Bearer s3cret")]
         ),
+        "two headers, the first valid": lambda: stub.Infer(
+            sample.request, timeout=5,
+            metadata=[("authorization", f"Bearer {TOKENS[0]}"), ("authorization", "Bearer nope")],
+        ),
         "list models": lambda: stub.ListModels(pb.ListModelsRequest(), timeout=5),
         "stream": lambda: list(stub.InferStream(iter([sample.request]), timeout=5)),
     }

@@ -28,3 +28,27 @@ def test_grpc_address_in_use_is_a_config_error(busy_port):
 def test_metrics_port_in_use_is_a_config_error(busy_port):
     with pytest.raises(ConfigError, match=rf"cannot serve metrics on 127.0.0.1:{busy_port}: .*--metrics-port"):
         MetricsHTTPServer(Metrics(), "127.0.0.1", busy_port, lambda: True)
+
+
+def test_idle_metrics_connections_are_closed_and_early_hangups_are_quiet(caplog):
+    import time
+
+    from splitserve.cloud import _metrics
+
+    server = MetricsHTTPServer(Metrics(), "127.0.0.1", 0, lambda: True)
+    server.start()
+    try:
+        original = _metrics.HTTP_IDLE_TIMEOUT_S
+        idle = socket.create_connection(("127.0.0.1", server.port))
+        idle.settimeout(original + 5)
+        t0 = time.monotonic()
+        assert idle.recv(1) == b""  # the server hangs up on a connection that sends nothing
+        assert original - 1 < time.monotonic() - t0 < original + 5
+        idle.close()
+        half = socket.create_connection(("127.0.0.1", server.port))
+        half.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        half.close()  # gone before the reply is written
+        time.sleep(0.5)
+        assert not [r for r in caplog.records if r.levelname == "ERROR"]
+    finally:
+        server.close()
