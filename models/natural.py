@@ -24,7 +24,9 @@ Data: the training split of the photo corpus (``splitserve.core.photo_corpus``),
 images (``image_files``), resized once to a short side of ``prepare_side`` pixels in the cache and read
 by a ``DataLoader``. Views are a pure function of ``(seed, step, index)``, so a resumed run sees the
 same views as an uninterrupted one. A run writes a checkpoint every ``checkpoint_every`` steps and a
-JSON line of figures per ``log_every`` steps beside it; :func:`distill` resumes from the last checkpoint.
+JSON line of figures per ``log_every`` steps beside it; :func:`distill` resumes from the last checkpoint,
+on the same or another machine: it trains on a CUDA GPU where one is present (bf16 autocast, more
+loader workers) and on the CPU otherwise, and ``run.json`` records each session's machine.
 """
 
 from __future__ import annotations
@@ -349,10 +351,11 @@ def distill(
     Progress goes to ``run_dir/progress.jsonl`` (one JSON object per ``log_every`` steps).
     """
     torch.set_num_threads(os.cpu_count() or 1)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path, log_path = run_dir / "checkpoint.pt", run_dir / "progress.jsonl"
     torch.manual_seed(recipe.seed)
-    model = _split_model(teacher, recipe)
+    model = _split_model(teacher, recipe).to(device)  # the teacher is a submodule: it moves too
     codec = model.codec
     named = list(codec.named_parameters())
     aux = [p for n, p in named if n.endswith(".quantiles")]
@@ -372,13 +375,14 @@ def distill(
         sched.load_state_dict(state["sched"])
         start, log_multiplier, var_f = state["step"], state["log_multiplier"], state["var_f"]
     stop = recipe.steps if steps is None else min(recipe.steps, steps)
-    autocast = bf16_native()
-    _record_session(run_dir / "run.json", recipe, start, autocast)
+    autocast = device.type == "cuda" or bf16_native()
+    _record_session(run_dir / "run.json", recipe, start, autocast, device)
     loader = torch.utils.data.DataLoader(
         PhotoViews(prepare_images(files, recipe.prepare_side, cache_dir() / "prepared"), recipe.crop,
                    recipe.view_scale, recipe.seed),
         batch_size=recipe.batch, sampler=_From(start * recipe.batch, stop * recipe.batch),
-        num_workers=1, prefetch_factor=4, persistent_workers=False,
+        num_workers=1 if device.type == "cpu" else min(8, max(1, (os.cpu_count() or 2) - 1)),
+        prefetch_factor=4, persistent_workers=False, pin_memory=device.type == "cuda",
     )
     bar = tqdm(total=recipe.steps, initial=start, desc=f"distil {recipe.backbone}/{recipe.split}", unit="step",
                disable=not progress)
@@ -390,20 +394,20 @@ def distill(
     for x in loader:
         torch.manual_seed(recipe.seed * 1_000_003 + step)  # the densities' training noise, per step
         gen = torch.Generator().manual_seed(recipe.seed * 1_000_003 + step)
-        x = _cutmix(x, gen, recipe.cutmix)
+        x = _cutmix(x, gen, recipe.cutmix).to(device, non_blocking=True)
         level = step % level_count
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             f = teacher.forward_edge(x, recipe.split).float()
             target = teacher.forward_cloud(f, recipe.split).float()
         if var_f is None:
             var_f = float(f.var())
             codec.init_pca(f, recipe.latent_scale)
         # The densities run in float32 (their likelihoods are the rate); the convolutions in bf16 where native.
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             y = codec.encoder(f).float()
         step_size = codec.steps[level]
         y_tilde, likelihoods = codec.entropy[level](y / step_size)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             f_hat = codec.decoder(y_tilde * step_size).float()
             logits = model.tail(f_hat).float()
         kd = F.kl_div(F.log_softmax(logits / t, 1), F.log_softmax(target / t, 1), reduction="batchmean", log_target=True)
@@ -437,12 +441,12 @@ def distill(
                           "sched": sched.state_dict(), "step": step, "log_multiplier": log_multiplier,
                           "var_f": var_f, "recipe": dataclasses.asdict(recipe)}, ckpt_path)
     bar.close()
-    model.eval()
+    model.to("cpu").eval()
     codec.update(force=True)
     return model
 
 
-def _record_session(path: Path, recipe: NaturalRecipe, start: int, bf16: bool) -> None:
+def _record_session(path: Path, recipe: NaturalRecipe, start: int, bf16: bool, device: torch.device) -> None:
     """Append this session (machine, threads, first step) to the run's record: which machine trained what."""
     import platform
 
@@ -451,6 +455,7 @@ def _record_session(path: Path, recipe: NaturalRecipe, start: int, bf16: bool) -
     record["sessions"].append({
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "from_step": start, "cpu": cpu,
         "threads": torch.get_num_threads(), "bf16_autocast": bf16, "torch": torch.__version__,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
     })
     path.write_text(json.dumps(record, indent=1, default=str))
 
