@@ -42,7 +42,7 @@ from splitserve.core.errors import DecodeError
 
 from ._metrics import Metrics
 
-__all__ = ["INLINE_MAX_PIXELS", "INLINE_MAX_SYMBOLS", "Decoder", "ImageLayout", "TablesRef"]
+__all__ = ["INLINE_MAX_PIXELS", "INLINE_MAX_SYMBOLS", "MAX_PNG_CHUNKS", "Decoder", "ImageLayout", "TablesRef"]
 
 _T = TypeVar("_T")
 
@@ -124,11 +124,34 @@ def _decode_latent(ref: TablesRef, data: bytes, shape: tuple[int, int, int], crc
     return y_hat
 
 
+# An offloaded PNG carries pixels: IHDR, IDATs, IEND and perhaps a few small ancillary chunks. Text
+# and ICC chunks are refused before Pillow sees them (it inflates zTXt/iCCP up to 64 MiB), and so is a
+# stream of more chunks than any encoder writes (330,000 empty chunks kept a decode busy for 0.8 s).
+MAX_PNG_CHUNKS = 256
+_REFUSED_PNG_CHUNKS = frozenset({b"tEXt", b"zTXt", b"iTXt", b"iCCP"})
+
+
+def _check_png_chunks(data: bytes) -> None:
+    """Walk the chunk headers (no decompression): bounded count, no text or ICC chunks."""
+    pos, count = 8, 0
+    while pos + 8 <= len(data):
+        length, kind = int.from_bytes(data[pos : pos + 4], "big"), data[pos + 4 : pos + 8]
+        count += 1
+        if count > MAX_PNG_CHUNKS:
+            raise DecodeError(f"PNG has more than {MAX_PNG_CHUNKS} chunks: refused")
+        if kind in _REFUSED_PNG_CHUNKS:
+            raise DecodeError(f"PNG chunk {kind.decode('latin-1')!r} is refused: offloaded images carry pixels only")
+        pos += 12 + length
+        if kind == b"IEND":
+            return
+
+
 def _decode_png(data: bytes, layout: ImageLayout) -> NDArray[Any]:
     from PIL import Image  # imported where it runs: only offload requests need Pillow
 
     if not data.startswith(b"\x89PNG\r\n\x1a\n"):
         raise DecodeError("payload is not a PNG image (bad signature)")
+    _check_png_chunks(data)
     mode = "L" if layout.channels == 1 else "RGB"
     try:
         with Image.open(io.BytesIO(data), formats=["PNG"]) as img:

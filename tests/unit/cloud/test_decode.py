@@ -137,3 +137,30 @@ def test_png_decodes_to_the_model_layout_and_defects_are_decode_errors():
     ]:
         with pytest.raises(DecodeError, match=message):
             asyncio.run(decode(data, shape))
+
+
+def _with_chunks(png: bytes, chunks: list[tuple[bytes, bytes]]) -> bytes:
+    """``png`` with ``chunks`` (type, data) inserted after IHDR, each with its CRC."""
+    import zlib
+
+    ihdr_end = 8 + 12 + int.from_bytes(png[8:12], "big")
+    extra = b"".join(len(d).to_bytes(4, "big") + t + d + zlib.crc32(t + d).to_bytes(4, "big") for t, d in chunks)
+    return png[:ihdr_end] + extra + png[ihdr_end:]
+
+
+def test_pathological_pngs_are_refused_before_decompression():
+    import time
+    import zlib
+
+    gray = np.zeros((28, 28), dtype=np.uint8)
+    decoder = Decoder("inline", 1, Metrics())
+    layout = ImageLayout.from_shape((1, 28, 28))
+    padded = _with_chunks(_png(gray), [(b"teXt", b"")] * 100_000)  # an unknown ancillary chunk, many times
+    bomb = _with_chunks(_png(gray), [(b"zTXt", b"k\x00\x00" + zlib.compress(b"\x00" * (32 << 20)))])
+    for data, message in ((padded, "more than 256 chunks"), (bomb, "'zTXt' is refused")):
+        t0 = time.perf_counter()
+        with pytest.raises(DecodeError, match=message):
+            asyncio.run(decoder.image(data, layout))
+        assert time.perf_counter() - t0 < 0.2
+    ok = _with_chunks(_png(gray), [(b"pHYs", b"\x00" * 9)])  # a small ancillary chunk is fine
+    assert asyncio.run(decoder.image(ok, layout)).shape == (1, 28, 28)
