@@ -64,6 +64,7 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SplitInference"].full_name
 DEFAULT_TOP_K = 5
 PNG_CODEC = "png"
 _PNG_CODEC_VERSIONS = (0, 1)
+STALLED_STREAM_S = 30.0
 _MAX_NAME = 128
 
 
@@ -178,7 +179,10 @@ class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
         backend: where tails run.
         decoder: where payloads are decoded.
         metrics: where requests are counted and timed.
-        max_inflight_per_client: the per-client concurrency limit.
+        max_inflight_per_client: the concurrency limit of each client: of each bearer token where tokens
+            are on, else of each connection (not each address: behind NAT or a proxy that is everyone).
+        stalled_stream_s: a stream whose client has read no reply for this long while all its slots
+            are held is ended with RESOURCE_EXHAUSTED (its slots go back to the others).
     """
 
     def __init__(
@@ -189,7 +193,9 @@ class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
         metrics: Metrics,
         *,
         max_inflight_per_client: int,
+        stalled_stream_s: float = STALLED_STREAM_S,
     ) -> None:
+        self._stalled_stream_s = stalled_stream_s
         self._registry = registry
         self._backend = backend
         self._decoder = decoder
@@ -201,7 +207,7 @@ class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
     ) -> pb.InferResponse:
         received = time.perf_counter()
         call = current_call()
-        client = call.client if call and call.client else _peer_host(context.peer())
+        client = call.client if call and call.client else context.peer()
         try:
             return await self._serve(
                 request,
@@ -222,7 +228,7 @@ class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.InferResponse]:
         call = current_call()
-        client = call.client if call and call.client else _peer_host(context.peer())
+        client = call.client if call and call.client else context.peer()
         async for reply in _Stream(self, client, context).run(request_iterator):
             yield reply
 
@@ -488,9 +494,16 @@ class _Stream:
 
     async def _read(self, requests: AsyncIterator[pb.InferRequest | MalformedMessage]) -> None:
         try:
+            stall = self._servicer._stalled_stream_s
             async for request in requests:
                 received = time.perf_counter()
-                await self._limiter.acquire(self._client)
+                try:
+                    await asyncio.wait_for(self._limiter.acquire(self._client), stall)
+                except asyncio.TimeoutError:
+                    await self._context.abort(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"the client read no reply for {stall:g} s while {self._limiter.limit} waited: stream ended",
+                    )
                 item = asyncio.create_task(self._answer(request, received))
                 self._items.add(item)
                 item.add_done_callback(self._item_done)
@@ -535,9 +548,3 @@ def _top_k(logits: NDArray[Any], k: int) -> tuple[list[int], list[float]]:
     p /= p.sum()
     order = np.argsort(-p, kind="stable")[:k]
     return [int(i) for i in order], [float(p[i]) for i in order]
-
-
-def _peer_host(peer: str) -> str:
-    """``ipv4:1.2.3.4:5678`` -> ``ipv4:1.2.3.4``: clients are told apart by host, not connection."""
-    host, sep, port = peer.rpartition(":")
-    return host if sep and port.isdigit() else peer

@@ -14,7 +14,7 @@ from splitserve.cloud._auth import CallInterceptor
 from splitserve.cloud._decode import Decoder
 from splitserve.cloud._metrics import Metrics
 from splitserve.cloud._registry import ModelRegistry, ServedBundle
-from splitserve.cloud.servicer import SplitInferenceServicer, _peer_host, _top_k, add_to_server
+from splitserve.cloud.servicer import SplitInferenceServicer, _Stream, _top_k, add_to_server
 from splitserve.core import codec
 from splitserve.core.bundle import Bundle
 from splitserve.core.errors import ModelNotReadyError, UnavailableError
@@ -69,6 +69,7 @@ def _request(bundle: Bundle, request_id: str = "r", **fields) -> pb.InferRequest
     )
 
 
+_TARGET: dict[str, str] = {}  # the running test server's address, for scenarios that open a second connection
 Scenario = Callable[[pb_grpc.SplitInferenceStub, FakeBackend, Metrics, grpc.aio.Channel], Awaitable[None]]
 
 
@@ -94,6 +95,7 @@ def _run(
         await server.start()
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                _TARGET["address"] = f"127.0.0.1:{port}"
                 await scenario(pb_grpc.SplitInferenceStub(channel), backend, metrics, channel)
             for _ in range(200):  # every slot is given back once the calls are over
                 if not servicer._limiter._inflight and not servicer._limiter._waiters:
@@ -264,13 +266,61 @@ def test_top_k_is_softmax_ordered():
     assert sum(_top_k(np.zeros(4, np.float32), 4)[1]) == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize(
-    ("peer", "host"),
-    [
-        ("ipv4:127.0.0.1:5678", "ipv4:127.0.0.1"),
-        ("ipv6:[::1]:80", "ipv6:[::1]"),
-        ("unix:/tmp/s", "unix:/tmp/s"),
-    ],
-)
-def test_clients_are_told_apart_by_host(peer, host):
-    assert _peer_host(peer) == host
+def test_limits_are_per_connection_not_per_address(test_bundle):
+    """Two connections from one address (a NAT, a proxy) each get the whole limit."""
+    requests = _bundle_requests(test_bundle, 3)
+
+    async def scenario(stub, backend, metrics, channel):
+        busy = [stub.Infer(r, timeout=10) for r in requests[:2]]  # this connection's two slots
+        await asyncio.sleep(0.2)
+        own_connection = [("grpc.use_local_subchannel_pool", 1)]  # else gRPC shares the first channel's
+        async with grpc.aio.insecure_channel(_TARGET["address"], options=own_connection) as other:
+            reply = await pb_grpc.SplitInferenceStub(other).Infer(requests[2], timeout=10)
+        assert reply.request_id == "r2"
+        await asyncio.gather(*busy)
+
+    _run(test_bundle, {"delay_s": 0.6}, scenario, limit=2)
+
+
+def test_a_stream_whose_client_stops_reading_is_ended(test_bundle):
+    """Replies pile up unread (the client's slots stay held): the stream ends RESOURCE_EXHAUSTED, slots back."""
+    requests = _bundle_requests(test_bundle, 10)
+
+    class Aborted(Exception):
+        pass
+
+    class Context:
+        code: grpc.StatusCode | None = None
+
+        def time_remaining(self):
+            return None
+
+        async def abort(self, code, details):
+            self.code, self.details = code, details
+            raise Aborted(details)
+
+    async def main() -> None:
+        bundle = Bundle.open(test_bundle)
+        registry = ModelRegistry()
+        registry.add(ServedBundle.from_bundle(bundle))
+        metrics = Metrics()
+        servicer = SplitInferenceServicer(
+            registry, FakeBackend(len(bundle.manifest.classes)), Decoder("inline", 1, metrics), metrics,
+            max_inflight_per_client=2, stalled_stream_s=0.3,
+        )
+
+        async def incoming():
+            for r in requests:
+                yield r
+
+        context = Context()
+        replies = _Stream(servicer, "ipv4:127.0.0.1:1", context).run(incoming())
+        first = await replies.__anext__()  # the client reads one reply, then stops reading
+        assert first.request_id == "r0"
+        await asyncio.sleep(0.8)
+        assert context.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "read no reply for 0.3 s" in context.details
+        await replies.aclose()
+        assert servicer._limiter._inflight == {} and servicer._limiter._waiters == {}
+        bundle.close()
+
+    asyncio.run(main())
