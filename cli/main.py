@@ -127,15 +127,23 @@ def recipes() -> None:
 @click.option("--classes", "classes_file", type=click.Path(exists=True, path_type=Path), default=None,
               help="With --model: a text file, one class name a line.")
 @click.option("--steps", type=int, default=None, help="With --model: distillation steps per split.")
+@click.option("--sign", "sign_key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Ed25519 private key (PEM, `splitserve keygen`): sign the bundle's manifest.")
 def export(
     recipe: str, out: Path | None, force: bool, factory: str | None, images: Path | None, splits: tuple[str, ...],
     name: str | None, input_size: int, resize: int, mean: str, std: str, classes_file: Path | None, steps: int | None,
+    sign_key: Path | None,
 ) -> None:
     """Train what is missing and write a bundle (a recipe's, or your own model's with --model); prints its path."""
     if factory is None:
         from splitserve.models.zoo import build_bundle
 
-        click.echo(build_bundle(_recipe(recipe), out, force=force))
+        path = build_bundle(_recipe(recipe), out, force=force)
+        if sign_key is not None:
+            from splitserve.core.signing import sign_bundle
+
+            sign_bundle(path, sign_key)
+        click.echo(path)
         return
     from splitserve.models.custom import ModelSpec, export_user_model
 
@@ -146,7 +154,21 @@ def export(
         mean=_floats(mean, "--mean"), std=_floats(std, "--std"),
         classes=tuple(c for c in classes_file.read_text().splitlines() if c.strip()) if classes_file else (),
     )
-    click.echo(export_user_model(factory, spec, images, out, steps=steps))
+    path = export_user_model(factory, spec, images, out, steps=steps)
+    if sign_key is not None:
+        from splitserve.core.signing import sign_bundle
+
+        sign_bundle(path, sign_key)
+    click.echo(path)
+
+
+@cli.command("keygen")
+@click.argument("path", type=click.Path(path_type=Path))
+def keygen(path: Path) -> None:
+    """Write a new Ed25519 signing key to PATH (mode 0600) and its public key to PATH.pub."""
+    from splitserve.core.signing import generate_key
+
+    click.echo(f"private key {path}, public key {generate_key(path)} (give the .pub to the endpoint: --trusted-keys)")
 
 
 def _floats(text: str, option: str) -> tuple[float, float, float]:

@@ -53,6 +53,12 @@ def cloud() -> None:
     type=click.Path(exists=True, dir_okay=False),
     help="Accepted bearer tokens, one per line.",
 )
+@click.option(
+    "--trusted-keys",
+    "trusted_keys_file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="PEM Ed25519 public keys: serve only bundles signed by one of them (splitserve export --sign).",
+)
 @click.option("--max-message-bytes", type=int, help="Largest request accepted [4194304].")
 @click.option("--max-inflight-per-client", type=int, help="Concurrent requests per client [64].")
 @click.option("--decode-workers", type=int, help="Decode workers; 0 = one per core [0].")

@@ -16,6 +16,7 @@ variable                                    field                      default
 ``SPLITSERVE_CLOUD_TLS_CERT`` / ``_KEY``    ``tls_cert``, ``tls_key``  empty: plaintext
 ``SPLITSERVE_CLOUD_TLS_CLIENT_CA``          ``tls_client_ca``          empty; set: mutual TLS required
 ``SPLITSERVE_CLOUD_TOKENS_FILE``            ``tokens_file``            empty: no authentication
+``SPLITSERVE_CLOUD_TRUSTED_KEYS_FILE``      ``trusted_keys_file``      empty: unsigned bundles served
 ``SPLITSERVE_CLOUD_MAX_MESSAGE_BYTES``      ``max_message_bytes``      ``4194304``
 ``SPLITSERVE_CLOUD_MAX_INFLIGHT_PER_CLIENT`` ``max_inflight_per_client`` ``64``
 ``SPLITSERVE_CLOUD_DECODE_WORKERS``         ``decode_workers``         ``0`` (= CPU cores)
@@ -66,8 +67,10 @@ class CloudConfig:
         tls_key: PEM private key of ``tls_cert``.
         tls_client_ca: PEM CA bundle; when set, clients must present a certificate it signed.
         tokens_file: file of accepted bearer tokens, one per line (``#`` comments); empty disables auth.
+        trusted_keys_file: PEM file of Ed25519 public keys; when set, only bundles signed by one of them
+            (``splitserve export --sign``) are served.
         max_message_bytes: largest request message accepted (larger ones get RESOURCE_EXHAUSTED).
-        max_inflight_per_client: concurrent requests one client (token, else peer host) may have.
+        max_inflight_per_client: concurrent requests one client (token, else connection) may have.
         decode_workers: entropy-decode workers; 0 means one per CPU core.
         decode_mode: where bitstreams are decoded: ``auto`` (inline when small, else a process pool),
             ``process`` pool, ``thread`` pool or ``inline``.
@@ -89,6 +92,7 @@ class CloudConfig:
     tls_key: str = ""
     tls_client_ca: str = ""
     tokens_file: str = ""
+    trusted_keys_file: str = ""
     max_message_bytes: int = 4 * 1024 * 1024
     max_inflight_per_client: int = 64
     decode_workers: int = 0

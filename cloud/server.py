@@ -27,6 +27,7 @@ import signal
 import socket
 import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import grpc
@@ -34,6 +35,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from splitserve.core.bundle import Bundle
 from splitserve.core.errors import ConfigError, DuplicateRegistrationError, SplitServeError
+from splitserve.core.signing import load_trusted_keys
 
 from ._auth import CallInterceptor, load_tokens
 from ._backends import EmbeddedBackend, TailBackend
@@ -101,7 +103,7 @@ class CloudServer:
             ModelNotReadyError: the backend cannot load one of its models.
         """
         async with self._lock:
-            served = await _open(path)
+            served = await _open(path, self.config)
             await self._publish(served)
             return served.name, served.version
 
@@ -121,7 +123,7 @@ class CloudServer:
         unpublished, drained and unloaded.
         """
         async with self._lock:
-            wanted = [await _open(p) for p in (self.config.bundles if paths is None else paths)]
+            wanted = [await _open(p, self.config) for p in (self.config.bundles if paths is None else paths)]
             keys = {(s.name, s.version) for s in wanted}
             for served in wanted:
                 if (served.name, served.version) in self.registry:
@@ -280,7 +282,7 @@ async def create_server(config: CloudConfig) -> tuple[CloudServer, int]:
         BundleError: a configured bundle is missing, malformed or fails its hash checks.
         UnavailableError: the Triton backend cannot be reached or started.
     """
-    served = [await _open(p) for p in config.bundles]
+    served = [await _open(p, config) for p in config.bundles]
     metrics = Metrics()
     backend = _backend(config)
     decoder = Decoder(
@@ -334,9 +336,10 @@ async def _reload(server: CloudServer) -> None:
         _LOG.error("bundle reload failed, still serving the previous set: %s", exc)
 
 
-async def _open(path: str | Path) -> ServedBundle:
+async def _open(path: str | Path, config: CloudConfig) -> ServedBundle:
     loop = asyncio.get_running_loop()
-    bundle = await loop.run_in_executor(None, Bundle.open, path)
+    trusted = load_trusted_keys([config.trusted_keys_file]) if config.trusted_keys_file else None
+    bundle = await loop.run_in_executor(None, partial(Bundle.open, path, trusted_keys=trusted))
     try:
         return await loop.run_in_executor(None, ServedBundle.from_bundle, bundle)
     except BaseException:

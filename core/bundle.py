@@ -212,11 +212,14 @@ class Bundle:
         self._tables: dict[tuple[str, int], EntropyTables] = {}
 
     @classmethod
-    def open(cls, path: str | Path, *, verify: bool = True) -> Bundle:
+    def open(cls, path: str | Path, *, verify: bool = True, trusted_keys: tuple[bytes, ...] | None = None) -> Bundle:
         """Open a bundle directory or ``.tar``; with ``verify`` every file's sha256 is checked.
 
+        With ``trusted_keys`` (raw Ed25519 public keys, see ``core.signing``) the manifest must also be
+        signed by one of them.
+
         Raises:
-            BundleError: missing, malformed, unsupported or unlisted files.
+            BundleError: missing, malformed, unsupported or unlisted files; an untrusted or bad signature.
             IntegrityError: a file's content differs from its recorded sha256.
         """
         path = Path(path)
@@ -254,6 +257,10 @@ class Bundle:
                 f"bundle {path} codes latents with {coded.get('name')} v{coded.get('version')}; this build speaks "
                 f"{CODEC_NAME} v{CODEC_VERSION}: re-export it with `splitserve export`"
             )
+        if trusted_keys is not None:
+            from .signing import verify_signature
+
+            verify_signature(root, trusted_keys)
         if verify:
             _verify_files(root, manifest.files)
         return cls(root, manifest, _tmp=tmp)
@@ -293,7 +300,7 @@ def _verify_files(root: Path, files: dict[str, str]) -> None:
                 if not stat.S_ISREG(mode):
                     raise BundleError(f"bundle {root} holds {rel}, which is not a regular file")
                 present.add(rel)
-    present.discard("manifest.json")
+    present -= {"manifest.json", "manifest.sig"}
     unlisted = sorted(present - files.keys())
     if unlisted:
         raise BundleError(f"bundle {root} holds files its manifest does not list: {unlisted[:5]}")

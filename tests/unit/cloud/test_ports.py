@@ -52,3 +52,22 @@ def test_idle_metrics_connections_are_closed_and_early_hangups_are_quiet(caplog)
         assert not [r for r in caplog.records if r.levelname == "ERROR"]
     finally:
         server.close()
+
+
+def test_an_endpoint_with_trusted_keys_refuses_an_unsigned_bundle(tmp_path):
+    import asyncio
+
+    from splitserve.cloud.config import CloudConfig
+    from splitserve.cloud.server import _open
+    from splitserve.core.errors import BundleError
+    from splitserve.core.signing import generate_key
+
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "manifest.json").write_text(
+        '{"format": "splitserve.bundle", "format_version": 1, "name": "m", "version": "1", "input": {"shape": [1, 2, 2], '
+        '"dtype": "uint8"}, "classes": ["a"], "total_macs": 1, "unsplit_accuracy": 1, "splits": [], "local": {}, '
+        '"offload": {}, "files": {}}'
+    )
+    config = CloudConfig(trusted_keys_file=str(generate_key(tmp_path / "k")))
+    with pytest.raises(BundleError, match="not signed"):
+        asyncio.run(_open(tmp_path / "b", config))

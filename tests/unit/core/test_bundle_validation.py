@@ -114,3 +114,36 @@ def test_tar_members_that_leave_the_bundle_are_refused(tmp_path):
     with pytest.raises(BundleError, match="is refused"):
         Bundle.open(archive)
     assert not (tmp_path.parent / "escaped.json").exists()
+
+
+def test_signed_bundles_open_only_with_a_trusted_key_and_an_untouched_manifest(tmp_path):
+    from splitserve.core.signing import generate_key, load_trusted_keys, sign_bundle
+
+    root = _bundle(tmp_path / "b")
+    trusted = load_trusted_keys([generate_key(tmp_path / "release.key")])
+    other = load_trusted_keys([generate_key(tmp_path / "other.key")])
+    with pytest.raises(BundleError, match="is not signed"):
+        Bundle.open(root, trusted_keys=trusted)
+    sign_bundle(root, tmp_path / "release.key")
+    assert Bundle.open(root, trusted_keys=trusted).manifest.name == "m"
+    assert Bundle.open(root).manifest.name == "m"  # signatures are optional where no keys are configured
+    with pytest.raises(BundleError, match="not trusted"):
+        Bundle.open(root, trusted_keys=other)
+    # Tampered and re-hashed: every sha256 is consistent again, but the manifest is not the signed one.
+    (root / "edge/s/level0.json").write_text('{"evil": 1}')
+    m = json.loads((root / "manifest.json").read_text())
+    m["files"]["edge/s/level0.json"] = sha256_file(root / "edge/s/level0.json")
+    (root / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="signature does not match"):
+        Bundle.open(root, trusted_keys=trusted)
+    assert oct((tmp_path / "release.key").stat().st_mode & 0o777) == "0o600"
+
+
+def test_cli_keygen_and_export_sign(tmp_path):
+    from click.testing import CliRunner
+    from splitserve.cli.main import cli
+
+    res = CliRunner().invoke(cli, ["keygen", str(tmp_path / "k")])
+    assert res.exit_code == 0 and (tmp_path / "k.pub").exists()
+    res = CliRunner().invoke(cli, ["keygen", str(tmp_path / "k")])
+    assert res.exit_code == 2 and "not overwriting" in res.output
