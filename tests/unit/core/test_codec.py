@@ -184,7 +184,7 @@ def test_python_loops_round_trip(monkeypatch):
 
 
 def test_bytes_match_predicted_rate():
-    """The stream is the information content plus under one byte: within 2% over a batch of latents."""
+    """The stream is the information content plus its start-up and rounding bytes: within 2% over a batch."""
     tables = make_tables(12, seed=7)
     rng = np.random.default_rng(7)
     real = predicted = 0.0
