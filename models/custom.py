@@ -279,4 +279,4 @@ def export_user_model(
     calib = np.stack([calib_src[i].numpy() for i in range(min(64, 8 * len(train)))])
     data = EvalData(calib=calib, images=eval_images, labels=labels,
                     name=f"{len(held)} held-out images of {images} (labels: the unsplit model's top-1)")
-    return export_bundle(out_dir, backbone, split_models, data, progress=progress)
+    return export_bundle(out_dir, backbone, split_models, data, progress=progress, int8_weight_bits=8)

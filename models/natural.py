@@ -687,5 +687,5 @@ def build_natural_bundle(name: str = "efficientnet_lite0-natural", *, force: boo
         name=f"held-out photo corpus: {int(centre.sum())} photos x (centre crop + 2 random views); "
              "labels are the unsplit model's top-1, so accuracy here is agreement",
     )
-    return export_bundle(out_dir, teacher, {recipe.split: model}, data)
+    return export_bundle(out_dir, teacher, {recipe.split: model}, data, int8_weight_bits=8)  # see quantize_int8
 

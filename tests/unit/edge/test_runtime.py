@@ -78,7 +78,8 @@ def test_files(tmp_path: Path) -> None:
     [
         (np.zeros(SHAPE, np.float32), "uint8"),
         (np.zeros((2, 28, 28), np.uint8), "does not fit"),
-        (b"bytes", "numpy array"),
+        (b"bytes", "cannot read image the given bytes"),
+        (3.5, "numpy array"),
     ],
 )
 def test_bad_inputs(value: object, match: str) -> None:
