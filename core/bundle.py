@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .codec import CODEC_NAME, CODEC_VERSION, EntropyTables
+from .codec import CODEC_NAME, CODEC_VERSION, EntropyTables, read_leb128
 from .errors import BundleError, IntegrityError, UnknownModelError
 
 __all__ = [
@@ -349,16 +349,8 @@ def _is_onnx(data: bytes) -> bool:
 
     def varint() -> int:
         nonlocal pos
-        value = shift = 0
-        while True:
-            if pos >= len(data) or shift > 63:
-                raise ValueError("truncated varint")
-            byte = data[pos]
-            pos += 1
-            value |= (byte & 0x7F) << shift
-            shift += 7
-            if not byte & 0x80:
-                return value
+        value, pos = read_leb128(data, pos, max_bits=64)
+        return value
 
     try:
         while pos < len(data):

@@ -70,6 +70,7 @@ __all__ = [
     "CHUNK_SYMBOLS",
     "LONG_LATENT_CHUNK",
     "chunk_symbols_for",
+    "read_leb128",
     "CODEC_NAME",
     "CODEC_VERSION",
     "NATIVE",
@@ -376,17 +377,29 @@ def _leb128(n: int) -> bytes:
             return bytes(out)
 
 
-def _read_leb128(data: bytes, pos: int) -> tuple[int, int]:
+def read_leb128(data: bytes, pos: int, max_bits: int = 35) -> tuple[int, int]:
+    """The unsigned LEB128 (protobuf varint) at ``data[pos]`` and the position after it.
+
+    Raises:
+        ValueError: truncated, or longer than ``max_bits``.
+    """
     n = shift = 0
     while True:
-        if pos >= len(data) or shift > 28:
-            raise DecodeError("bitstream truncated in a chunk length")
+        if pos >= len(data) or shift >= max_bits:
+            raise ValueError("truncated or overlong varint")
         b = data[pos]
         pos += 1
         n |= (b & 0x7F) << shift
         shift += 7
         if not b & 0x80:
             return n, pos
+
+
+def _read_leb128(data: bytes, pos: int) -> tuple[int, int]:
+    try:
+        return read_leb128(data, pos)
+    except ValueError:
+        raise DecodeError("bitstream truncated in a chunk length") from None
 
 
 NATIVE = _rans is not None

@@ -30,6 +30,7 @@ __all__ = [
     "load_natural_images",
     "package_file",
     "photos",
+    "random_crop_box",
     "random_view",
 ]
 
@@ -115,11 +116,11 @@ def center_crop(pixels: np.ndarray, resize: int = 256, crop: int = 224) -> np.nd
     return np.ascontiguousarray(np.asarray(im, dtype=np.uint8).transpose(2, 0, 1))
 
 
-def random_view(
-    pixels: np.ndarray, rng: np.random.Generator, size: int = 224, scale: tuple[float, float] = (0.1, 1.0)
-) -> np.ndarray:
-    """A random crop (``scale`` of the area, aspect 3/4..4/3) resized to ``size``, flipped half the time."""
-    h, w = pixels.shape[:2]
+def random_crop_box(
+    w: int, h: int, rng: np.random.Generator, scale: tuple[float, float]
+) -> tuple[int, int, int, int]:
+    """``(left, top, right, bottom)`` of a random crop of a ``w x h`` image: ``scale`` of its area, aspect
+    3/4..4/3 (ten tries, then the centred square's size), placed uniformly."""
     for _ in range(10):
         area = h * w * rng.uniform(*scale)
         aspect = float(np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3))))
@@ -129,7 +130,16 @@ def random_view(
     else:
         cw = ch = min(h, w)
     x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
-    im = Image.fromarray(pixels).resize((size, size), Image.Resampling.BILINEAR, box=(x0, y0, x0 + cw, y0 + ch))
+    return x0, y0, x0 + cw, y0 + ch
+
+
+def random_view(
+    pixels: np.ndarray, rng: np.random.Generator, size: int = 224, scale: tuple[float, float] = (0.1, 1.0)
+) -> np.ndarray:
+    """A random crop (``scale`` of the area, aspect 3/4..4/3) resized to ``size``, flipped half the time."""
+    h, w = pixels.shape[:2]
+    box = random_crop_box(w, h, rng, scale)
+    im = Image.fromarray(pixels).resize((size, size), Image.Resampling.BILINEAR, box=box)
     a = np.asarray(im, dtype=np.uint8)
     if rng.random() < 0.5:
         a = a[:, ::-1]

@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageEnhance, ImageOps
 from splitserve.core.bundle import Bundle
 from splitserve.core.errors import ConfigError, SplitServeError
-from splitserve.core.natural_images import PHOTO_FILES, package_file, center_crop
+from splitserve.core.natural_images import PHOTO_FILES, center_crop, package_file, random_crop_box
 from splitserve.core.photo_corpus import load_corpus
 from torch import nn
 from tqdm.auto import tqdm
@@ -191,17 +191,7 @@ def prepare_images(files: Sequence[Path], side: int, out: Path) -> list[Path]:
 
 def _view(im: Image.Image, rng: np.random.Generator, size: int, scale: tuple[float, float]) -> np.ndarray:
     """Random resized crop (area ``scale``, aspect 3/4..4/3), flip, colour jitter: ``(3, size, size)`` uint8."""
-    w, h = im.size
-    for _ in range(10):
-        area = w * h * rng.uniform(*scale)
-        aspect = float(np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3))))
-        cw, ch = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
-        if 0 < cw <= w and 0 < ch <= h:
-            break
-    else:
-        cw = ch = min(w, h)
-    x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
-    v = im.resize((size, size), Image.Resampling.BILINEAR, box=(x0, y0, x0 + cw, y0 + ch))
+    v = im.resize((size, size), Image.Resampling.BILINEAR, box=random_crop_box(*im.size, rng, scale))
     if rng.random() < 0.5:
         v = v.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     for enhance in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
