@@ -821,7 +821,10 @@ def _plot(
     best: str,
     mode: str,
     deadline_ms: float,
+    device: str,
 ) -> None:
+    import textwrap
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -838,7 +841,8 @@ def _plot(
         ax_q = ax_bw.twinx()
         ax_q.step(t, trace.queue_ms, where="post", color="tab:red", alpha=0.6)
         ax_q.set_ylabel("endpoint queue ms", color="tab:red")
-    ax_bw.set_title(f"adaptation [{mode}] {trace.name}: {trace.description[:90]}", fontsize=9)
+    title = f"adaptation [{mode}] {trace.name}, device: {device}: {trace.description}"
+    ax_bw.set_title("\n".join(textwrap.wrap(title, 120)), fontsize=9)
     orch, oracle = runs["orchestrator"], runs["oracle"]
     ax_opt.plot(oracle.t_s, oracle.choice, ".", ms=3, color="0.7", label="oracle")
     ax_opt.plot(orch.t_s, orch.choice, ".", ms=3, color="tab:green", label="orchestrator")
@@ -859,6 +863,12 @@ def _plot(
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _device_label(profile: dict[str, Any]) -> str:
+    """The device the run stands for, as the plots' titles name it (``x300``, ``x10 + MACs at 200 MMAC/s``)."""
+    label = f"profile {profile['name']} x{profile['device_factor']:g}"
+    return label + (f" + MACs at {profile['mac_rate_mmac_s']:g} MMAC/s" if profile.get("mac_rate_mmac_s") else "")
 
 
 # -- entry points --------------------------------------------------------------------------------------
@@ -968,6 +978,7 @@ def run(
                 entry["best_fixed_option"],
                 "sim",
                 cfg.deadline_ms,
+                _device_label(report["profile"]),
             )
     report["sim_seconds"] = time.perf_counter() - started
     if live and live_runner is None and bundle is not None:
@@ -1044,6 +1055,7 @@ def _run_live(
                 entry["best_fixed_option"],
                 "live",
                 cfg.deadline_ms,
+                _device_label(report["profile"]),
             )
     return {"client": runner.name, "seconds": time.perf_counter() - started, "duration_s": duration_s}
 
