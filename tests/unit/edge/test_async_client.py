@@ -139,3 +139,27 @@ def test_stopping_a_stream_early(bundle: Bundle, images: np.ndarray, tail: TailH
             return len([r async for r in c.stream(images[:5])])
 
     assert _run(main()) == 5
+
+
+def test_open_builds_the_client_without_blocking_the_loop(
+    bundle: Bundle, images: np.ndarray, tail: TailHandler
+) -> None:
+    async def main() -> tuple[int, str]:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.001)
+
+        task = asyncio.create_task(ticker())
+        client = await AsyncEdgeClient.open(bundle.root, transport=MockTransport(tail), policy="layer1@0", config=FAST)
+        opened_ticks = ticks
+        task.cancel()
+        async with client:
+            result = await client.infer(images[0])
+        return opened_ticks, result.computed
+
+    ticks, computed = _run(main())
+    assert ticks > 3 and computed == "split"  # the loop kept running while the bundle was checked and timed
