@@ -260,3 +260,20 @@ class TestChunkLength:
         assert d["format_version"] == 1 and "chunk_symbols" not in d
         with pytest.raises(CodecError, match="chunk_symbols"):
             EntropyTables(step=1.0, medians=(0.0,), offsets=(0,), freqs=((65535, 1),), chunk_symbols=3)
+
+
+def test_a_missing_c_extension_is_said_once_at_import_with_its_cost():
+    code = (
+        "import logging, sys\n"
+        "logging.basicConfig()\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'splitserve.core._rans':\n"
+        "            raise ImportError('blocked')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import splitserve.core.codec as c\n"
+        "print(c.NATIVE)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.stdout.strip() == "False"
+    assert "is not built" in res.stderr and "4-15x slower" in res.stderr
