@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import bisect
 import json
-import os
 import tempfile
 import time
 from collections import defaultdict
