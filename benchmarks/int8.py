@@ -86,18 +86,15 @@ def quantize(fp32_path: Path, out_path: Path, calib: np.ndarray, setting: Settin
 
 def run(out_dir: Path, bundle_path: Path, *, progress: bool = True) -> dict[str, Any]:
     """Every setting on the bundle's local model and heads; JSON to ``out_dir/int8.json``."""
-    from splitserve.models.natural import NATURAL_RECIPES, PhotoViews, heldout_views, prepare_images
+    from splitserve.models.natural import NATURAL_RECIPES, PhotoViews, heldout_views, prepare_images, training_files
+    from splitserve.models.zoo import cache_dir
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     bundle = Bundle.open(bundle_path)
     m = bundle.manifest
     recipe = NATURAL_RECIPES["efficientnet_lite0-natural"]
-    from splitserve.core.photo_corpus import load_corpus
-
-    corpus = load_corpus(split="train")
-    files = prepare_images([p.path(corpus.root) for p in corpus.split("train")], recipe.prepare_side,
-                           corpus.root.parent / "prepared")
+    files = prepare_images(training_files()[0], recipe.prepare_side, cache_dir() / "prepared")
     views = PhotoViews(files, m.input_shape[1], (0.25, 1.0), seed=11)
     calib = np.stack([views[i].numpy() for i in range(128)])
     images, _, _, centre = heldout_views(1)

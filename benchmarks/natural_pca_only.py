@@ -14,13 +14,17 @@ import dataclasses
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
-from splitserve.core.natural_images import PHOTO_FILES, package_file
-from splitserve.core.photo_corpus import load_corpus
 from splitserve.models import get_backbone
-from splitserve.models.export import EvalData, export_bundle
-from splitserve.models.natural import NATURAL_RECIPES, NaturalCodec, PhotoViews, heldout_views, prepare_images
+from splitserve.models.export import export_bundle
+from splitserve.models.natural import (
+    NATURAL_RECIPES,
+    NaturalCodec,
+    PhotoViews,
+    heldout_eval_data,
+    prepare_images,
+    training_files,
+)
 from splitserve.models.split_model import SplitModel
 from splitserve.models.zoo import cache_dir
 
@@ -34,8 +38,7 @@ def build(out: Path, views: int = 512, fit_iters: int = 600) -> Path:
     base = NATURAL_RECIPES["efficientnet_lite0-natural"]
     cfg = dataclasses.replace(base.bottleneck, level_steps=STEPS)
     teacher = get_backbone(base.backbone)()
-    corpus = load_corpus(split="train")
-    files = prepare_images([p.path(corpus.root) for p in corpus.split("train")], base.prepare_side, cache_dir() / "prepared")
+    files = prepare_images(training_files()[0], base.prepare_side, cache_dir() / "prepared")
     train = PhotoViews(files, base.crop, base.view_scale, seed=21)
     with torch.no_grad():
         f = torch.cat([teacher.forward_edge(torch.stack([train[i + j] for j in range(32)]), base.split)
@@ -63,14 +66,7 @@ def build(out: Path, views: int = 512, fit_iters: int = 600) -> Path:
             aux.step()
     model.eval()
     model.codec.update(force=True)
-    wheel = PhotoViews(prepare_images([package_file(a, b) for a, b in PHOTO_FILES], base.prepare_side,
-                                      cache_dir() / "prepared"), base.crop, base.view_scale, seed=7)
-    calib = np.stack([wheel[i].numpy() for i in range(64)])
-    images, _, _, _ = heldout_views(2)
-    with torch.no_grad():
-        labels = torch.cat([teacher(torch.from_numpy(images[i : i + 32])).argmax(1) for i in range(0, len(images), 32)])
-    data = EvalData(calib, images, labels.numpy(), "held-out photos; labels are the unsplit model's top-1")
-    return export_bundle(out, teacher, {base.split: model}, data, int8_weight_bits=8)
+    return export_bundle(out, teacher, {base.split: model}, heldout_eval_data(teacher, base), int8_weight_bits=8)
 
 
 if __name__ == "__main__":  # pragma: no cover - an experiment's entry point

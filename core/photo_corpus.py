@@ -39,6 +39,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from .errors import ConfigError
+from .natural_images import PHOTO_FILES
 
 __all__ = [
     "MIN_SIDE",
@@ -270,19 +271,12 @@ SOURCES: tuple[Source, ...] = (
         largest_jpeg_in_each("usr/share/enlightenment/data/backgrounds/{name}.edj", _ENLIGHTENMENT),
         licence="BSD-2-clause / CC (usr/share/doc/enlightenment-data/copyright)",
     ),
-    Source(
-        "scikit-image", "installed", "train",
-        files(*(f"skimage/data/{f}" for f in (
-            "astronaut.png", "brick.png", "camera.png", "cell.png", "chelsea.png", "clock_motion.png", "coffee.png",
-            "coins.png", "grass.png", "gravel.png", "hubble_deep_field.jpg", "ihc.png", "moon.png",
-            "motorcycle_left.png", "motorcycle_right.png", "retina.jpg", "rocket.jpg",
-        ))),
-        licence="public domain / CC0 / CC-BY (skimage/data/README.txt)",
-    ),
-    Source(
-        "scikit-learn", "installed", "train",
-        files("sklearn/datasets/images/china.jpg", "sklearn/datasets/images/flower.jpg"),
-        licence="CC-BY 2.0 (sklearn/datasets/images/README.txt)",
+    *(
+        Source(dist, "installed", "train", files(*(rel for d, rel in PHOTO_FILES if d == dist)), licence=licence)
+        for dist, licence in (
+            ("scikit-image", "public domain / CC0 / CC-BY (skimage/data/README.txt)"),
+            ("scikit-learn", "CC-BY 2.0 (sklearn/datasets/images/README.txt)"),
+        )
     ),
     Source(
         "opencv-doc", "debian", "heldout", files(*(f"{_OPENCV}/{p}" for p in _OPENCV_PHOTOS)),

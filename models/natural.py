@@ -73,10 +73,12 @@ __all__ = [
     "commit_weights",
     "committed_weights",
     "distill",
+    "heldout_eval_data",
     "heldout_views",
     "image_files",
     "prepare_images",
     "trained_natural_split",
+    "training_files",
 ]
 
 _CDF_BUFFERS = ("_offset", "_quantized_cdf", "_cdf_length")
@@ -480,7 +482,8 @@ def _log(path: Path, step: int, elapsed_s: float, window: list, log_multiplier: 
 # --- the recipe's artefacts ------------------------------------------------------------------------------
 
 
-def _training_files(recipe: NaturalRecipe) -> tuple[list[Path], str]:
+def training_files() -> tuple[list[Path], str]:
+    """The corpus's training photos and the digest that names them (a missing corpus: a clear error)."""
     corpus = load_corpus(split="train")
     photos = corpus.split("train")
     return [p.path(corpus.root) for p in photos], corpus.digest("train")
@@ -538,7 +541,7 @@ def trained_natural_split(
     committed = None if retrain else committed_weights(name)
     if committed is not None:
         return _load_trained(teacher, recipe, committed[0])
-    files, digest = _training_files(recipe)
+    files, digest = training_files()
     final = cache_dir() / f"{recipe.backbone}-{recipe.split}-natural-{recipe.key(digest)}.pt"
     if final.exists() and not retrain:
         return _load_trained(teacher, recipe, final)
@@ -562,7 +565,7 @@ def commit_weights(name: str, figures: dict) -> Path:
     from splitserve.core.bundle import sha256_file
 
     recipe = NATURAL_RECIPES[name]
-    _, digest = _training_files(recipe)
+    _, digest = training_files()
     key = recipe.key(digest)
     final = cache_dir() / f"{recipe.backbone}-{recipe.split}-natural-{key}.pt"
     if not final.exists():
@@ -653,7 +656,7 @@ def build_natural_bundle(name: str = "efficientnet_lite0-natural", *, force: boo
     """Train what is missing and export the bundle (cached); manifest figures on held-out photos."""
     recipe = NATURAL_RECIPES[name]
     committed = committed_weights(name)
-    key = committed[1]["key"] if committed is not None else recipe.key(_training_files(recipe)[1])
+    key = committed[1]["key"] if committed is not None else recipe.key(training_files()[1])
     out_dir = cache_dir() / "bundles" / f"{name}-{key}"
     if out_dir.exists() and not force:
         try:
@@ -663,8 +666,13 @@ def build_natural_bundle(name: str = "efficientnet_lite0-natural", *, force: boo
             pass
     teacher = get_backbone(recipe.backbone)()
     model = trained_natural_split(name, teacher)
-    # Calibration views come from the training split's photos that ship in installed wheels (scikit-image,
-    # scikit-learn), so a bundle builds from committed weights without fetching the training corpus.
+    return export_bundle(out_dir, teacher, {recipe.split: model}, heldout_eval_data(teacher, recipe), int8_weight_bits=8)
+
+
+def heldout_eval_data(teacher: SplitBackbone, recipe: NaturalRecipe) -> EvalData:
+    """What a natural bundle is measured on: held-out photos (centre crop + 2 views each), labelled with the
+    unsplit model's top-1 (so accuracy is agreement); int8 calibration on views of the training photos that
+    ship in installed wheels (scikit-image, scikit-learn), so a bundle builds without the training corpus."""
     wheel_photos = [package_file(dist, rel) for dist, rel in PHOTO_FILES]
     calib_views = PhotoViews(prepare_images(wheel_photos, recipe.prepare_side, cache_dir() / "prepared"), recipe.crop,
                              recipe.view_scale, recipe.seed + 7)
@@ -672,10 +680,9 @@ def build_natural_bundle(name: str = "efficientnet_lite0-natural", *, force: boo
     images, _, _, centre = heldout_views(2)
     with torch.no_grad():
         agree_with = torch.cat([teacher(torch.from_numpy(images[i : i + 32])).argmax(1) for i in range(0, len(images), 32)])
-    data = EvalData(
+    return EvalData(
         calib=calib, images=images, labels=agree_with.numpy(),
         name=f"held-out photo corpus: {int(centre.sum())} photos x (centre crop + 2 random views); "
              "labels are the unsplit model's top-1, so accuracy here is agreement",
     )
-    return export_bundle(out_dir, teacher, {recipe.split: model}, data, int8_weight_bits=8)  # see quantize_int8
 

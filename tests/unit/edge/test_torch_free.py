@@ -22,7 +22,6 @@ import sys
 import tomllib
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parents[3]
 FORBIDDEN = {"torch", "torchvision", "compressai", "triton", "nvidia-pytriton", "tritonclient"}
