@@ -21,6 +21,7 @@ from splitserve.models.natural import (
     NATURAL_RECIPES,
     NaturalCodec,
     PhotoViews,
+    fit_densities,
     heldout_eval_data,
     prepare_images,
     training_files,
@@ -49,21 +50,7 @@ def build(out: Path, views: int = 512, fit_iters: int = 600) -> Path:
     model.codec.init_pca(f[: views // 2], base.latent_scale)
     with torch.no_grad():
         y = model.codec.encoder(f)
-    gen = torch.Generator().manual_seed(0)
-    for level, step in enumerate(STEPS):
-        eb = model.codec.entropy[level]
-        eb.train()
-        opt = torch.optim.Adam([p for n, p in eb.named_parameters() if not n.endswith("quantiles")], lr=1e-2)
-        aux = torch.optim.Adam([eb.quantiles], lr=1e-2)
-        for _ in range(fit_iters):
-            _, likelihoods = eb(y[torch.randint(0, len(y), (16,), generator=gen)] / step)
-            loss = -torch.log2(likelihoods).sum() / 16 / 8192
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            aux.zero_grad()
-            eb.loss().backward()
-            aux.step()
+    fit_densities(model.codec, range(len(STEPS)), y, fit_iters, seed=0)
     model.eval()
     model.codec.update(force=True)
     return export_bundle(out, teacher, {base.split: model}, heldout_eval_data(teacher, base), int8_weight_bits=8)

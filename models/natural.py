@@ -1,6 +1,17 @@
-"""Bottlenecks for ImageNet-class classifiers, distilled on unlabelled photographs read from disk.
+"""Bottlenecks for ImageNet-class classifiers, fitted or distilled on unlabelled photographs read from disk.
 
-The teacher (the unsplit classifier) stays frozen; the student is the teacher with a learned bottleneck
+Two ways to make the codec, chosen by ``NaturalRecipe.fit``:
+
+``"fisher"`` (the Lite0 recipe): a linear transform code fitted in one pass, no training loop
+(:func:`fit_fisher`). The encoder keeps the principal components of the cut's features in the metric
+of the tail's Fisher information (what the tail's answer is sensitive to, estimated from gradients of
+the teacher's log-likelihood of its own sampled answers: no labels), one density per quantization step
+is fitted to the latents, and the teacher's tail is used unchanged. On the held-out photos this agrees
+13 points more often than the distilled codec at the same bytes (82.6% against 69.6% at 2.1 KB):
+distilling on 287 photos over-fits them (``results/README.md``).
+
+``"distill"`` (user models from ``splitserve export --model``, and the recipe
+``efficientnet_lite0-natural-distilled``): the teacher (the unsplit classifier) stays frozen; the student is the teacher with a learned bottleneck
 in the cut and its own copy of the first ``tune_tail_stages`` stages after it, trained to give the
 teacher's answers (knowledge distillation, no labels) while its latent costs few bits (a rate term).
 One loop, as BottleFit / Entropic Student (Matsubara et al.) but shaped for a CPU budget of about two
@@ -65,7 +76,7 @@ from .zoo import cache_dir
 
 __all__ = [
     "NATURAL_RECIPES",
-        "NaturalCodec",
+    "NaturalCodec",
     "NaturalRecipe",
     "PhotoViews",
     "add_levels",
@@ -73,6 +84,8 @@ __all__ = [
     "commit_weights",
     "committed_weights",
     "distill",
+    "fit_densities",
+    "fit_fisher",
     "heldout_eval_data",
     "heldout_views",
     "image_files",
@@ -121,6 +134,9 @@ class NaturalRecipe:
     extra_level_steps: tuple[float, ...] = (0.5, 0.35, 0.25)
     extra_level_views: int = 256
     extra_level_iters: int = 400
+    fit: str = "distill"  # "distill" (train by KD, :func:`distill`) or "fisher" (fit, :func:`fit_fisher`)
+    fit_views: int = 768  # fisher: training views whose features and tail gradients are fitted
+    fisher_eps: float = 0.01  # fisher: ridge added to the metric, as a fraction of its mean diagonal
 
     def key(self, data_digest: str) -> str:
         """Names everything the trained split depends on (the final weights, the bundle)."""
@@ -141,7 +157,15 @@ class NaturalRecipe:
 _AFTER_TRAINING = ("extra_level_steps", "extra_level_views", "extra_level_iters")
 
 
-NATURAL_RECIPES: dict[str, NaturalRecipe] = {"efficientnet_lite0-natural": NaturalRecipe()}
+NATURAL_RECIPES: dict[str, NaturalRecipe] = {
+    # 57 components: the stage3 head is 29.53% of Lite0's MACs and each component of the encoder 0.008%.
+    # One latent unit is 20 units of the Fisher-whitened patch (steps 7-40 there, swept on training views).
+    "efficientnet_lite0-natural": NaturalRecipe(
+        fit="fisher", refine_blocks=0, tune_tail_stages=0, latent_scale=20.0, extra_level_steps=(),
+        bottleneck=BottleneckCfg(latent_chs=57, hidden_chs=96, stride=2, level_steps=(1.0, 0.7, 1.4, 2.0, 0.5, 0.35)),
+    ),
+    "efficientnet_lite0-natural-distilled": NaturalRecipe(),
+}
 
 
 # --- images ----------------------------------------------------------------------------------------------
@@ -300,6 +324,38 @@ class NaturalCodec(BottleneckCodec):
         dec.weight.copy_((w.T * scale)[:, :, None, None])
         dec.bias.copy_(mean)
 
+    @torch.no_grad()
+    def init_fisher(self, feats: torch.Tensor, grads: torch.Tensor, scale: float, eps: float) -> None:
+        """Principal components of the feature patches in the metric of the tail's Fisher information.
+
+        ``grads`` are gradients of the tail's log-likelihood (of answers sampled from its own output)
+        with respect to ``feats``; their patch covariance ``G`` is the Fisher information, a local
+        measure of how much a change of the features moves the answer. With ``M = (G/mean diag + eps)^(1/2)``
+        the code keeps the top eigenvectors ``V`` of ``M C M`` (``C`` the features' covariance):
+        ``y = V^T M (p - mean) / scale``, ``p^ = M^-1 V y scale + mean``. A uniform quantization step
+        on ``y`` then spreads the error evenly in that metric, which is what the tail notices. Measured
+        on held-out photos, unquantized: 56 / 64 components agree 83 / 87% against plain PCA's 77 / 80%.
+        """
+        s, k = self.cfg.stride, self.cfg.latent_chs
+
+        def patches(t: torch.Tensor) -> torch.Tensor:
+            return F.pixel_unshuffle(t, s).permute(0, 2, 3, 1).reshape(-1, t.shape[1] * s * s).double()
+
+        p, gp = patches(feats), patches(grads)
+        mean = p.mean(0)
+        fisher = gp.T @ gp
+        fisher = fisher / fisher.diagonal().mean() + eps * torch.eye(len(fisher), dtype=fisher.dtype)
+        e, u = torch.linalg.eigh(fisher)
+        root, inv_root = (u * e.sqrt()) @ u.T, (u / e.sqrt()) @ u.T
+        _, v = torch.linalg.eigh(root @ torch.cov((p - mean).T) @ root)
+        v = v.flip(1)[:, :k]  # the k largest
+        enc_w, dec_w = (v.T @ root) / scale, (inv_root @ v) * scale
+        enc, dec = self.encoder[1], self.decoder[0]
+        enc.weight.copy_(enc_w[:, :, None, None].float())
+        enc.bias.copy_(-(enc_w @ mean).float())
+        dec.weight.copy_(dec_w[:, :, None, None].float())
+        dec.bias.copy_(mean.float())
+
 
 def _split_model(teacher: SplitBackbone, recipe: NaturalRecipe, *, extra_levels: bool = False) -> SplitModel:
     cfg = recipe.all_levels() if extra_levels else recipe.bottleneck
@@ -440,16 +496,19 @@ def distill(
 
 def _record_session(path: Path, recipe: NaturalRecipe, start: int, bf16: bool, device: torch.device) -> None:
     """Append this session (machine, threads, first step) to the run's record: which machine trained what."""
+    record = json.loads(path.read_text()) if path.exists() else {"recipe": dataclasses.asdict(recipe), "sessions": []}
+    record["sessions"].append({**_machine(device), "from_step": start, "bf16_autocast": bf16})
+    path.write_text(json.dumps(record, indent=1, default=str))
+
+
+def _machine(device: torch.device) -> dict[str, object]:
+    """This process's machine, for the record of what trained (or fitted) a file."""
     import platform
 
-    record = json.loads(path.read_text()) if path.exists() else {"recipe": dataclasses.asdict(recipe), "sessions": []}
     cpu = next((line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")), platform.machine())
-    record["sessions"].append({
-        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "from_step": start, "cpu": cpu,
-        "threads": torch.get_num_threads(), "bf16_autocast": bf16, "torch": torch.__version__,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-    })
-    path.write_text(json.dumps(record, indent=1, default=str))
+    return {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cpu": cpu,
+            "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
 
 
 def _cpuinfo() -> list[str]:
@@ -487,6 +546,65 @@ def training_files() -> tuple[list[Path], str]:
     corpus = load_corpus(split="train")
     photos = corpus.split("train")
     return [p.path(corpus.root) for p in photos], corpus.digest("train")
+
+
+def fit_densities(codec: BottleneckCodec, levels: Sequence[int], y: torch.Tensor, iters: int, seed: int) -> None:
+    """Fit the density of each of ``levels`` to latents ``y`` divided by its step (encoder and decoder
+    untouched): the likelihood of ``y / step`` plus CompressAI's quantile loss, Adam, batches of 16."""
+    gen = torch.Generator().manual_seed(seed)
+    for level in levels:
+        eb = codec.entropy[level]
+        eb.train()
+        opt = torch.optim.Adam([p for n, p in eb.named_parameters() if not n.endswith("quantiles")], lr=1e-2)
+        aux = torch.optim.Adam([eb.quantiles], lr=1e-2)
+        step = float(codec.steps[level])
+        for _ in range(iters):
+            _, likelihoods = eb(y[torch.randint(0, len(y), (16,), generator=gen)] / step)
+            loss = -torch.log2(likelihoods).sum() / 16 / 8192
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            aux.zero_grad(set_to_none=True)
+            eb.loss().backward()
+            aux.step()
+
+
+def fit_fisher(
+    teacher: SplitBackbone, recipe: NaturalRecipe, files: Sequence[Path], *, progress: bool = True
+) -> SplitModel:
+    """Fit the recipe's transform code on ``recipe.fit_views`` views of ``files``: no training loop.
+
+    For each view: the features at the cut and the gradient of the tail's log-likelihood of one answer
+    sampled from its own softmax (so ``E[g g^T]`` is the Fisher information; no labels). Then
+    :meth:`NaturalCodec.init_fisher` and one density per level (:func:`fit_densities`). About 2 minutes
+    on 2 CPU cores for Lite0; deterministic for a given recipe and data.
+    """
+    torch.set_num_threads(os.cpu_count() or 1)
+    torch.manual_seed(recipe.seed)
+    model = _split_model(teacher, recipe, extra_levels=True)
+    views = PhotoViews(prepare_images(files, recipe.prepare_side, cache_dir() / "prepared"), recipe.crop,
+                       recipe.view_scale, recipe.seed)
+    loader = torch.utils.data.DataLoader(views, batch_size=32, sampler=_From(0, recipe.fit_views), num_workers=1)
+    gen = torch.Generator().manual_seed(recipe.seed)
+    teacher.eval()
+    feats, grads = [], []
+    for x in tqdm(loader, desc=f"fit {recipe.backbone}/{recipe.split}", unit="batch", disable=not progress):
+        with torch.no_grad():
+            f = teacher.forward_edge(x, recipe.split)
+        f.requires_grad_(True)
+        log_p = F.log_softmax(teacher.forward_cloud(f, recipe.split), 1)
+        answer = torch.multinomial(log_p.detach().exp(), 1, generator=gen)
+        (g,) = torch.autograd.grad(log_p.gather(1, answer).sum(), f)
+        feats.append(f.detach())
+        grads.append(g)
+    f = torch.cat(feats)
+    model.codec.init_fisher(f, torch.cat(grads), recipe.latent_scale, recipe.fisher_eps)
+    with torch.no_grad():
+        y = model.codec.encoder(f)
+    fit_densities(model.codec, range(model.codec.num_levels), y, recipe.extra_level_iters, recipe.seed)
+    model.eval()
+    model.codec.update(force=True)
+    return model
 
 
 WEIGHTS_DIR = Path(__file__).with_name("weights")
@@ -545,10 +663,13 @@ def trained_natural_split(
     final = cache_dir() / f"{recipe.backbone}-{recipe.split}-natural-{recipe.key(digest)}.pt"
     if final.exists() and not retrain:
         return _load_trained(teacher, recipe, final)
-    model = distill(teacher, recipe, files, cache_dir() / "runs" / f"{name}-{recipe.train_key(digest)}", steps=steps)
-    if steps is not None and steps < recipe.steps:
-        return model
-    model = add_levels(model, recipe, files)
+    if recipe.fit == "fisher":
+        model = fit_fisher(teacher, recipe, files)
+    else:
+        model = distill(teacher, recipe, files, cache_dir() / "runs" / f"{name}-{recipe.train_key(digest)}", steps=steps)
+        if steps is not None and steps < recipe.steps:
+            return model
+        model = add_levels(model, recipe, files)
     trained = _trained(model, recipe).state_dict()
     _save_atomic({k: v for k, v in trained.items() if not k.endswith(_CDF_BUFFERS)}, final)
     return model
@@ -573,8 +694,10 @@ def commit_weights(name: str, figures: dict) -> Path:
     if final.stat().st_size > 5 * 2**20:
         raise ConfigError(f"{final} is over 5 MB: not committed")
     WEIGHTS_DIR.mkdir(exist_ok=True)
-    for old in WEIGHTS_DIR.glob(f"{name}-*"):  # one file per recipe: the older one goes
-        old.unlink()
+    for side in WEIGHTS_DIR.glob(f"{name}-*.json"):  # one file per recipe: the older one goes
+        if json.loads(side.read_text()).get("recipe") == name:  # (not "NAME-other"'s)
+            side.with_suffix(".pt").unlink(missing_ok=True)
+            side.unlink()
     dest = WEIGHTS_DIR / f"{name}-{key}.pt"
     shutil.copyfile(final, dest)
     run = cache_dir() / "runs" / f"{name}-{recipe.train_key(digest)}" / "run.json"
@@ -582,7 +705,7 @@ def commit_weights(name: str, figures: dict) -> Path:
         "recipe": name, "key": key, "data_digest": digest, "sha256": sha256_file(dest), "bytes": dest.stat().st_size,
         "command": f"splitserve data photos && splitserve train natural --recipe {name} --retrain",
         "recipe_fields": json.loads(json.dumps(dataclasses.asdict(recipe), default=str)),
-        "trained": json.loads(run.read_text())["sessions"] if run.exists() else [],
+        "trained": json.loads(run.read_text())["sessions"] if run.exists() else [{**_machine(torch.device("cpu")), "fit": recipe.fit}],
         "figures": figures,
     }
     dest.with_suffix(".json").write_text(json.dumps(meta, indent=1))
@@ -595,8 +718,6 @@ def add_levels(model: SplitModel, recipe: NaturalRecipe, files: Sequence[Path]) 
     Only the entropy models learn here (likelihood of ``y / step`` plus CompressAI's quantile loss);
     encoder, decoder and tail stay as distilled.
     """
-    from compressai.entropy_models import EntropyBottleneck
-
     if not recipe.extra_level_steps:
         return model
     full = _split_model(model.teacher, recipe, extra_levels=True)
@@ -610,23 +731,7 @@ def add_levels(model: SplitModel, recipe: NaturalRecipe, files: Sequence[Path]) 
     with torch.no_grad():
         y = torch.cat([head(torch.stack([views[i + j] for j in range(min(32, recipe.extra_level_views - i))]))
                        for i in range(0, recipe.extra_level_views, 32)])
-    gen = torch.Generator().manual_seed(recipe.seed)
-    for offset, step in enumerate(recipe.extra_level_steps):
-        eb: EntropyBottleneck = full.codec.entropy[n_trained + offset]
-        eb.train()
-        params = [p for n, p in eb.named_parameters() if not n.endswith("quantiles")]
-        opt = torch.optim.Adam(params, lr=1e-2)
-        aux = torch.optim.Adam([eb.quantiles], lr=1e-2)
-        for _ in range(recipe.extra_level_iters):
-            batch = y[torch.randint(0, len(y), (16,), generator=gen)] / step
-            _, likelihoods = eb(batch)
-            loss = -torch.log2(likelihoods).sum() / len(batch) / 8192
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            aux.zero_grad(set_to_none=True)
-            eb.loss().backward()
-            aux.step()
+    fit_densities(full.codec, range(n_trained, full.codec.num_levels), y, recipe.extra_level_iters, recipe.seed)
     full.eval()
     full.codec.update(force=True)
     return full

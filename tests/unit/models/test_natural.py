@@ -169,3 +169,40 @@ def test_committed_weights_are_used_only_while_they_fit(tmp_path, monkeypatch):
     (tmp_path / f"tiny-{key}.pt").write_bytes(b"tampered")
     with pytest.raises(IntegrityError, match="does not match the sha256"):
         natural.committed_weights("tiny")
+
+
+def test_fisher_code_keeps_what_the_tail_is_sensitive_to():
+    """Two feature directions with equal variance: the one the gradients point along is kept."""
+    from splitserve.models.natural import NaturalCodec
+
+    gen = torch.Generator().manual_seed(0)
+    feats = torch.randn(64, 2, 4, 4, generator=gen)
+    grads = torch.zeros_like(feats)
+    grads[:, 1] = torch.randn(64, 4, 4, generator=gen)  # the tail looks only at channel 1
+    cfg = BottleneckCfg(latent_chs=1, hidden_chs=4, stride=1, level_steps=(1.0,))
+    code = NaturalCodec(2, cfg, refine_blocks=0)
+    code.init_fisher(feats, grads, scale=1.0, eps=0.01)
+    w = code.encoder[1].weight[:, :, 0, 0]
+    assert abs(float(w[0, 1])) > 10 * abs(float(w[0, 0]))
+    with torch.no_grad():
+        rebuilt = code.decoder(code.encoder(feats))
+    assert torch.allclose(rebuilt[:, 1], feats[:, 1], atol=1e-3)  # kept exactly (no quantization here)
+    plain = NaturalCodec(2, cfg, refine_blocks=0)
+    plain.init_fisher(feats, torch.randn(64, 2, 4, 4, generator=gen), scale=1.0, eps=0.01)
+    with torch.no_grad():  # isotropic sensitivity: principal components, the error is what PCA leaves
+        err = (plain.decoder(plain.encoder(feats)) - feats).pow(2).mean()
+    assert float(err) < float(feats.var())
+
+
+def test_fitted_recipe_builds_a_codec_without_a_training_loop(photo_files, cache):
+    from splitserve.models.natural import fit_fisher
+
+    recipe = dataclasses.replace(TINY, fit="fisher", refine_blocks=0, tune_tail_stages=0, fit_views=4,
+                                 extra_level_steps=(), extra_level_iters=3)
+    model = fit_fisher(efficientnet_lite0(pretrained=False), recipe, photo_files, progress=False)
+    assert model.codec.num_levels == 2 and list(model.tail.parameters())  # the teacher's own tail
+    x = torch.zeros(1, 3, 96, 96, dtype=torch.uint8)
+    with torch.no_grad():
+        y = model.edge_head()(x).numpy()[0]
+    tables = model.codec.export_tables(0)
+    assert len(codec.encode_symbols(codec.quantize(y, tables), tables)) > 0
