@@ -2,7 +2,9 @@
  *
  * The same coder as the pure-Python one, bit for bit: rANS on an unbounded integer state, held here as
  * little-endian 32-bit limbs. codec.py prepares every table lookup with numpy and calls one function per
- * chunk; it falls back to its own Python loops where this module was not built (no C compiler).
+ * stream (encode_chunks, decode_chunks: every chunk and its length prefix in one call; the one-chunk
+ * functions are the same loops, kept for tests against the Python ones); it falls back to its own Python
+ * loops where this module was not built (no C compiler).
  *
  *   encode (symbols in reverse):  x <- (x // f) * 2**shift + cdf + x % f      (start x = 1)
  *   decode (symbols in order):    slot = x % 2**shift; s = bin of slot; x <- f * (x >> shift) + slot - cdf
@@ -97,6 +99,35 @@ static int check_buffer(Py_buffer *b, Py_ssize_t itemsize, Py_ssize_t count, con
     return 0;
 }
 
+/* Encode symbols [start, stop) into x (x = 1 first): 0, or -1 with an exception set. */
+static int encode_range(Big *x, const int64_t *freqs, const int64_t *cdfs, const uint8_t *escaped, const int64_t *raw,
+                        Py_ssize_t start, Py_ssize_t stop, unsigned shift) {
+    x->limb[0] = 1;
+    x->n = 1;
+    for (Py_ssize_t i = stop - 1; i >= start; i--) {
+        int64_t f = freqs[i], cdf = cdfs[i];
+        if (f <= 0 || cdf < 0 || f + cdf > ((int64_t)1 << shift)) {
+            PyErr_SetString(PyExc_ValueError, "frequency table entry out of range");
+            return -1;
+        }
+        if (escaped[i] && big_shl_add(x, RAW_BITS, (uint32_t)(raw[i] & 0xFFFF)) < 0) return -1;
+        uint32_t r = big_divmod_small(x, (uint32_t)f);
+        if (big_shl_add(x, shift, (uint32_t)cdf + r) < 0) return -1;
+    }
+    return 0;
+}
+
+/* Bytes of x, little-endian, without leading zero bytes (at least one). */
+static Py_ssize_t big_nbytes(const Big *x) {
+    Py_ssize_t nbytes = 4 * x->n;
+    while (nbytes > 1 && ((x->limb[(nbytes - 1) / 4] >> (8 * ((nbytes - 1) % 4))) & 0xFF) == 0) nbytes--;
+    return nbytes;
+}
+
+static void big_store(const Big *x, uint8_t *out, Py_ssize_t nbytes) {
+    for (Py_ssize_t i = 0; i < nbytes; i++) out[i] = (uint8_t)(x->limb[i / 4] >> (8 * (i % 4)));
+}
+
 /* encode_chunk(freqs, cdfs, escaped, raw, shift) -> bytes
  * freqs, cdfs, raw: int64 per symbol, in coding order; escaped: one byte per symbol. */
 static PyObject *encode_chunk(PyObject *self, PyObject *args) {
@@ -113,27 +144,10 @@ static PyObject *encode_chunk(PyObject *self, PyObject *args) {
     if (check_buffer(&fb, 8, n, "freqs") < 0 || check_buffer(&cb, 8, n, "cdfs") < 0 ||
         check_buffer(&rb, 8, n, "raw") < 0 || big_reserve(&x, 8) < 0)
         goto done;
-    const int64_t *freqs = fb.buf, *cdfs = cb.buf, *raw = rb.buf;
-    const uint8_t *escaped = eb.buf;
-    x.limb[0] = 1;
-    x.n = 1;
-    for (Py_ssize_t i = n - 1; i >= 0; i--) {
-        int64_t f = freqs[i], cdf = cdfs[i];
-        if (f <= 0 || cdf < 0 || f + cdf > ((int64_t)1 << shift)) {
-            PyErr_SetString(PyExc_ValueError, "frequency table entry out of range");
-            goto done;
-        }
-        if (escaped[i] && big_shl_add(&x, RAW_BITS, (uint32_t)(raw[i] & 0xFFFF)) < 0) goto done;
-        uint32_t r = big_divmod_small(&x, (uint32_t)f);
-        if (big_shl_add(&x, shift, (uint32_t)cdf + r) < 0) goto done;
-    }
-    Py_ssize_t nbytes = 4 * x.n;
-    while (nbytes > 1 && ((x.limb[(nbytes - 1) / 4] >> (8 * ((nbytes - 1) % 4))) & 0xFF) == 0) nbytes--;
+    if (encode_range(&x, fb.buf, cb.buf, eb.buf, rb.buf, 0, n, shift) < 0) goto done;
+    Py_ssize_t nbytes = big_nbytes(&x);
     result = PyBytes_FromStringAndSize(NULL, nbytes);
-    if (result) {
-        uint8_t *out = (uint8_t *)PyBytes_AS_STRING(result);
-        for (Py_ssize_t i = 0; i < nbytes; i++) out[i] = (uint8_t)(x.limb[i / 4] >> (8 * (i % 4)));
-    }
+    if (result) big_store(&x, (uint8_t *)PyBytes_AS_STRING(result), nbytes);
 done:
     PyMem_Free(x.limb);
     PyBuffer_Release(&fb);
@@ -143,6 +157,109 @@ done:
     return result;
 }
 
+/* encode_chunks(freqs, cdfs, escaped, raw, shift, chunk_len) -> bytes
+ * The whole stream: every chunk of chunk_len symbols coded on its own, each but the last preceded by
+ * its length in bytes as LEB128 (codec.encode_symbols). */
+static PyObject *encode_chunks(PyObject *self, PyObject *args) {
+    Py_buffer fb, cb, eb, rb;
+    unsigned int shift;
+    Py_ssize_t chunk_len;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*In", &fb, &cb, &eb, &rb, &shift, &chunk_len)) return NULL;
+    PyObject *result = NULL;
+    Big x = {NULL, 0, 0};
+    uint8_t *buf = NULL;
+    Py_ssize_t n = eb.len, used = 0, cap = 0;
+    if (shift == 0 || shift >= 32 || chunk_len <= 0) {
+        PyErr_SetString(PyExc_ValueError, "shift must be in 1..31 and chunk_len positive");
+        goto done;
+    }
+    if (check_buffer(&fb, 8, n, "freqs") < 0 || check_buffer(&cb, 8, n, "cdfs") < 0 ||
+        check_buffer(&rb, 8, n, "raw") < 0 || big_reserve(&x, 8) < 0)
+        goto done;
+    for (Py_ssize_t start = 0; start < n; start += chunk_len) {
+        Py_ssize_t stop = start + chunk_len < n ? start + chunk_len : n;
+        if (encode_range(&x, fb.buf, cb.buf, eb.buf, rb.buf, start, stop, shift) < 0) goto done;
+        Py_ssize_t nbytes = big_nbytes(&x);
+        if (used + nbytes + 10 > cap) {
+            Py_ssize_t want = 2 * (used + nbytes + 10);
+            uint8_t *grown = PyMem_Realloc(buf, (size_t)want);
+            if (!grown) {
+                PyErr_NoMemory();
+                goto done;
+            }
+            buf = grown;
+            cap = want;
+        }
+        if (stop < n) {
+            for (Py_ssize_t v = nbytes; ; v >>= 7) {
+                buf[used++] = (uint8_t)((v & 0x7F) | (v >= 0x80 ? 0x80 : 0));
+                if (v < 0x80) break;
+            }
+        }
+        big_store(&x, buf + used, nbytes);
+        used += nbytes;
+    }
+    result = PyBytes_FromStringAndSize((const char *)buf, used);
+done:
+    PyMem_Free(buf);
+    PyMem_Free(x.limb);
+    PyBuffer_Release(&fb);
+    PyBuffer_Release(&cb);
+    PyBuffer_Release(&eb);
+    PyBuffer_Release(&rb);
+    return result;
+}
+
+/* Decode count symbols of flat positions [start, start + count) from the bytes of one chunk into out:
+ * 1 if the state came back to 1, 0 if not, -1 with an exception set. */
+static int decode_range(Big *x, const uint8_t *data, Py_ssize_t len, int32_t *out, Py_ssize_t start, Py_ssize_t count,
+                        Py_ssize_t hw, Py_ssize_t width, const int64_t *cdfs, const int64_t *orders,
+                        const int64_t *lengths, const int64_t *offsets, unsigned shift) {
+    if (big_reserve(x, len / 4 + 2) < 0) return -1;
+    memset(x->limb, 0, (size_t)x->cap * sizeof(uint32_t));
+    for (Py_ssize_t i = 0; i < len; i++) x->limb[i / 4] |= (uint32_t)data[i] << (8 * (i % 4));
+    x->n = len ? (len + 3) / 4 : 1;
+    big_trim(x);
+    const uint32_t total = 1u << shift;
+    for (Py_ssize_t k = 0; k < count; k++) {
+        Py_ssize_t ch = (start + k) / hw, tlen = (Py_ssize_t)lengths[ch];
+        if (tlen < 2 || tlen > width) {
+            PyErr_SetString(PyExc_ValueError, "table length out of range");
+            return -1;
+        }
+        const int64_t *cdf = cdfs + ch * width, *order = orders + ch * width;
+        uint32_t slot = big_shr(x, shift);
+        Py_ssize_t lo = 0, hi = tlen; /* last s with cdf[s] <= slot */
+        while (hi - lo > 1) {
+            Py_ssize_t mid = (lo + hi) / 2;
+            if ((uint32_t)cdf[mid] <= slot) lo = mid;
+            else hi = mid;
+        }
+        uint32_t f = (lo + 1 < tlen ? (uint32_t)cdf[lo + 1] : total) - (uint32_t)cdf[lo];
+        if (big_mul_add(x, f, slot - (uint32_t)cdf[lo]) < 0) return -1;
+        if (order[lo] == tlen - 1) {
+            out[k] = (int32_t)big_shr(x, RAW_BITS) - RAW_HALF;
+        } else {
+            out[k] = (int32_t)(order[lo] + offsets[ch]);
+        }
+    }
+    return x->n == 1 && x->limb[0] == 1;
+}
+
+static int check_tables(Py_buffer *cb, Py_buffer *rb, Py_buffer *lb, Py_buffer *fb, Py_ssize_t *channels,
+                        Py_ssize_t *width) {
+    *channels = lb->len / 8;
+    *width = *channels ? cb->len / 8 / *channels : 0;
+    if (*channels == 0 || *width == 0) {
+        PyErr_SetString(PyExc_ValueError, "invalid decode tables");
+        return -1;
+    }
+    if (check_buffer(cb, 8, *channels * *width, "cdfs") < 0 || check_buffer(rb, 8, *channels * *width, "orders") < 0 ||
+        check_buffer(fb, 8, *channels, "offsets") < 0)
+        return -1;
+    return 0;
+}
+
 /* decode_chunk(chunk, out, start, hw, cdfs, orders, lengths, offsets, shift) -> bool
  * Decodes len(out) symbols (int32, written in place) whose flat positions start at `start`
  * (channel = position // hw). cdfs, orders: int64 (channels, width), per channel the coded
@@ -150,53 +267,91 @@ done:
  * coded rank; lengths, offsets: int64 per channel. Returns whether the state came back to 1. */
 static PyObject *decode_chunk(PyObject *self, PyObject *args) {
     Py_buffer db, ob, cb, rb, lb, fb;
-    Py_ssize_t start, hw;
+    Py_ssize_t start, hw, channels, width;
     unsigned int shift;
     if (!PyArg_ParseTuple(args, "y*w*nny*y*y*y*I", &db, &ob, &start, &hw, &cb, &rb, &lb, &fb, &shift)) return NULL;
     PyObject *result = NULL;
     Big x = {NULL, 0, 0};
-    Py_ssize_t channels = lb.len / 8, count = ob.len / 4, width = channels ? cb.len / 8 / channels : 0;
-    if (shift == 0 || shift >= 32 || hw <= 0 || start < 0 || channels == 0 || width == 0) {
+    Py_ssize_t count = ob.len / 4;
+    if (shift == 0 || shift >= 32 || hw <= 0 || start < 0) {
         PyErr_SetString(PyExc_ValueError, "invalid decode arguments");
         goto done;
     }
-    if (check_buffer(&ob, 4, count, "out") < 0 || check_buffer(&cb, 8, channels * width, "cdfs") < 0 ||
-        check_buffer(&rb, 8, channels * width, "orders") < 0 || check_buffer(&fb, 8, channels, "offsets") < 0 ||
-        (start + count + hw - 1) / hw > channels || big_reserve(&x, db.len / 4 + 2) < 0) {
-        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "symbols beyond the last channel");
+    if (check_tables(&cb, &rb, &lb, &fb, &channels, &width) < 0 || check_buffer(&ob, 4, count, "out") < 0) goto done;
+    if ((start + count + hw - 1) / hw > channels) {
+        PyErr_SetString(PyExc_ValueError, "symbols beyond the last channel");
         goto done;
     }
-    const int64_t *cdfs = cb.buf, *orders = rb.buf, *lengths = lb.buf, *offsets = fb.buf;
-    int32_t *out = ob.buf;
+    int ok = decode_range(&x, db.buf, db.len, ob.buf, start, count, hw, width, cb.buf, rb.buf, lb.buf, fb.buf, shift);
+    if (ok >= 0) result = PyBool_FromLong(ok);
+done:
+    PyMem_Free(x.limb);
+    PyBuffer_Release(&db);
+    PyBuffer_Release(&ob);
+    PyBuffer_Release(&cb);
+    PyBuffer_Release(&rb);
+    PyBuffer_Release(&lb);
+    PyBuffer_Release(&fb);
+    return result;
+}
+
+/* decode_chunks(data, out, hw, cdfs, orders, lengths, offsets, shift, chunk_len, max_chunk_bits) -> int
+ * The whole stream of codec.encode_symbols into out (all len(out) symbols). Returns 0, or what is wrong:
+ * 1 a chunk length truncated or overlong, 2 a chunk truncated or not canonical, 3 a chunk longer than
+ * max_chunk_bits per symbol allow, 4 the state did not return to 1, 5 trailing bytes. */
+static PyObject *decode_chunks(PyObject *self, PyObject *args) {
+    Py_buffer db, ob, cb, rb, lb, fb;
+    Py_ssize_t hw, channels, width, chunk_len, max_bits;
+    unsigned int shift;
+    if (!PyArg_ParseTuple(args, "y*w*ny*y*y*y*Inn", &db, &ob, &hw, &cb, &rb, &lb, &fb, &shift, &chunk_len, &max_bits))
+        return NULL;
+    PyObject *result = NULL;
+    Big x = {NULL, 0, 0};
+    Py_ssize_t n = ob.len / 4, pos = 0, status = 0;
     const uint8_t *data = db.buf;
-    memset(x.limb, 0, (size_t)x.cap * sizeof(uint32_t));
-    for (Py_ssize_t i = 0; i < db.len; i++) x.limb[i / 4] |= (uint32_t)data[i] << (8 * (i % 4));
-    x.n = db.len ? (db.len + 3) / 4 : 1;
-    big_trim(&x);
-    const uint32_t total = 1u << shift;
-    for (Py_ssize_t k = 0; k < count; k++) {
-        Py_ssize_t ch = (start + k) / hw, len = (Py_ssize_t)lengths[ch];
-        if (len < 2 || len > width) {
-            PyErr_SetString(PyExc_ValueError, "table length out of range");
-            goto done;
-        }
-        const int64_t *cdf = cdfs + ch * width, *order = orders + ch * width;
-        uint32_t slot = big_shr(&x, shift);
-        Py_ssize_t lo = 0, hi = len; /* last s with cdf[s] <= slot */
-        while (hi - lo > 1) {
-            Py_ssize_t mid = (lo + hi) / 2;
-            if ((uint32_t)cdf[mid] <= slot) lo = mid;
-            else hi = mid;
-        }
-        uint32_t f = (lo + 1 < len ? (uint32_t)cdf[lo + 1] : total) - (uint32_t)cdf[lo];
-        if (big_mul_add(&x, f, slot - (uint32_t)cdf[lo]) < 0) goto done;
-        if (order[lo] == len - 1) {
-            out[k] = (int32_t)big_shr(&x, RAW_BITS) - RAW_HALF;
-        } else {
-            out[k] = (int32_t)(order[lo] + offsets[ch]);
-        }
+    if (shift == 0 || shift >= 32 || hw <= 0 || chunk_len <= 0 || max_bits <= 0) {
+        PyErr_SetString(PyExc_ValueError, "invalid decode arguments");
+        goto done;
     }
-    result = PyBool_FromLong(x.n == 1 && x.limb[0] == 1);
+    if (check_tables(&cb, &rb, &lb, &fb, &channels, &width) < 0 || check_buffer(&ob, 4, n, "out") < 0) goto done;
+    if ((n + hw - 1) / hw > channels) {
+        PyErr_SetString(PyExc_ValueError, "symbols beyond the last channel");
+        goto done;
+    }
+    for (Py_ssize_t start = 0; start < n && status == 0; start += chunk_len) {
+        Py_ssize_t stop = start + chunk_len < n ? start + chunk_len : n, length = 0;
+        if (stop < n) {
+            unsigned bits = 0;
+            for (;;) {
+                if (pos >= db.len || bits >= 35) {
+                    status = 1;
+                    break;
+                }
+                uint8_t b = data[pos++];
+                length |= (Py_ssize_t)(b & 0x7F) << bits;
+                bits += 7;
+                if (!(b & 0x80)) break;
+            }
+            if (status) break;
+        } else {
+            length = db.len - pos;
+        }
+        if (length <= 0 || length > db.len - pos || data[pos + length - 1] == 0) {
+            status = 2;
+            break;
+        }
+        if (8 * (length - 1) > (stop - start) * max_bits) {
+            status = 3;
+            break;
+        }
+        int ok = decode_range(&x, data + pos, length, (int32_t *)ob.buf + start, start, stop - start, hw, width,
+                              cb.buf, rb.buf, lb.buf, fb.buf, shift);
+        if (ok < 0) goto done;
+        if (!ok) status = 4;
+        pos += length;
+    }
+    if (status == 0 && pos != db.len) status = 5;
+    result = PyLong_FromSsize_t(status);
 done:
     PyMem_Free(x.limb);
     PyBuffer_Release(&db);
@@ -211,6 +366,8 @@ done:
 static PyMethodDef methods[] = {
     {"encode_chunk", encode_chunk, METH_VARARGS, "Encode one chunk of symbols; see codec.encode_symbols."},
     {"decode_chunk", decode_chunk, METH_VARARGS, "Decode one chunk in place; see codec.decode_symbols."},
+    {"encode_chunks", encode_chunks, METH_VARARGS, "Encode a whole stream of chunks; see codec.encode_symbols."},
+    {"decode_chunks", decode_chunks, METH_VARARGS, "Decode a whole stream of chunks in place; see codec.decode_symbols."},
     {NULL, NULL, 0, NULL},
 };
 

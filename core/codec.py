@@ -29,7 +29,9 @@ byte length (LEB128). A step costs time linear in the state's length, so coding 
 chunk length times the symbol count: an 11k-symbol natural-image latent (56 x 14 x 14, 8.6 KB) took
 23 / 5.2 / 2.7 / 1.5 ms to encode in C with chunks of 4096 / 1024 / 512 / 256 symbols (decode 5.0 /
 1.5 / 0.9 / 0.6 ms) and 27 / 66 / 132 bytes more for the shorter chunks: the exporter picks
-``chunk_symbols`` per latent size (:func:`chunk_symbols_for`).
+``chunk_symbols`` per latent size (:func:`chunk_symbols_for`). With the C module the whole stream is
+one call (no Python step per chunk): the Lite0 stage3 latent (57 x 14 x 14 at level 0, 2.7 KB) then
+takes 0.47 ms to code (0.83 ms one call per chunk) and 0.36 ms to decode (0.50 ms).
 
 Values outside a channel's table are sent as the escape bin followed by the raw value, uniform over
 ``[-2**15, 2**15)``, so no value is ever clipped silently (values beyond that range are clipped).
@@ -247,6 +249,10 @@ def encode_symbols(q: np.ndarray, tables: EntropyTables) -> bytes:
     """Entropy-code integer symbols of shape (C, H, W)."""
     freqs, cdfs, escaped = _lookup(q, tables)
     raw = q.reshape(-1).astype(np.int64) + _RAW_HALF
+    if NATIVE:  # every chunk and its length prefix in one call
+        flags = np.ascontiguousarray(escaped, dtype=np.uint8)
+        c = np.ascontiguousarray
+        return _rans.encode_chunks(c(freqs), c(cdfs), flags, c(raw), tables.precision_bits, tables.chunk_symbols)  # type: ignore[union-attr]
     out = bytearray()
     n, chunk_len = len(freqs), tables.chunk_symbols
     for start in range(0, n, chunk_len):
@@ -293,6 +299,17 @@ def decode_symbols(data: bytes, shape: tuple[int, int, int], tables: EntropyTabl
         raise DecodeError(f"shape {shape} does not match the entropy tables ({tables.channels} channels)")
     n = c * h * w
     out = np.empty(n, dtype=np.int32)
+    # Each symbol adds at most precision + 1 bits to the state (+16 for an escaped raw value).
+    max_bits = tables.precision_bits + 1 + _RAW_BITS
+    if NATIVE:  # the whole stream in one call, the same checks in the same order
+        pad = tables._padded  # type: ignore[attr-defined]
+        status = _rans.decode_chunks(  # type: ignore[union-attr]
+            data, out, h * w, pad[2], pad[3], tables._lengths, tables._offsets,  # type: ignore[attr-defined]
+            tables.precision_bits, tables.chunk_symbols, max_bits,
+        )
+        if status:
+            raise DecodeError(_DECODE_ERRORS[status])
+        return out.reshape(shape)
     pos, chunk_len = 0, tables.chunk_symbols
     for start in range(0, n, chunk_len):
         stop = min(start + chunk_len, n)
@@ -303,15 +320,23 @@ def decode_symbols(data: bytes, shape: tuple[int, int, int], tables: EntropyTabl
         chunk = data[pos : pos + length]
         pos += length
         if len(chunk) != length or length == 0 or chunk[-1] == 0:
-            raise DecodeError("bitstream truncated or not canonical")
-        # Each symbol adds at most precision + 1 bits to the state (+16 for an escaped raw value).
-        if 8 * (length - 1) > (stop - start) * (tables.precision_bits + 1 + _RAW_BITS):
-            raise DecodeError(f"bitstream chunk of {length} bytes is too long for {stop - start} symbols")
+            raise DecodeError(_DECODE_ERRORS[2])
+        if 8 * (length - 1) > (stop - start) * max_bits:
+            raise DecodeError(_DECODE_ERRORS[3])
         if not _decode_chunk(chunk, out[start:stop], start, h * w, tables):
-            raise DecodeError("bitstream corrupt: rANS state did not return to its initial value")
+            raise DecodeError(_DECODE_ERRORS[4])
     if pos != len(data):
-        raise DecodeError("bitstream has trailing bytes")
+        raise DecodeError(_DECODE_ERRORS[5])
     return out.reshape(shape)
+
+
+_DECODE_ERRORS = {  # the status codes of the C module's decode_chunks
+    1: "bitstream truncated in a chunk length",
+    2: "bitstream truncated or not canonical",
+    3: "bitstream chunk is too long for its symbols",
+    4: "bitstream corrupt: rANS state did not return to its initial value",
+    5: "bitstream has trailing bytes",
+}
 
 
 def _decode_chunk_py(chunk: bytes, out: np.ndarray, start: int, hw: int, tables: EntropyTables) -> bool:
@@ -399,7 +424,7 @@ def _read_leb128(data: bytes, pos: int) -> tuple[int, int]:
     try:
         return read_leb128(data, pos)
     except ValueError:
-        raise DecodeError("bitstream truncated in a chunk length") from None
+        raise DecodeError(_DECODE_ERRORS[1]) from None
 
 
 NATIVE = _rans is not None
