@@ -10,7 +10,7 @@ export PYTHONUNBUFFERED := 1
 
 .PHONY: demo test venv data system-deps protos lock bench-rate-accuracy clean
 
-demo: venv data  ## Run the demo: real split model, real endpoint, edge client, real images.
+demo: venv  ## Run the demo: held-out photos through split EfficientNet-Lite0, the real endpoint, the edge client.
 	$(BIN)/splitserve demo
 
 test: venv data system-deps  ## Run the test suite.

@@ -1,27 +1,39 @@
 """``splitserve demo``: the main job, end to end on one machine.
 
-Builds (or reuses) the Fashion-MNIST bundle, starts the real cloud endpoint as its own process on a
-loopback port (embedded ONNX Runtime tail, the default when no Triton is configured), and streams
-real test images through the edge client for every option (local, offload, every split and level)
-and for the orchestrator. Prints one table: bytes on the wire, accuracy, latency, where it ran.
+Default (``--workload photos``): the EfficientNet-Lite0 bundle exported from the weights committed in
+``models/weights`` (no training; exported once, then cached), the held-out photos of the corpus (only
+their sources are fetched, tens of MB, cached), the real cloud endpoint as its own process (embedded
+ONNX Runtime tail, the default where no Triton is configured) and the edge client, on a device class
+taken from a published measurement of the same network (``--device``): this CPU runs Lite0 in about
+5 ms, where no split pays, so on-device work is padded to the cited device's speed
+(``EdgeConfig.device_slowdown``). Run as root with iproute2, the endpoint sits behind a kernel-shaped
+link (netns + tbf and a delay relay, as the benchmarks use) at ``--link-mbit`` and ``--rtt-ms``;
+otherwise the link is loopback and the output says so. Prints one row per option (bytes, agreement with
+the unsplit fp32 model, latency, where it ran) and the orchestrator's choice for every photo.
+
+``--workload fmnist`` is the Fashion-MNIST demo (its bundle is trained on first use).
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
-__all__ = ["run_demo"]
+__all__ = ["run_demo", "run_photo_demo"]
 
 
 def _free_port() -> int:
@@ -30,50 +42,73 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _start_endpoint(bundle: Path, port: int, metrics_port: int) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "splitserve.cloud", "serve", "--bundle", str(bundle),
-           "--address", f"127.0.0.1:{port}", "--metrics-port", str(metrics_port), "--metrics-host", "127.0.0.1",
-           "--log-level", "WARNING"]
-    return subprocess.Popen(cmd, start_new_session=True)
+def _endpoint_argv(bundle: Path, port: int, metrics_port: int) -> list[str]:
+    return [sys.executable, "-m", "splitserve.cloud", "serve", "--bundle", str(bundle),
+            "--address", f"127.0.0.1:{port}", "--metrics-port", str(metrics_port), "--metrics-host", "127.0.0.1",
+            "--log-level", "WARNING"]
 
 
-def _wait_ready(metrics_port: int, proc: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
-    import urllib.error
-    import urllib.request
-
+def _wait_listening(connect: Any, port: int, proc: subprocess.Popen[Any], timeout_s: float = 120.0) -> None:
+    """Wait until ``connect()`` (a fresh socket) reaches 127.0.0.1:``port``, or the process exits."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"the endpoint exited with code {proc.returncode} before it was ready")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/readyz", timeout=1) as r:
-                if r.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
+        with contextlib.closing(connect()) as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
         time.sleep(0.2)
     raise RuntimeError(f"the endpoint was not ready within {timeout_s:.0f} s")
 
 
-def _measure(client: Any, images: np.ndarray, labels: np.ndarray, desc: str) -> dict[str, Any]:
-    results = list(tqdm(client.stream(images), total=len(images), desc=desc, unit="img", leave=False))
+def _stop(proc: subprocess.Popen[Any]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@contextlib.contextmanager
+def _loopback_endpoint(bundle: Path) -> Iterator[str]:
+    port, metrics_port = _free_port(), _free_port()
+    proc = subprocess.Popen(_endpoint_argv(bundle, port, metrics_port), start_new_session=True)
+    try:
+        _wait_listening(socket.socket, port, proc)
+        yield f"127.0.0.1:{port}"
+    finally:
+        _stop(proc)
+
+
+def _median(results: list[Any], field: str) -> float | None:
+    values = [getattr(r.timings, field) for r in results if getattr(r.timings, field) is not None]
+    return float(np.median(values)) if values else None
+
+
+def _row(results: list[Any], reference: np.ndarray) -> dict[str, Any]:
     top1 = np.array([r.top1 for r in results])
     total = np.array([r.timings.total_ms for r in results])
-    where = Counter(r.computed for r in results)
-    chosen = Counter(r.chosen for r in results)
     return {
-        "accuracy": float((top1 == labels).mean()),
+        "device_ms": sum(_median(results, f) or 0.0 for f in ("preprocess_ms", "head_ms", "encode_ms", "local_ms")),
+        "server_ms": _median(results, "server_total_ms"),
+        "rtt_ms": _median(results, "rtt_ms"),
+        "accuracy": float((top1 == reference).mean()),
         "payload_bytes": float(np.mean([r.payload_bytes for r in results])),
         "wire_bytes": float(np.mean([r.bytes_sent for r in results])),
         "p50_ms": float(np.percentile(total, 50)),
         "p95_ms": float(np.percentile(total, 95)),
-        "where": ", ".join(f"{k} {v}" for k, v in where.most_common()),
-        "chosen": ", ".join(f"{k} {v}" for k, v in chosen.most_common(3)),
+        "where": ", ".join(f"{k} {v}" for k, v in Counter(r.computed for r in results).most_common()),
+        "chosen": ", ".join(f"{k} {v}" for k, v in Counter(r.chosen for r in results).most_common(3)),
     }
 
 
+# --- Fashion-MNIST --------------------------------------------------------------------------------------
+
+
 def run_demo(recipe: str = "fmnist_resnet-quick", n_images: int = 2000) -> list[dict[str, Any]]:
-    """Run the demo and print its table; returns the rows."""
+    """The Fashion-MNIST demo: every option over ``n_images`` test images; prints the table, returns the rows."""
     from splitserve.core.bundle import Bundle
     from splitserve.core.datasets import load_fashion_mnist
     from splitserve.edge import EdgeClient
@@ -84,39 +119,195 @@ def run_demo(recipe: str = "fmnist_resnet-quick", n_images: int = 2000) -> list[
     manifest = Bundle.open(bundle_path).manifest
     images, labels = load_fashion_mnist("test")
     images, labels = images[:n_images], labels[:n_images]
-
-    port, metrics_port = _free_port(), _free_port()
-    print(f"[2/3] cloud endpoint on 127.0.0.1:{port} (embedded ONNX Runtime tail), metrics on :{metrics_port}")
-    proc = _start_endpoint(bundle_path, port, metrics_port)
+    print("[2/3] cloud endpoint on loopback (embedded ONNX Runtime tail)")
     rows = []
-    try:
-        _wait_ready(metrics_port, proc)
+    with _loopback_endpoint(bundle_path) as address:
         options = ["local", "offload"] + [f"{s.name}@{lv.level}" for s in manifest.splits for lv in s.levels]
         print(f"[3/3] edge client: {len(images)} Fashion-MNIST test images per option")
         for option in [*options, "min_latency"]:
-            with EdgeClient(bundle_path, f"127.0.0.1:{port}", policy=option) as client:
-                row = _measure(client, images, labels, option)
-            row["option"] = "orchestrator (min_latency)" if option == "min_latency" else option
-            rows.append(row)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-    _print_table(rows, manifest.unsplit_accuracy, len(images))
+            with EdgeClient(bundle_path, address, policy=option) as client:
+                results = list(tqdm(client.stream(images), total=len(images), desc=option, unit="img", leave=False))
+            rows.append({"option": "orchestrator (min_latency)" if option == "min_latency" else option,
+                         **_row(results, labels)})
+    print(f"\nsplitserve demo: {len(images)} Fashion-MNIST test images, unsplit model accuracy "
+          f"{manifest.unsplit_accuracy:.2%} (manifest, on its eval set)")
+    _print_rows(rows, "accuracy")
+    print("\npayload = bitstream (split) or PNG (offload); wire = the whole gRPC request message.")
     return rows
 
 
-def _print_table(rows: list[dict[str, Any]], unsplit: float, n: int) -> None:
-    print(f"\nsplitserve demo: {n} Fashion-MNIST test images, unsplit model accuracy "
-          f"{unsplit:.2%} (manifest, on its eval set)")
-    head = f"{'option':28s} {'payload B':>9s} {'wire B':>7s} {'accuracy':>8s} {'p50 ms':>7s} {'p95 ms':>7s}  where"
-    print(head)
-    print("-" * len(head) + "-" * 12)
+# --- photos ---------------------------------------------------------------------------------------------
+
+
+def run_photo_demo(
+    *,
+    bundle: Path | None = None,
+    photos: Sequence[Path] | None = None,
+    device: str = "raspberry-pi-4",
+    link_mbit: float = 20.0,
+    rtt_ms: float = 2.0,
+    accuracy_floor: float = 0.75,
+    shape: bool = True,
+) -> dict[str, Any]:
+    """The photo demo (see the module docstring); ``bundle`` and ``photos`` default to the natural bundle
+    and the held-out photos. Prints the tables; returns ``{"rows", "per_photo", "device", "link"}``."""
+    from splitserve.orchestrator import device_class
+
+    dev = device_class(device)
+    if photos is None:
+        print("[1/4] held-out photos (their sources are fetched on the first run, then cached)")
+        photos = _heldout_photos()
+    if bundle is None:
+        print("[2/4] EfficientNet-Lite0 split bundle from the committed weights (exported on the first run, then cached)")
+        from splitserve.models.natural import build_natural_bundle
+
+        bundle = build_natural_bundle()
+    here_ms = _local_ms(bundle, dev.compare_with)
+    slowdown = dev.slowdown(here_ms)
+    plan = {"bundle": str(bundle), "photos": [str(p) for p in photos], "slowdown": slowdown,
+            "accuracy_floor": accuracy_floor}
+    from splitserve.benchmarks.netlab import unavailable_reason
+
+    why_not = unavailable_reason() if shape else "--loopback was asked for"
+    if why_not is None:
+        link = f"shaped by the kernel: {link_mbit:g} Mbit/s uplink (tbf), {rtt_ms:g} ms round trip (delay relay)"
+        print(f"[3/4] cloud endpoint in its own network namespace, link {link}")
+        out = _run_shaped(plan, link_mbit * 1e6, rtt_ms)
+    else:
+        link = f"loopback, not shaped ({why_not})"
+        print(f"[3/4] cloud endpoint on loopback (embedded ONNX Runtime tail); {link}")
+        with _loopback_endpoint(bundle) as address:
+            out = _client_phase({**plan, "address": address})
+    device_text = (f"{dev.name} ({dev.description}): {dev.network} {dev.published_ms:g} ms published "
+                   f"({dev.precision}), this CPU {here_ms:.1f} ms ({dev.compare_with}, 1 thread) -> on-device "
+                   f"work padded x{slowdown:.2f}. Source: {dev.source}")
+    _print_photo_tables(out, len(photos), device_text, link)
+    return {**out, "device": device_text, "link": link}
+
+
+def _heldout_photos() -> list[Path]:
+    from splitserve.core.photo_corpus import build_corpus
+
+    corpus = build_corpus(split="heldout", report=lambda line: print(f"      {line}"))
+    return [p.path(corpus.root) for p in corpus.split("heldout")]
+
+
+def _local_ms(bundle: Path, precision: str, repeats: int = 20) -> float:
+    """This CPU's median time for the bundle's whole model at ``precision``, one thread, batch 1."""
+    import onnxruntime as ort
+    from splitserve.core.bundle import Bundle
+
+    b = Bundle.open(bundle)
+    try:
+        m = b.manifest
+        rel = m.local.get(precision) or m.local.get("fp32") or m.local["int8"]
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+        session = ort.InferenceSession(str(b.path(rel)), opts, providers=["CPUExecutionProvider"])
+    finally:
+        b.close()
+    x = np.random.default_rng(0).integers(0, 256, (1, *m.input_shape), dtype=np.uint8)
+    feed = {session.get_inputs()[0].name: x}
+    times = []
+    for i in range(repeats + 3):
+        t0 = time.perf_counter()
+        session.run(None, feed)
+        if i >= 3:
+            times.append(time.perf_counter() - t0)
+    return float(np.median(times)) * 1e3
+
+
+def _client_phase(plan: dict[str, Any]) -> dict[str, Any]:
+    """Every option, then the orchestrator, over the photos: rows and the orchestrator's choice per photo.
+
+    The reference answer for each photo is the unsplit model in fp32 on this device (the ``local``
+    policy at ``precision="fp32"``): agreement is top-1 equal to it.
+    """
+    from splitserve.core.bundle import Bundle
+    from splitserve.edge import EdgeClient, EdgeConfig
+
+    photos = [Path(p).read_bytes() for p in plan["photos"]]
+    bundle, address = Path(plan["bundle"]), plan["address"]
+    manifest = Bundle.open(bundle).manifest
+    config = EdgeConfig(device_slowdown=plan["slowdown"], timeout_s=5.0, accuracy_floor=plan["accuracy_floor"])
+
+    def run(policy: str, precision: str = "auto") -> list[Any]:
+        with EdgeClient(bundle, address, policy=policy, config=config.with_overrides(precision=precision)) as client:
+            return [client.infer(p) for p in tqdm(photos, desc=policy, unit="photo", leave=False)]
+
+    reference_results = run("local", "fp32")
+    reference = np.array([r.top1 for r in reference_results])
+    rows = [{"option": "local (fp32, the reference)", **_row(reference_results, reference)}]
+    options = ["local", "offload"] + [f"{s.name}@{lv.level}" for s in manifest.splits for lv in s.levels]
+    for option in options:
+        rows.append({"option": option, **_row(run(option), reference)})
+    chosen = run("min_latency")
+    rows.append({"option": f"orchestrator (min_latency, accuracy >= {plan['accuracy_floor']:.0%})", **_row(chosen, reference)})
+    per_photo = [
+        {"photo": Path(path).name, "chosen": r.chosen, "computed": r.computed, "ms": r.timings.total_ms,
+         "bytes": r.bytes_sent, "label": r.labels[0] if r.labels else str(r.top1), "agrees": bool(r.top1 == ref)}
+        for path, r, ref in zip(plan["photos"], chosen, reference)
+    ]
+    return {"rows": rows, "per_photo": per_photo}
+
+
+def _run_shaped(plan: dict[str, Any], rate_bps: float, rtt_ms: float) -> dict[str, Any]:
+    """The endpoint in the lab's cloud namespace behind tbf + delay relay; the client phase in the edge one."""
+    from splitserve.benchmarks.netlab import DelayRelay, Filler, Netlab
+
+    port = 50051
+    with contextlib.ExitStack() as stack, tempfile.TemporaryDirectory() as tmp:
+        lab = stack.enter_context(Netlab(rate_bps=rate_bps, tag="ssvdemo"))
+        proc = lab.popen("cloud", _endpoint_argv(Path(plan["bundle"]), port, -1), start_new_session=True)
+        stack.callback(_stop, proc)
+        _wait_listening(lambda: lab.socket("cloud"), port, proc)
+        relay = stack.enter_context(DelayRelay(lab, ("127.0.0.1", port), one_way_ms=rtt_ms / 2))
+        stack.enter_context(Filler(lab))
+        spec, result = Path(tmp) / "plan.json", Path(tmp) / "result.json"
+        spec.write_text(json.dumps({**plan, "address": f"{relay.address[0]}:{relay.address[1]}", "out": str(result)}))
+        client = lab.popen("edge", [sys.executable, "-m", "splitserve.cli.demo", str(spec)])
+        if client.wait() != 0:
+            raise RuntimeError(f"the demo's client process exited with code {client.returncode}")
+        return json.loads(result.read_text())
+
+
+def _print_rows(rows: list[dict[str, Any]], score: str, breakdown: bool = False) -> None:
+    width = max(28, *(len(r["option"]) for r in rows))
+    head = f"{'option':{width}s} {'payload B':>9s} {'wire B':>7s} {score:>9s} {'p50 ms':>7s} {'p95 ms':>7s}"
+    if breakdown:
+        head += f" {'device':>7s} {'rtt':>6s} {'server':>6s}"
+    print(head + "  where")
+    print("-" * (len(head) + 14))
     for r in rows:
-        print(f"{r['option']:28s} {r['payload_bytes']:9.1f} {r['wire_bytes']:7.1f} {r['accuracy']:8.2%} "
-              f"{r['p50_ms']:7.2f} {r['p95_ms']:7.2f}  {r['where']}")
-    print("\npayload = bitstream (split) or PNG (offload); wire = the whole gRPC request message.")
+        line = (f"{r['option']:{width}s} {r['payload_bytes']:9.1f} {r['wire_bytes']:7.1f} {r['accuracy']:9.2%} "
+                f"{r['p50_ms']:7.2f} {r['p95_ms']:7.2f}")
+        if breakdown:
+            line += f" {r['device_ms']:7.1f} " + " ".join(
+                f"{r[k]:6.1f}" if r[k] is not None else f"{'-':>6s}" for k in ("rtt_ms", "server_ms"))
+        print(f"{line}  {r['where']}")
+
+
+def _print_photo_tables(out: dict[str, Any], n: int, device: str, link: str) -> None:
+    print(f"\nsplitserve demo: {n} held-out photos through EfficientNet-Lite0, split at its bottleneck or not")
+    print(f"device: {device}")
+    print(f"link: {link}\n")
+    _print_rows(out["rows"], "agreement", breakdown=True)
+    print("\nagreement = top-1 equal to the unsplit model in fp32; payload = bitstream (split) or PNG (offload);"
+          "\nwire = the whole gRPC request message; latency = the edge client's, on the emulated device;"
+          "\ndevice / rtt / server = medians of the device's work (decoding the photo included), the round trip"
+          "\n(link and endpoint) and the endpoint's own time (decode + tail on this machine's CPU).")
+    print("\nthe orchestrator's choice per photo:")
+    print(f"{'photo':34s} {'chosen':16s} {'computed':8s} {'ms':>7s} {'wire B':>7s}  top-1 (agrees)")
+    for p in out["per_photo"]:
+        print(f"{p['photo'][:34]:34s} {p['chosen']:16s} {p['computed']:8s} {p['ms']:7.1f} {p['bytes']:7d}  "
+              f"{p['label'][:30]} ({'yes' if p['agrees'] else 'no'})")
+
+
+def _client_main(spec_path: str) -> None:
+    """The client phase in a child process (inside the lab's edge namespace); writes its JSON result."""
+    plan = json.loads(Path(spec_path).read_text())
+    Path(plan["out"]).write_text(json.dumps(_client_phase(plan)))
+
+
+if __name__ == "__main__":  # pragma: no cover - the shaped demo's client process
+    _client_main(sys.argv[1])

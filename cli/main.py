@@ -343,18 +343,30 @@ def bench_soak(minutes: float, clients: int, bundle_path: Path | None, out: Path
 
 
 @cli.command("demo")
-@click.option(
-    "--recipe",
-    default="fmnist_resnet-quick",
-    show_default=True,
-    help="Bundle recipe; `fmnist_resnet` is the benchmarks' (about an hour to build the first time).",
-)
-@click.option("--images", "n_images", default=2000, show_default=True, help="Test images per option.")
-def demo(recipe: str, n_images: int) -> None:
+@click.option("--workload", type=click.Choice(["photos", "fmnist"]), default="photos", show_default=True,
+              help="photos: held-out photos through split EfficientNet-Lite0; fmnist: the Fashion-MNIST demo.")
+@click.option("--device", default="raspberry-pi-4", show_default=True,
+              help="photos: the device class to emulate (orchestrator.DEVICE_CLASSES: pixel4-cpu, raspberry-pi-4).")
+@click.option("--link-mbit", default=20.0, show_default=True, help="photos, as root: the shaped uplink rate.")
+@click.option("--rtt-ms", default=2.0, show_default=True,
+              help="photos, as root: the link's round trip (2 ms: Wi-Fi to an edge server on site).")
+@click.option("--accuracy-floor", default=0.75, show_default=True,
+              help="photos: the orchestrator chooses among options at least this accurate (manifest figures).")
+@click.option("--loopback", is_flag=True, help="photos: do not shape the link even as root.")
+@click.option("--recipe", default="fmnist_resnet-quick", show_default=True,
+              help="fmnist: bundle recipe; `fmnist_resnet` is the benchmarks' (about an hour to build the first time).")
+@click.option("--images", "n_images", default=2000, show_default=True, help="fmnist: test images per option.")
+def demo(
+    workload: str, device: str, link_mbit: float, rtt_ms: float, accuracy_floor: float, loopback: bool, recipe: str,
+    n_images: int,
+) -> None:
     """The main job: real split model, real endpoint, edge client, real images -> a table."""
-    from splitserve.cli.demo import run_demo
+    from splitserve.cli.demo import run_demo, run_photo_demo
 
-    run_demo(_recipe(recipe), n_images)
+    if workload == "fmnist":
+        run_demo(_recipe(recipe), n_images)
+    else:
+        run_photo_demo(device=device, link_mbit=link_mbit, rtt_ms=rtt_ms, accuracy_floor=accuracy_floor, shape=not loopback)
 
 
 def _mount_part_commands() -> None:

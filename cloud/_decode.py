@@ -1,7 +1,7 @@
 """Entropy decoding (and PNG decoding for offload): inline or on a worker pool.
 
 :func:`splitserve.core.codec.decode` holds the GIL: with its C loops (``core/_rans.c``) about 0.02-0.03 ms
-for a Fashion-MNIST latent (400-800 symbols) and 0.6 ms for an 11k-symbol natural-image latent; with the
+for a Fashion-MNIST latent (400-800 symbols) and 0.36 ms for an 11k-symbol natural-image latent; with the
 Python loops (no compiler at install) 0.2-0.3 ms for the small one, growing linearly with the symbols.
 Handing one decode to a process pool costs the event loop 0.26 ms of its CPU (pickle, pipe, wake-up)
 plus 0.3-0.6 ms of latency, so small latents decode fastest where they are, and only big ones are worth
@@ -47,7 +47,7 @@ __all__ = ["INLINE_MAX_PIXELS", "INLINE_MAX_SYMBOLS", "MAX_PNG_CHUNKS", "Decoder
 
 _T = TypeVar("_T")
 
-INLINE_MAX_SYMBOLS = 2048
+INLINE_MAX_SYMBOLS = 16384  # about 0.5 ms of the event loop with the C loops
 INLINE_MAX_PIXELS = 256 * 256
 
 

@@ -22,7 +22,7 @@ variable                                    field                      default
 ``SPLITSERVE_CLOUD_DECODE_WORKERS``         ``decode_workers``         ``0`` (= CPU cores)
 ``SPLITSERVE_CLOUD_DECODE_MODE``            ``decode_mode``            ``auto`` (or ``process``,
                                                                        ``thread``, ``inline``)
-``SPLITSERVE_CLOUD_DECODE_INLINE_MAX_SYMBOLS`` ``decode_inline_max_symbols`` ``2048`` (``auto``: bigger
+``SPLITSERVE_CLOUD_DECODE_INLINE_MAX_SYMBOLS`` ``decode_inline_max_symbols`` ``16384`` (``auto``: bigger
                                                                        latents go to the process pool)
 ``SPLITSERVE_CLOUD_EMBEDDED_THREADS``       ``embedded_threads``       ``1`` (ONNX Runtime batches run at
                                                                        once per tail, embedded backend)
@@ -97,7 +97,7 @@ class CloudConfig:
     max_inflight_per_client: int = 64
     decode_workers: int = 0
     decode_mode: str = "auto"
-    decode_inline_max_symbols: int = 2048
+    decode_inline_max_symbols: int = 16384  # cloud._decode.INLINE_MAX_SYMBOLS
     embedded_threads: int = 1
     grace_s: float = 10.0
     metrics_linger_s: float = 0.0

@@ -265,13 +265,16 @@ class BaseEdgeClient:
             [o.split for o in options if o.kind == "split" and o.split is not None],
             precision=self.config.precision,
             threads=self.config.ort_threads,
+            slowdown=self.config.device_slowdown,
         )
         self._policy_lock = threading.Lock()
         latency = self.runtime.measure()
         if isinstance(planned, str):
             # rated by what this device runs: precision="auto" may have kept an fp32 head
             options = options_from_manifest(manifest, self.runtime.precisions)
-            self.policy: EdgePolicy = Orchestrator(options, latency, policy=planned)
+            self.policy: EdgePolicy = Orchestrator(
+                options, latency, policy=planned, accuracy_floor=self.config.accuracy_floor
+            )
         else:
             self.policy = planned
         self.use_device_latency(latency)

@@ -10,6 +10,7 @@ variable                                       field                        defa
 ``SPLITSERVE_EDGE_POLICY``                     ``policy``                   ``min_latency`` (or ``local``,
                                                                             ``offload``, ``SPLIT@LEVEL``,
                                                                             another orchestrator policy)
+``SPLITSERVE_EDGE_ACCURACY_FLOOR``             ``accuracy_floor``           ``0`` (options below it not chosen)
 ``SPLITSERVE_EDGE_TIMEOUT_S``                  ``timeout_s``                ``1.0`` (per-request deadline)
 ``SPLITSERVE_EDGE_MAX_INFLIGHT``               ``max_inflight``             ``8`` (stream window)
 ``SPLITSERVE_EDGE_TOKEN`` / ``_TOKEN_FILE``    ``token``, ``token_file``    empty: no bearer token
@@ -32,6 +33,7 @@ variable                                       field                        defa
 ``SPLITSERVE_EDGE_PROBE_TIMEOUT_S``            ``probe_timeout_s``          ``0.5``
 ``SPLITSERVE_EDGE_REMEASURE_S``                ``remeasure_s``              ``60`` (0: measure at start only)
 ``SPLITSERVE_EDGE_MAX_MESSAGE_BYTES``          ``max_message_bytes``        ``4194304``
+``SPLITSERVE_EDGE_DEVICE_SLOWDOWN``            ``device_slowdown``          ``1`` (emulate a slower device)
 =============================================  ===========================  ==================================
 """
 
@@ -59,6 +61,8 @@ class EdgeConfig:
         endpoint: ``HOST:PORT`` of the cloud endpoint; empty is allowed only for a local-only policy.
         policy: policy used when the client is given none: ``local``, ``offload``, ``SPLIT@LEVEL`` or
             a registered orchestrator policy name (``min_latency``, ``max_accuracy``, ``mpc``).
+        accuracy_floor: with a named orchestrator policy, options whose accuracy in the manifest is
+            below this are not chosen (0 to 1; ``min_latency`` among the rest).
         timeout_s: per-request deadline, from the call to the result, local fallback included.
         max_inflight: requests :meth:`EdgeClient.stream` keeps in flight (at least 2).
         token: bearer token sent as ``authorization: Bearer <token>``.
@@ -90,10 +94,15 @@ class EdgeConfig:
             model, PNG encoding) are measured again, in a background thread, and handed to the policy;
             ``0`` measures at start only.
         max_message_bytes: largest gRPC message sent or received.
+        device_slowdown: emulate a device this many times slower than this machine (>= 1): on-device
+            work (heads, entropy coding, local model, offload encoding) is padded by a sleep to this
+            multiple of its time here, and the policy sees the padded times. For planning and demos
+            on a workstation; ``splitserve demo`` sets it from a published measurement of the model.
     """
 
     endpoint: str = ""
     policy: str = "min_latency"
+    accuracy_floor: float = 0.0
     timeout_s: float = 1.0
     max_inflight: int = 8
     token: str = ""
@@ -118,10 +127,13 @@ class EdgeConfig:
     probe_timeout_s: float = 0.5
     remeasure_s: float = 60.0
     max_message_bytes: int = 4 * 1024 * 1024
+    device_slowdown: float = 1.0
 
     def __post_init__(self) -> None:
         if self.endpoint and ":" not in self.endpoint:
             raise ConfigError(f"endpoint {self.endpoint!r} must be HOST:PORT (e.g. 127.0.0.1:50051)")
+        if not 0.0 <= self.accuracy_floor <= 1.0:
+            raise ConfigError(f"accuracy_floor must be 0 to 1, got {self.accuracy_floor}")
         if not self.timeout_s > 0:
             raise ConfigError(f"timeout_s must be > 0, got {self.timeout_s}")
         if self.max_inflight < 2:
@@ -156,6 +168,8 @@ class EdgeConfig:
             raise ConfigError(f"remeasure_s must be >= 0 (0: never), got {self.remeasure_s}")
         if self.max_message_bytes < 1024:
             raise ConfigError(f"max_message_bytes {self.max_message_bytes} is below 1024")
+        if not 1.0 <= self.device_slowdown <= 1000.0:
+            raise ConfigError(f"device_slowdown must be 1 to 1000, got {self.device_slowdown}")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError("tls_cert and tls_key must be given together")
 

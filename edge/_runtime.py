@@ -16,11 +16,10 @@ dot-product instructions (DESIGN.md, pitfalls; ``results/edge.json`` has the fig
 
 from __future__ import annotations
 
+import contextlib
 import io
-import struct
 import time
-import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
@@ -31,6 +30,7 @@ from splitserve.core import codec
 from splitserve.core.bundle import Bundle
 from splitserve.core.codec import EntropyTables
 from splitserve.core.errors import BundleError, RequestError
+from splitserve.core.png import png_bytes
 from splitserve.orchestrator import DeviceLatency
 
 if TYPE_CHECKING:
@@ -47,8 +47,6 @@ size need nothing beyond numpy."""
 _WARMUP = 2
 _CHOICE_ROUNDS = 7  # interleaved rounds of the fp32/int8 timing behind precision="auto"
 _CHOICE_CALLS = 8  # calls per model per round
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_PNG_LEVEL = 9
 
 
 def session_options(threads: int = 1) -> ort.SessionOptions:
@@ -94,6 +92,9 @@ class EdgeRuntime:
         splits: splits whose heads to load (the ones the policy may pick).
         precision: ``int8``, ``fp32`` or ``auto`` (time both, keep the faster).
         threads: ONNX Runtime intra-op threads per session.
+        slowdown: emulate a device this many times slower than this one: the head, entropy coding,
+            local model and offload encoding are each padded by a sleep to ``slowdown`` times what they
+            took here (``EdgeConfig.device_slowdown``).
 
     Raises:
         BundleError: the bundle lacks a model file or the local model.
@@ -101,9 +102,11 @@ class EdgeRuntime:
     """
 
     def __init__(
-        self, bundle: Bundle, splits: Iterable[str], *, precision: str = "int8", threads: int = 1
+        self, bundle: Bundle, splits: Iterable[str], *, precision: str = "int8", threads: int = 1,
+        slowdown: float = 1.0,
     ) -> None:
         self.bundle = bundle
+        self.slowdown = slowdown
         self.manifest = m = bundle.manifest
         self.input_shape: tuple[int, ...] = tuple(m.input_shape)
         self._threads = threads
@@ -130,20 +133,34 @@ class EdgeRuntime:
 
     def head(self, split: str, x: np.ndarray) -> np.ndarray:
         """Latent ``y`` (C, H, W) float32 of input ``x`` at ``split``."""
-        return self.heads[split](x)
+        with self._device_work():
+            return self.heads[split](x)
 
     def encode(self, split: str, level: int, y: np.ndarray) -> tuple[bytes, int]:
         """Entropy-code ``y`` with the tables of (split, level); returns the bitstream and symbols' CRC32."""
-        data, symbols = codec.encode(y, self.tables[(split, level)])
-        return data, codec.symbols_crc32(symbols)
+        with self._device_work():
+            data, symbols = codec.encode(y, self.tables[(split, level)])
+            return data, codec.symbols_crc32(symbols)
 
     def local(self, x: np.ndarray) -> np.ndarray:
         """Logits of the whole model on input ``x``."""
-        return self.local_model(x)
+        with self._device_work():
+            return self.local_model(x)
 
     def png(self, x: np.ndarray) -> bytes:
         """Lossless PNG of input ``x``: the offload payload."""
-        return png_bytes(x)
+        with self._device_work():
+            return png_bytes(x)
+
+    @contextlib.contextmanager
+    def _device_work(self) -> Iterator[None]:
+        """Pad the work inside to ``slowdown`` times its duration (nothing when ``slowdown`` is 1)."""
+        if self.slowdown == 1.0:
+            yield
+            return
+        t0 = time.perf_counter()
+        yield
+        time.sleep((time.perf_counter() - t0) * (self.slowdown - 1.0))
 
     def measure(self, repeats: int = 10) -> DeviceLatency:
         """Median device time of each option on a fixed sample, in ms.
@@ -293,26 +310,3 @@ def _from_pil(im: Image.Image, shape: tuple[int, int, int], preprocess: dict[str
         im = im.resize((w, h), Image.Resampling.BILINEAR)
     a = np.asarray(im, dtype=np.uint8)
     return np.ascontiguousarray(a[None] if c == 1 else a.transpose(2, 0, 1))
-
-
-def png_bytes(x: np.ndarray) -> bytes:
-    """A lossless 8-bit PNG (grey for 1 channel, RGB for 3) of ``x`` (C, H, W) uint8, written with zlib.
-
-    Rows are stored unfiltered: on Fashion-MNIST that is within 2% of pillow's adaptive filtering and
-    about twice as fast, and the edge needs no imaging library for it.
-
-    Raises:
-        RequestError: ``x`` has neither 1 nor 3 channels.
-    """
-    c, h, w = x.shape
-    if c not in (1, 3):
-        raise RequestError(f"only 1- or 3-channel inputs can be offloaded as PNG, this one has {c}")
-    rows = np.ascontiguousarray(x.transpose(1, 2, 0)).reshape(h, w * c)
-    raw = np.hstack([np.zeros((h, 1), np.uint8), rows]).tobytes()  # filter byte 0 before every row
-    header = struct.pack(">IIBBBBB", w, h, 8, 0 if c == 1 else 2, 0, 0, 0)
-    idat = zlib.compress(raw, _PNG_LEVEL)
-    return _PNG_SIGNATURE + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
-
-
-def _png_chunk(tag: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))

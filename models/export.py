@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import io
 import json
 import math
 import shutil
@@ -22,11 +21,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
-from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
 from splitserve.core import codec
+from splitserve.core.png import png_bytes as encode_png
 from splitserve.core.bundle import (
     MANIFEST_FORMAT,
     MANIFEST_VERSION,
@@ -188,14 +187,6 @@ def run_batched(sess: ort.InferenceSession, x: np.ndarray, batch: int = 500) -> 
     return np.concatenate([sess.run(None, {name: x[i : i + batch]})[0] for i in range(0, len(x), batch)])
 
 
-def _png_bytes(image: np.ndarray) -> int:
-    buf = io.BytesIO()
-    Image.fromarray(image.reshape(image.shape[-2:]) if image.shape[0] == 1 else image.transpose(1, 2, 0)).save(
-        buf, format="PNG", optimize=True
-    )
-    return buf.tell()
-
-
 def export_bundle(
     out_dir: Path,
     teacher: SplitBackbone,
@@ -267,7 +258,7 @@ def _write_bundle(
     ref_pred = ref_logits.argmax(1)
     unsplit_acc = float((ref_pred == data.labels).mean())
     local_int8_acc = float((run_batched(ort_session(full_int8), data.images).argmax(1) == data.labels).mean())
-    png_bytes = float(np.mean([_png_bytes(im) for im in data.images]))
+    png_bytes = float(np.mean([len(encode_png(im)) for im in data.images]))
     bar.update()
 
     splits = []

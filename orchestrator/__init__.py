@@ -10,6 +10,9 @@ from __future__ import annotations
 from ._options import options_from_manifest as options_from_manifest
 from ._orchestrator import Orchestrator as Orchestrator
 from ._orchestrator import OrchestratorConfig as OrchestratorConfig
+from .devices import DEVICE_CLASSES as DEVICE_CLASSES
+from .devices import DeviceClass as DeviceClass
+from .devices import device_class as device_class
 from .policies import Choice as Choice
 from .policies import DecisionState as DecisionState
 from .policies import Policy as Policy
@@ -35,8 +38,10 @@ from .types import ServerTimings as ServerTimings
 from .types import SplitDecision as SplitDecision
 
 __all__ = [
+    "DEVICE_CLASSES",
     "Choice",
     "DecisionState",
+    "DeviceClass",
     "DeviceLatency",
     "Estimates",
     "Metrics",
@@ -55,6 +60,7 @@ __all__ = [
     "SplitDecision",
     "Trace",
     "create_policy",
+    "device_class",
     "example_profile_path",
     "is_policy",
     "list_policies",

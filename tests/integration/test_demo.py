@@ -29,3 +29,24 @@ def test_demo_serves_every_option_and_prints_the_table(
     out = capsys.readouterr().out
     assert "splitserve demo: 40 Fashion-MNIST test images" in out
     assert all(r["option"] in out for r in rows)
+
+
+def test_photo_demo_measures_every_option_on_an_emulated_device(
+    test_bundle: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from splitserve.cli.demo import run_photo_demo
+    from splitserve.core.natural_images import PHOTO_FILES, package_file
+
+    photos = [package_file(dist, rel) for dist, rel in PHOTO_FILES[:6]]
+    out = run_photo_demo(bundle=test_bundle, photos=photos, device="pixel4-cpu", accuracy_floor=0.0, shape=False)
+    rows = {r["option"]: r for r in out["rows"]}
+    manifest = Bundle.open(test_bundle).manifest
+    splits = [f"{s.name}@{lv.level}" for s in manifest.splits for lv in s.levels]
+    assert list(rows) == ["local (fp32, the reference)", "local", "offload", *splits, "orchestrator (min_latency, accuracy >= 0%)"]
+    assert rows["local (fp32, the reference)"]["accuracy"] == 1.0  # the reference agrees with itself
+    assert rows["offload"]["accuracy"] == 1.0 and rows["offload"]["where"] == "offload 6"  # lossless PNG
+    assert all(rows[s]["where"] == "split 6" for s in splits)
+    assert [p["photo"] for p in out["per_photo"]] == [p.name for p in photos]
+    assert "loopback, not shaped" in out["link"] and "pixel4-cpu" in out["device"]
+    text = capsys.readouterr().out
+    assert "the orchestrator's choice per photo" in text and photos[0].name[:20] in text

@@ -48,6 +48,8 @@ def test_every_field_has_a_variable() -> None:
         ("REMEASURE_S", "-1", "remeasure_s"),
         ("GIVE_UP_FACTOR", "0.5", "give_up_factor"),
         ("GIVE_UP_MIN_S", "-0.1", "give_up_min_s"),
+        ("ACCURACY_FLOOR", "1.5", "accuracy_floor"),
+        ("DEVICE_SLOWDOWN", "0.5", "device_slowdown"),
     ],
 )
 def test_bad_values_are_refused(var: str, value: str, match: str) -> None:

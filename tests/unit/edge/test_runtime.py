@@ -143,3 +143,23 @@ def test_png_payload_is_lossless_and_readable_by_pillow(shape: tuple[int, int, i
     np.testing.assert_array_equal(decoded, x[0] if shape[0] == 1 else x.transpose(1, 2, 0))
     with pytest.raises(RequestError, match="1- or 3-channel"):
         png_bytes(np.zeros((2, 4, 4), np.uint8))
+
+
+def test_slowdown_pads_every_kind_of_device_work(
+    bundle: Bundle, images: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import splitserve.edge._runtime as runtime_module
+
+    slept: list[float] = []
+    monkeypatch.setattr(runtime_module.time, "sleep", slept.append)
+    x = images[0]
+    fast, slow = EdgeRuntime(bundle, ["stem"], precision="fp32"), EdgeRuntime(bundle, ["stem"], precision="fp32", slowdown=4.0)
+    y = fast.head("stem", x)
+    fast.encode("stem", 1, y), fast.local(x), fast.png(x)
+    assert slept == []  # slowdown 1: nothing padded
+    t0 = time.perf_counter()
+    assert np.array_equal(slow.head("stem", x), y)  # the same answers, only later
+    slow.encode("stem", 1, y), slow.local(x), slow.png(x)
+    elapsed = time.perf_counter() - t0
+    assert len(slept) == 4 and all(s > 0 for s in slept)  # head, coding, local model, PNG
+    assert sum(slept) <= 3.0 * elapsed  # each pad is 3x (slowdown - 1) the work it follows
