@@ -252,14 +252,21 @@ def _sim_trace(trace: Trace, profile: Profile, config: SimConfig) -> tuple[dict[
 _HTTP2_TCPIP_BYTES = 9 + 30 + 66  # HTTP/2 DATA frame header, HPACK HEADERS frame (warm table), TCP/IP
 
 
-def measure_profile(bundle_path: Path, *, requests: int = 100, log: Callable[[str], None] = print) -> Profile:
+def measure_profile(
+    bundle_path: Path,
+    *,
+    requests: int = 100,
+    images: Sequence[Any] | None = None,
+    log: Callable[[str], None] = print,
+) -> Profile:
     """A profile of ``bundle_path`` from real measurements on this machine.
 
     Bytes and accuracy per option come from the bundle's manifest (measured on its evaluation set).
     Device times are what the real edge client measures at start-up (:class:`~splitserve.edge.EdgeClient`:
     head + entropy coding per split, the whole model, the PNG encoding), median over the clients (one
     per option, each loads only what its option needs). Server times are the median ``total_ms`` the real endpoint (embedded ONNX Runtime, its own
-    process on loopback) reports for ``requests`` Fashion-MNIST test images per remote option. Framing
+    process on loopback) reports for ``requests`` inputs per remote option: ``images`` (anything the edge
+    client takes, e.g. photo bytes), by default Fashion-MNIST test images. Framing
     is the measured request bytes beyond the payload (protobuf + gRPC prefix) plus HTTP/2 frame headers
     and TCP/IP headers (``_HTTP2_TCPIP_BYTES``).
     """
@@ -270,7 +277,8 @@ def measure_profile(bundle_path: Path, *, requests: int = 100, log: Callable[[st
 
     from .cloud import _serving
 
-    images, _ = load_fashion_mnist("test")
+    if images is None:
+        images = list(load_fashion_mnist("test")[0])
     bundle = Bundle.open(bundle_path)
     manifest = bundle.manifest
     bundle.close()
@@ -287,8 +295,8 @@ def measure_profile(bundle_path: Path, *, requests: int = 100, log: Callable[[st
                 for image in images[-10:]:  # warm-up: first calls of a connection and a tail
                     client.infer(image)
                 totals = []
-                for image in images[:requests]:
-                    r = client.infer(image)
+                for i in range(requests):
+                    r = client.infer(images[i % len(images)])
                     totals.append(float(r.timings.server_total_ms or 0.0))
                     framing.append(r.bytes_sent - r.payload_bytes)
                 server_ms[option.id] = float(np.median(totals))
@@ -311,7 +319,7 @@ def measure_profile(bundle_path: Path, *, requests: int = 100, log: Callable[[st
             f"Measured {time.strftime('%Y-%m-%d')} from bundle {bundle_path}: bytes and accuracy from its "
             f"manifest; device times from the edge client's start-up measurement on this CPU "
             f"({platform.processor() or platform.machine()}, {os.cpu_count()} cores, shared); server times "
-            f"the median endpoint total over {requests} Fashion-MNIST test images per option (embedded "
+            f"the median endpoint total over {requests} requests per option (embedded "
             "ONNX Runtime endpoint on loopback); framing = measured message framing + "
             f"{_HTTP2_TCPIP_BYTES} B HTTP/2 + TCP/IP headers."
         ),

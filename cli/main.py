@@ -257,6 +257,29 @@ def bench_cloud(recipe: str, bundle_path: Path | None, out: Path, duration_s: fl
     click.echo(json.dumps(result.get("runs", result), indent=1)[:4000])
 
 
+@bench.command("device-map")
+@click.option("--bundle", "bundle_path", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Bundle to map (default: the natural Lite0 bundle, built from the committed weights).")
+@click.option("--accuracy-floor", default=0.75, show_default=True, help="Options below this manifest accuracy are left out.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("results"), show_default=True)
+def bench_device_map(bundle_path: Path | None, accuracy_floor: float, out: Path) -> None:
+    """Fastest option per uplink rate and round trip, for this CPU and each cited device class."""
+    from splitserve.benchmarks.device_map import run
+    from splitserve.core.bundle import Bundle
+
+    if bundle_path is None:
+        from splitserve.models.natural import build_natural_bundle
+
+        bundle_path = build_natural_bundle()
+    images = None
+    if Bundle.open(bundle_path).manifest.input_shape[0] == 3:  # photos: the held-out ones, as the client gets them
+        from splitserve.core.photo_corpus import build_corpus
+
+        corpus = build_corpus(split="heldout", report=lambda _: None)
+        images = [p.path(corpus.root).read_bytes() for p in corpus.split("heldout")]
+    run(bundle_path, out, accuracy_floor=accuracy_floor, images=images, log=click.echo)
+
+
 @bench.command("natural")
 @click.option("--recipe", default="efficientnet_lite0-natural", show_default=True)
 @_bundle_option
