@@ -64,10 +64,10 @@ def train_backbone(recipe: str) -> None:
 
 @train.command("natural")
 @click.option("--recipe", default="efficientnet_lite0-natural", show_default=True, help="Natural-image recipe.")
-@click.option("--steps", type=int, default=None, help="Stop after this many steps (resumable later).")
+@click.option("--steps", type=int, default=None, help="Distilled recipes: stop after this many steps (resumable later).")
 @click.option("--retrain", is_flag=True, help="Train even if committed or cached weights fit the recipe.")
 def train_natural(recipe: str, steps: int | None, retrain: bool) -> None:
-    """Distil the recipe's bottleneck on the photo corpus (resumes from its last checkpoint).
+    """Fit (efficientnet_lite0-natural) or distil (-distilled, resumable) the recipe's bottleneck on the photos.
 
     Without --retrain, weights committed in the package (models/weights) or cached that fit the
     recipe are used as they are.
@@ -126,13 +126,15 @@ def recipes() -> None:
 @click.option("--std", default="58.395,57.12,57.375", show_default=True, help="With --model: per-channel std (0-255).")
 @click.option("--classes", "classes_file", type=click.Path(exists=True, path_type=Path), default=None,
               help="With --model: a text file, one class name a line.")
-@click.option("--steps", type=int, default=None, help="With --model: distillation steps per split.")
+@click.option("--fit", type=click.Choice(["fisher", "distill"]), default="fisher", show_default=True,
+              help="With --model: fit a Fisher-weighted linear code (minutes) or distil a learned one (hours).")
+@click.option("--steps", type=int, default=None, help="With --model --fit distill: distillation steps per split.")
 @click.option("--sign", "sign_key", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Ed25519 private key (PEM, `splitserve keygen`): sign the bundle's manifest.")
 def export(
     recipe: str, out: Path | None, force: bool, factory: str | None, images: Path | None, splits: tuple[str, ...],
-    name: str | None, input_size: int, resize: int, mean: str, std: str, classes_file: Path | None, steps: int | None,
-    sign_key: Path | None,
+    name: str | None, input_size: int, resize: int, mean: str, std: str, classes_file: Path | None, fit: str,
+    steps: int | None, sign_key: Path | None,
 ) -> None:
     """Train what is missing and write a bundle (a recipe's, or your own model's with --model); prints its path."""
     if factory is None:
@@ -154,7 +156,7 @@ def export(
         mean=_floats(mean, "--mean"), std=_floats(std, "--std"),
         classes=tuple(c for c in classes_file.read_text().splitlines() if c.strip()) if classes_file else (),
     )
-    path = export_user_model(factory, spec, images, out, steps=steps)
+    path = export_user_model(factory, spec, images, out, steps=steps, fit=fit)
     if sign_key is not None:
         from splitserve.core.signing import sign_bundle
 

@@ -15,6 +15,8 @@ int8 export, bundles) treats a user's network like a registered one.
 
 from __future__ import annotations
 
+import dataclasses
+
 import hashlib
 import importlib
 import importlib.util
@@ -238,11 +240,16 @@ def export_user_model(
     out_dir: Path,
     *,
     steps: int | None = None,
+    fit: str = "fisher",
     heldout_every: int = 10,
     progress: bool = True,
 ) -> Path:
-    """Split the user's model, distil a bottleneck per split on ``images`` (no labels), export a bundle.
+    """Split the user's model, make a bottleneck per split from ``images`` (no labels), export a bundle.
 
+    ``fit="fisher"`` (the default) fits a linear transform code in the metric of the tail's Fisher
+    information, in a few minutes and with nothing to over-fit (:func:`~splitserve.models.natural.fit_fisher`;
+    on Lite0 and 287 photos it beat distillation by 13 points of held-out agreement); ``"distill"`` trains
+    an encoder, decoder and the first tail stage by knowledge distillation for ``steps`` steps per split.
     Every ``heldout_every``-th image (sorted by path) is held out of training and measures the bundle:
     its figures are agreement with the unsplit model (the images have no labels).
     """
@@ -250,7 +257,7 @@ def export_user_model(
 
     from ._config import BottleneckCfg
     from .export import EvalData, export_bundle
-    from .natural import NaturalRecipe, PhotoViews, distill, image_files, prepare_images
+    from .natural import NaturalRecipe, PhotoViews, distill, fit_fisher, image_files, prepare_images
     from .zoo import cache_dir
 
     model = load_factory(factory)()
@@ -269,6 +276,13 @@ def export_user_model(
                                      level_steps=(1.0, 1.4, 2.0)),
             steps=steps or NaturalRecipe.steps,
         )
+        if fit == "fisher":  # a quarter (stride 2) or a sixteenth (stride 4) of each patch's values
+            recipe = dataclasses.replace(recipe, fit="fisher", refine_blocks=0, tune_tail_stages=0, latent_scale=20.0,
+                                         extra_level_steps=())
+            split_models[sp.name] = fit_fisher(backbone, recipe, train, progress=progress)
+            continue
+        if fit != "distill":
+            raise ConfigError(f"fit {fit!r} is not 'fisher' or 'distill'")
         digest = hashlib.sha256("".join(sorted(str(f) for f in train)).encode()).hexdigest()[:12]
         run = cache_dir() / "runs" / f"{spec.name}-{sp.name}-{recipe.key(digest)}"
         split_models[sp.name] = distill(backbone, recipe, train, run, progress=progress)

@@ -115,7 +115,7 @@ def test_export_from_a_folder_of_unlabelled_images(user_file, tmp_path, monkeypa
         Image.fromarray(rng.integers(0, 255, (90, 120, 3), dtype=np.uint8)).save(images / f"im{i}.jpg")
     (images / "notes.txt").write_text("not an image")
     out = export_user_model(f"{user_file}:build", _spec(splits=("down",)), images, tmp_path / "bundle",
-                            steps=2, heldout_every=3, progress=False)
+                            heldout_every=3, progress=False)  # fitted (the default): no training loop
     bundle = Bundle.open(out)
     m = bundle.manifest
     assert m.name == "tinynet" and [s.name for s in m.splits] == ["down"]
@@ -125,6 +125,9 @@ def test_export_from_a_folder_of_unlabelled_images(user_file, tmp_path, monkeypa
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "a.txt").write_text("x")
+    distilled = export_user_model(f"{user_file}:build", _spec(splits=("down",)), images, tmp_path / "bundle2",
+                                  steps=2, fit="distill", heldout_every=3, progress=False)
+    assert len(Bundle.open(distilled).manifest.splits[0].levels) == 3
     with pytest.raises(ConfigError, match=r"no readable image in .* \(1 files skipped"):
         export_user_model(f"{user_file}:build", _spec(), empty, tmp_path / "b2", steps=1, progress=False)
 
