@@ -308,6 +308,20 @@ def test_endpoint_tls_and_tokens_come_from_secrets(rendered: Any) -> None:
     assert not unexpected
 
 
+def test_trusted_signing_keys_come_from_a_config_map(rendered: Any) -> None:
+    signing = rendered.merged["endpoint"]["signing"]
+    env = endpoint_env(rendered)
+    spec = pod_spec(rendered.one("Deployment", "endpoint"))
+    maps = {v["name"]: v["configMap"] for v in spec["volumes"] if "configMap" in v}
+    mounts = {m["name"]: m["mountPath"] for m in spec["containers"][0]["volumeMounts"]}
+    if not signing["trustedKeysConfigMap"]:
+        assert "SPLITSERVE_CLOUD_TRUSTED_KEYS_FILE" not in env and "signing" not in mounts
+        return
+    assert maps["signing"]["name"] == signing["trustedKeysConfigMap"]
+    assert maps["signing"]["items"] == [{"key": signing["trustedKeysKey"], "path": "trusted_keys.pem"}]
+    assert env["SPLITSERVE_CLOUD_TRUSTED_KEYS_FILE"] == f"{mounts['signing']}/trusted_keys.pem"
+
+
 def test_model_repository_reaches_both_pods(rendered: Any) -> None:
     repo = rendered.merged["modelRepository"]
     root = repo["mountPath"]
