@@ -3,8 +3,8 @@
 Series (one registry per server, so several servers can live in one process)::
 
     splitserve_requests_total{model,version,split,level,status}   counter
-    splitserve_received_bytes                                      histogram of request message sizes
-    splitserve_stage_seconds{stage}                                histogram; receive|decode|queue|tail|total
+    splitserve_received_bytes{model,split,level}                   histogram of request message sizes
+    splitserve_stage_seconds{model,split,level,stage}              histogram; receive|decode|queue|tail|total
     splitserve_inflight_requests                                   gauge
     splitserve_decode_pool_saturation                              gauge: decodes in the pool / workers
 
@@ -78,16 +78,19 @@ class Metrics:
             ["model", "version", "split", "level", "status"],
             registry=self.registry,
         )
+        # Per option (model, split, level: values the served bundles define, or "unknown"), so an operator
+        # sees what each split and rate costs; the label sets stay as few as the bundles' options.
         self.received_bytes = Histogram(
             "splitserve_received_bytes",
-            "Size of received inference request messages in bytes.",
+            "Size of received inference request messages in bytes, by model, split and level.",
+            ["model", "split", "level"],
             buckets=_BYTES_BUCKETS,
             registry=self.registry,
         )
         self.stage_seconds = Histogram(
             "splitserve_stage_seconds",
-            "Server time per request stage (receive, decode, queue, tail, total).",
-            ["stage"],
+            "Server time per request stage (receive, decode, queue, tail, total), by model, split and level.",
+            ["model", "split", "level", "stage"],
             buckets=_SECONDS_BUCKETS,
             registry=self.registry,
         )
@@ -99,12 +102,18 @@ class Metrics:
             "Decodes submitted to the pool and not finished, divided by its workers (above 1: queueing).",
             registry=self.registry,
         )
-        self._stages = {stage: self.stage_seconds.labels(stage) for stage in STAGES}
 
-    def observe_stages(self, **seconds: float) -> None:
-        """Record one request's stage durations, e.g. ``observe_stages(decode=0.0004, total=0.002)``."""
+    def observe_stages(self, model: str, split: str, level: str, **seconds: float) -> None:
+        """Record one request's stage durations, e.g. ``observe_stages("m", "stem", "1", decode=0.0004)``
+        (labels must already be sanitised to known values)."""
         for stage, value in seconds.items():
-            self._stages[stage].observe(value)
+            if stage not in STAGES:
+                raise ValueError(f"unknown stage {stage!r}")
+            self.stage_seconds.labels(model, split, level, stage).observe(value)
+
+    def observe_received(self, model: str, split: str, level: str, size: int) -> None:
+        """Record one request message's size in bytes (labels sanitised, ``unknown`` where not served)."""
+        self.received_bytes.labels(model, split, level).observe(size)
 
     def count(self, model: str, version: str, split: str, level: str, status: str) -> None:
         """Count one finished request (labels must already be sanitised to known values)."""

@@ -286,11 +286,10 @@ class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
         deadline = None if timeout_s is None else received + timeout_s
         self._metrics.inflight.inc()
         acquired = False
+        size = request.size if isinstance(request, MalformedMessage) else request.ByteSize()
         try:
             if isinstance(request, MalformedMessage):
-                self._metrics.received_bytes.observe(request.size)
                 raise _malformed(request)
-            self._metrics.received_bytes.observe(request.ByteSize())
             if not slot_held:
                 self._limiter.acquire_nowait(client)
                 acquired = True
@@ -324,6 +323,7 @@ class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
                 self._limiter.release(client)
             self._metrics.inflight.dec()
             self._metrics.count(labels.model, labels.version, labels.split, labels.level, status)
+            self._metrics.observe_received(labels.model, labels.split, labels.level, size)
 
     async def _process(
         self,
@@ -375,6 +375,7 @@ class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
             queue_delay_ms=self._backend.queue_delay_s(spec) * 1e3,
         )
         self._metrics.observe_stages(
+            labels.model, labels.split, labels.level,
             receive=received - arrived,
             decode=decoded - start,
             queue=result.queue_s,

@@ -68,8 +68,8 @@ def endpoint_series() -> tuple[set[str], set[str]]:
     metrics_module = pytest.importorskip("splitserve.cloud._metrics")
     metrics = metrics_module.Metrics()
     metrics.count("model", "1", "split", "0", "OK")
-    metrics.received_bytes.observe(100)
-    metrics.observe_stages(total=0.001)
+    metrics.observe_received("model", "split", "0", 100)
+    metrics.observe_stages("model", "split", "0", total=0.001)
     names: set[str] = set()
     labels: set[str] = set()
     for family in metrics.registry.collect():

@@ -98,6 +98,11 @@ def test_prometheus_scrapes_every_series(prometheus, embedded_endpoint, samples)
     )
     assert 0 < float(p50[0]["value"][1]) < 1.0
     _query(prometheus, "splitserve_received_bytes_count > 0")
+    # per option: the split requests' bytes and server time apart from the offloaded images'
+    by_option = {(r["metric"]["split"], r["metric"]["level"]): float(r["value"][1]) for r in _query(
+        prometheus, "sum by (split, level) (splitserve_received_bytes_sum) / sum by (split, level) (splitserve_received_bytes_count)")}
+    assert 0 < by_option[("stem", "0")] < by_option[("input", "0")]
+    _query(prometheus, 'splitserve_stage_seconds_count{stage="tail",split="stem",level="0"} > 0')
     _query(prometheus, "splitserve_inflight_requests")
     _query(prometheus, "splitserve_decode_pool_saturation")
 

@@ -72,7 +72,8 @@ def _get(url: str) -> tuple[int, str]:
 def test_metrics_http_server_paths():
     metrics = Metrics()
     metrics.count("m", "1", "s", "0", "OK")
-    metrics.observe_stages(decode=0.001, total=0.002)
+    metrics.observe_stages("m", "s", "0", decode=0.001, total=0.002)
+    metrics.observe_received("m", "s", "0", 1234)
     ready = [False]
     http = MetricsHTTPServer(metrics, "127.0.0.1", 0, lambda: ready[0], "http://127.0.0.1:9/metrics")
     http.start()
@@ -85,7 +86,8 @@ def test_metrics_http_server_paths():
         status, text = _get(f"{base}/metrics")
         assert status == 200
         assert 'splitserve_requests_total{level="0",model="m",split="s",status="OK",version="1"} 1.0' in text
-        assert 'splitserve_stage_seconds_count{stage="decode"} 1.0' in text
+        assert 'splitserve_stage_seconds_count{level="0",model="m",split="s",stage="decode"} 1.0' in text
+        assert 'splitserve_received_bytes_sum{level="0",model="m",split="s"} 1234.0' in text
         assert _get(f"{base}/metrics/triton")[0] == 502
         assert _get(f"{base}/other")[0] == 404
     finally:
