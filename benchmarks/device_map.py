@@ -13,7 +13,8 @@ option that meets the accuracy floor is
     remote:  device_ms + (payload + framing) * 8 / rate + rtt + server_ms
 
 (the orchestrator's own cost model, without queueing), and the map records the best option and its
-margin over the best option of another kind. Writes ``device_map.json`` and ``device_map.png``.
+margin over the best option of another kind. Writes ``device_map.json``, ``device_map.png`` and the
+measured profile, ``device_map_profile.json``.
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ def run(
 
     out.mkdir(parents=True, exist_ok=True)
     profile = measure_profile(bundle, requests=requests, images=images, log=log)
+    profile.save(out / "device_map_profile.json")  # for `bench adaptation --profile ... --device CLASS`
     here = profile.entry("local").device_ms
     classes: dict[str, dict[str, Any]] = {"this-cpu": {"slowdown": 1.0, "source": "measured here"}}
     for d in DEVICE_CLASSES.values():

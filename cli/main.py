@@ -318,6 +318,11 @@ def bench_int8(bundle_path: Path, out: Path) -> None:
                    "first (edge client + embedded endpoint on this machine).")
 @click.option("--device-factor", default=1.0, show_default=True,
               help="Scale every device time (this CPU standing in for a slower device).")
+@click.option("--device", "device_name", default=None,
+              help="Instead of --device-factor: a cited device class (orchestrator.DEVICE_CLASSES); the factor is its "
+                   "published latency over the profile's local time.")
+@click.option("--accuracy-floor", type=float, default=None,
+              help="Options below this accuracy are not eligible (default: the simulator's, 0.91).")
 @click.option("--mac-rate", type=float, default=None,
               help="Add each option's on-device MACs at this many MMAC/s (a device where compute dominates).")
 @click.option("--live", is_flag=True, help="Also run the live harness (root: netns + tc tbf).")
@@ -328,6 +333,8 @@ def bench_adaptation(
     profile_path: Path | None,
     bundle_path: Path | None,
     device_factor: float,
+    device_name: str | None,
+    accuracy_floor: float | None,
     mac_rate: float | None,
     live: bool,
     live_duration: float,
@@ -336,9 +343,17 @@ def bench_adaptation(
 ) -> None:
     """Orchestrator vs every fixed option vs the hindsight oracle over bandwidth traces."""
     from splitserve.benchmarks.adaptation import run
+    from splitserve.orchestrator import Profile, SimConfig, device_class
 
+    if device_name is not None:
+        if profile_path is None:
+            raise click.UsageError("--device needs --profile (the local time it scales from)")
+        device = device_class(device_name)
+        device_factor = device.slowdown(Profile.load(profile_path).entry("local").device_ms)
+        click.echo(f"device class {device.name}: x{device_factor:.2f} ({device.source})")
+    config = None if accuracy_floor is None else SimConfig(accuracy_floor=accuracy_floor)
     result = run(
-        out, profile_path, live, device_factor=device_factor, mac_rate=mac_rate, bundle=bundle_path,
+        out, profile_path, live, config=config, device_factor=device_factor, mac_rate=mac_rate, bundle=bundle_path,
         live_duration_s=live_duration, live_fixed=live_fixed.split(",") if live_fixed else None,
     )
     click.echo(f"wrote {out / 'adaptation.json'} ({len(result['traces'])} traces)")

@@ -45,3 +45,17 @@ def test_plot_writes_a_png(tmp_path: Path) -> None:
               "device_classes": {"this-cpu": {"slowdown": 1.0, "map": m}, "slow": {"slowdown": 3.0, "map": m}}}
     _plot(result, tmp_path / "map.png")
     assert (tmp_path / "map.png").stat().st_size > 5_000
+
+
+def test_bench_adaptation_takes_a_device_class_for_a_measured_profile(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+    from splitserve.cli.main import cli
+
+    runner = CliRunner()
+    res = runner.invoke(cli, ["bench", "adaptation", "--device", "raspberry-pi-4", "--out", str(tmp_path)])
+    assert res.exit_code == 2 and "--device needs --profile" in res.output
+    _profile().save(tmp_path / "p.json")
+    res = runner.invoke(cli, ["bench", "adaptation", "--profile", str(tmp_path / "p.json"), "--device", "raspberry-pi-4",
+                              "--accuracy-floor", "0.75", "--out", str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    assert "device class raspberry-pi-4: x1.00" in res.output  # 49 ms published < 50 ms local: never below 1
