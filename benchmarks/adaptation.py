@@ -262,7 +262,7 @@ def measure_profile(
     """A profile of ``bundle_path`` from real measurements on this machine.
 
     Bytes and accuracy per option come from the bundle's manifest (measured on its evaluation set).
-    Device times are what the real edge client measures at start-up (:class:`~splitserve.edge.EdgeClient`:
+    Device times are what the real edge client measures (:meth:`~splitserve.edge.EdgeRuntime.measure`, 50 runs:
     head + entropy coding per split, the whole model, the PNG encoding), median over the clients (one
     per option, each loads only what its option needs). Server times are the median ``total_ms`` the real endpoint (embedded ONNX Runtime, its own
     process on loopback) reports for ``requests`` inputs per remote option: ``images`` (anything the edge
@@ -289,7 +289,7 @@ def measure_profile(
         for option in options_from_manifest(manifest):
             config = EdgeConfig(timeout_s=5.0, fallback=False)
             with EdgeClient(bundle_path, target, policy=option.id, config=config) as client:
-                measured.append(client.device_latency)
+                measured.append(client.runtime.measure(repeats=50))  # steadier than the start-up 10
                 if not option.remote:
                     continue
                 for image in images[-10:]:  # warm-up: first calls of a connection and a tail
@@ -956,6 +956,7 @@ def run(
         "benchmark": "adaptation",
         "command": f"splitserve bench adaptation {source.strip()} --device-factor {device_factor:g}"
         + (f" --mac-rate {mac_rate:g}" if mac_rate is not None else "")
+        + (f" --accuracy-floor {cfg.accuracy_floor:g}" if cfg.accuracy_floor != SimConfig().accuracy_floor else "")
         + (f" --live --live-duration {live_duration_s:g}" if live else "")
         + (f" --live-fixed {','.join(live_fixed)}" if live and live_fixed else "")
         + f" --out {out_dir}",

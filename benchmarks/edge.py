@@ -89,9 +89,8 @@ def run(
     bundle = Bundle.open(bundle_path)
     try:
         m = bundle.manifest
-        images, labels = load_fashion_mnist("test")
         n_eval = int(eval_size or m.extra.get("eval_size", 1000))
-        images, labels = images[:n_eval], labels[:n_eval]
+        images, labels, inputs = _eval_inputs(bundle, n_eval)
         splits = [_split_figures(bundle, s.name, images, labels, repeats, threads) for s in m.splits]
         local = _local_figures(bundle, images, labels, repeats, threads)
         report: dict[str, Any] = {
@@ -99,7 +98,8 @@ def run(
             "bundle": {"name": m.name, "version": m.version, "path": str(bundle.root)},
             "machine": machine_info(threads),
             "repeats": repeats,
-            "eval_size": n_eval,
+            "eval_size": len(images),
+            "inputs": inputs,
             "targets": {"speedup": TARGET_SPEEDUP, "client_overhead_ms": TARGET_OVERHEAD_MS},
             "splits": splits,
             "local": local,
@@ -117,6 +117,25 @@ def run(
     if plot:
         _plot(report, out / "edge.png")
     return report
+
+
+def _eval_inputs(bundle: Bundle, n: int) -> tuple[np.ndarray, np.ndarray, str]:
+    """What the accuracy figures are measured on: Fashion-MNIST test images and their labels for a grey
+    28x28 model; for an RGB model the held-out photos of the corpus (fetched once, cached), preprocessed
+    as the edge client does, labelled with the bundle's own fp32 whole model (accuracy is agreement)."""
+    m = bundle.manifest
+    if tuple(m.input_shape) == (1, 28, 28):
+        images, labels = load_fashion_mnist("test")
+        return images[:n], labels[:n], f"Fashion-MNIST test images (first {min(n, len(images))})"
+    from splitserve.core.photo_corpus import build_corpus
+    from splitserve.edge._runtime import to_input
+
+    corpus = build_corpus(split="heldout", report=lambda _: None)
+    photos = corpus.split("heldout")[:n]
+    images = np.stack([to_input(corpus.read(p), tuple(m.input_shape), m.preprocess) for p in photos])
+    reference = load_session(bundle.path(m.local["fp32"]), 1)
+    labels = _run_all(reference, images).argmax(1)
+    return images, labels, f"{len(photos)} held-out photos (centre crops); labels: the fp32 whole model's top-1"
 
 
 def _timed(fn: Callable[[int], object], repeats: int) -> dict[str, float]:

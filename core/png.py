@@ -18,16 +18,17 @@ from .errors import RequestError
 __all__ = ["png_bytes"]
 
 _SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_LEVEL = 9
 _NONE, _PAETH = 0, 4
 
 
 def png_bytes(x: np.ndarray) -> bytes:
     """A lossless 8-bit PNG (grey for 1 channel, RGB for 3) of ``x`` (C, H, W) uint8.
 
-    Grey rows are stored unfiltered (on Fashion-MNIST within 2% of Pillow's adaptive filtering and
-    twice as fast); colour rows with the Paeth filter: on 224x224 crops of held-out photos 84 KB
-    against 114 KB unfiltered and Pillow's optimised 82 KB, in 11 ms against Pillow's 29 ms.
+    Grey rows are stored unfiltered, zlib level 9 (on Fashion-MNIST within 2% of Pillow's adaptive
+    filtering and twice as fast); colour rows with the Paeth filter at zlib level 3: on 224x224 crops of
+    30 held-out photos 86.1 KB in 5.2 ms, against 114 KB unfiltered (5.3 ms), 83.8 KB at level 9 (26 ms),
+    84.4 KB at level 6 (10.6 ms) and Pillow's optimised 81.7 KB (31 ms). The encoding runs on the device,
+    where a slower CPU multiplies it: level 3 keeps it near the unfiltered time for 2.8% more bytes.
 
     Raises:
         RequestError: ``x`` has neither 1 nor 3 channels.
@@ -36,11 +37,11 @@ def png_bytes(x: np.ndarray) -> bytes:
     if c not in (1, 3):
         raise RequestError(f"only 1- or 3-channel inputs can be offloaded as PNG, this one has {c}")
     rows = np.ascontiguousarray(x.transpose(1, 2, 0)).reshape(h, w * c)
-    kind = _NONE if c == 1 else _PAETH
+    kind, level = (_NONE, 9) if c == 1 else (_PAETH, 3)
     body = rows if kind == _NONE else _paeth(rows, c)
     raw = np.hstack([np.full((h, 1), kind, np.uint8), body]).tobytes()  # the filter byte before every row
     header = struct.pack(">IIBBBBB", w, h, 8, 0 if c == 1 else 2, 0, 0, 0)
-    return _SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(raw, _LEVEL)) + _chunk(b"IEND", b"")
+    return _SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(raw, level)) + _chunk(b"IEND", b"")
 
 
 def _paeth(rows: np.ndarray, bpp: int) -> np.ndarray:
