@@ -36,7 +36,8 @@ run of every incarnation's series. The checks:
   before it exited (the linger worked: nothing counted was lost with the process).
 
 Correctness. Inputs are drawn uniformly from the evaluation set the manifest's accuracies were measured
-on (Fashion-MNIST test[:eval_size]), and the option is chosen before the input is seen, so each result
+on (Fashion-MNIST test[:eval_size]; for a photo bundle its held-out photos, labelled with its fp32 model),
+and the option is chosen before the input is seen, so each result
 of option ``o`` is right with probability ``accuracy(o)`` from the manifest: the observed accuracy must
 lie within ``4 sigma + 0.01`` of it (sigma: the binomial standard error; 0.01 allows a near-tie flipped
 by a different float summation order in Triton's process).
@@ -297,14 +298,40 @@ def _counting_transport(inner: Any) -> Any:
     return CountingTransport()
 
 
+def _photo_inputs(manifest: Any, bundle_path: Path, workdir: Path) -> Path:
+    """The evaluation set a photo bundle's manifest was measured on (held-out photos: centre crop + 2 views
+    each, ``models.natural.heldout_views``), labelled with the bundle's fp32 whole model (agreement, as the
+    manifest's figures), saved for the client processes."""
+    import onnxruntime as ort
+
+    from splitserve.core.bundle import Bundle
+    from splitserve.models.natural import heldout_views
+
+    images = heldout_views(2)[0]
+    bundle = Bundle.open(bundle_path)
+    try:
+        session = ort.InferenceSession(str(bundle.path(manifest.local["fp32"])), providers=["CPUExecutionProvider"])
+    finally:
+        bundle.close()
+    name = session.get_inputs()[0].name
+    labels = np.concatenate([session.run(None, {name: images[i : i + 32]})[0].argmax(1) for i in range(0, len(images), 32)])
+    path = workdir / "inputs.npz"
+    np.savez(path, images=images, labels=labels)
+    return path
+
+
 def _client_main(config_path: str) -> None:
     """One edge client: wait for ``go`` on stdin, send paced inputs until ``stop`` (or EOF), report."""
     from splitserve.core.datasets import load_fashion_mnist
     from splitserve.edge import Credentials, EdgeClient, EdgeConfig, GrpcTransport
 
     cfg = json.loads(Path(config_path).read_text())
-    images, labels = load_fashion_mnist("test")
-    n_eval = int(cfg["eval_size"])
+    if cfg.get("inputs"):  # a photo bundle: the parent wrote its evaluation inputs and their labels
+        with np.load(cfg["inputs"]) as saved:
+            images, labels = saved["images"], saved["labels"]
+    else:
+        images, labels = load_fashion_mnist("test")
+    n_eval = min(int(cfg["eval_size"]), len(images))
     rng = np.random.default_rng(cfg["seed"])
     econf = EdgeConfig(timeout_s=cfg["timeout_s"], max_inflight=4)
     creds = Credentials(
@@ -880,6 +907,7 @@ def run_soak(
         endpoint.start()
 
         # edge clients: processes in the edge namespace, each with its own token
+        inputs = _photo_inputs(manifest, bundle_path, workdir) if tuple(manifest.input_shape) != (1, 28, 28) else None
         clients = []
         fixed = [f"{sp.name}@{lv.level}" for sp in manifest.splits for lv in sp.levels]
         for i in range(cfg.clients):
@@ -895,6 +923,7 @@ def run_soak(
                 "mode": "stream" if i % 4 == 1 else "unary",
                 "policy": policy,
                 "eval_size": int(manifest.extra["eval_size"]),
+                "inputs": str(inputs) if inputs else "",
                 "results": str(workdir / f"client-{i}.jsonl"),
             }
             path = workdir / f"client-{i}.json"
