@@ -2,9 +2,8 @@
  *
  * The same coder as the pure-Python one, bit for bit: rANS on an unbounded integer state, held here as
  * little-endian 32-bit limbs. codec.py prepares every table lookup with numpy and calls one function per
- * stream (encode_chunks, decode_chunks: every chunk and its length prefix in one call; the one-chunk
- * functions are the same loops, kept for tests against the Python ones); it falls back to its own Python
- * loops where this module was not built (no C compiler).
+ * stream (encode_chunks, decode_chunks: every chunk and its length prefix in one call); it falls back to
+ * its own Python loops, which write and read the same bytes, where this module was not built.
  *
  *   encode (symbols in reverse):  x <- (x // f) * 2**shift + cdf + x % f      (start x = 1)
  *   decode (symbols in order):    slot = x % 2**shift; s = bin of slot; x <- f * (x >> shift) + slot - cdf
@@ -128,35 +127,6 @@ static void big_store(const Big *x, uint8_t *out, Py_ssize_t nbytes) {
     for (Py_ssize_t i = 0; i < nbytes; i++) out[i] = (uint8_t)(x->limb[i / 4] >> (8 * (i % 4)));
 }
 
-/* encode_chunk(freqs, cdfs, escaped, raw, shift) -> bytes
- * freqs, cdfs, raw: int64 per symbol, in coding order; escaped: one byte per symbol. */
-static PyObject *encode_chunk(PyObject *self, PyObject *args) {
-    Py_buffer fb, cb, eb, rb;
-    unsigned int shift;
-    if (!PyArg_ParseTuple(args, "y*y*y*y*I", &fb, &cb, &eb, &rb, &shift)) return NULL;
-    PyObject *result = NULL;
-    Big x = {NULL, 0, 0};
-    Py_ssize_t n = eb.len;
-    if (shift == 0 || shift >= 32) {
-        PyErr_SetString(PyExc_ValueError, "shift must be in 1..31");
-        goto done;
-    }
-    if (check_buffer(&fb, 8, n, "freqs") < 0 || check_buffer(&cb, 8, n, "cdfs") < 0 ||
-        check_buffer(&rb, 8, n, "raw") < 0 || big_reserve(&x, 8) < 0)
-        goto done;
-    if (encode_range(&x, fb.buf, cb.buf, eb.buf, rb.buf, 0, n, shift) < 0) goto done;
-    Py_ssize_t nbytes = big_nbytes(&x);
-    result = PyBytes_FromStringAndSize(NULL, nbytes);
-    if (result) big_store(&x, (uint8_t *)PyBytes_AS_STRING(result), nbytes);
-done:
-    PyMem_Free(x.limb);
-    PyBuffer_Release(&fb);
-    PyBuffer_Release(&cb);
-    PyBuffer_Release(&eb);
-    PyBuffer_Release(&rb);
-    return result;
-}
-
 /* encode_chunks(freqs, cdfs, escaped, raw, shift, chunk_len) -> bytes
  * The whole stream: every chunk of chunk_len symbols coded on its own, each but the last preceded by
  * its length in bytes as LEB128 (codec.encode_symbols). */
@@ -260,41 +230,6 @@ static int check_tables(Py_buffer *cb, Py_buffer *rb, Py_buffer *lb, Py_buffer *
     return 0;
 }
 
-/* decode_chunk(chunk, out, start, hw, cdfs, orders, lengths, offsets, shift) -> bool
- * Decodes len(out) symbols (int32, written in place) whose flat positions start at `start`
- * (channel = position // hw). cdfs, orders: int64 (channels, width), per channel the coded
- * cumulative frequencies (cdfs[c][lengths[c]] is implied to be 2**shift) and the bin of each
- * coded rank; lengths, offsets: int64 per channel. Returns whether the state came back to 1. */
-static PyObject *decode_chunk(PyObject *self, PyObject *args) {
-    Py_buffer db, ob, cb, rb, lb, fb;
-    Py_ssize_t start, hw, channels, width;
-    unsigned int shift;
-    if (!PyArg_ParseTuple(args, "y*w*nny*y*y*y*I", &db, &ob, &start, &hw, &cb, &rb, &lb, &fb, &shift)) return NULL;
-    PyObject *result = NULL;
-    Big x = {NULL, 0, 0};
-    Py_ssize_t count = ob.len / 4;
-    if (shift == 0 || shift >= 32 || hw <= 0 || start < 0) {
-        PyErr_SetString(PyExc_ValueError, "invalid decode arguments");
-        goto done;
-    }
-    if (check_tables(&cb, &rb, &lb, &fb, &channels, &width) < 0 || check_buffer(&ob, 4, count, "out") < 0) goto done;
-    if ((start + count + hw - 1) / hw > channels) {
-        PyErr_SetString(PyExc_ValueError, "symbols beyond the last channel");
-        goto done;
-    }
-    int ok = decode_range(&x, db.buf, db.len, ob.buf, start, count, hw, width, cb.buf, rb.buf, lb.buf, fb.buf, shift);
-    if (ok >= 0) result = PyBool_FromLong(ok);
-done:
-    PyMem_Free(x.limb);
-    PyBuffer_Release(&db);
-    PyBuffer_Release(&ob);
-    PyBuffer_Release(&cb);
-    PyBuffer_Release(&rb);
-    PyBuffer_Release(&lb);
-    PyBuffer_Release(&fb);
-    return result;
-}
-
 /* decode_chunks(data, out, hw, cdfs, orders, lengths, offsets, shift, chunk_len, max_chunk_bits) -> int
  * The whole stream of codec.encode_symbols into out (all len(out) symbols). Returns 0, or what is wrong:
  * 1 a chunk length truncated or overlong, 2 a chunk truncated or not canonical, 3 a chunk longer than
@@ -364,8 +299,6 @@ done:
 }
 
 static PyMethodDef methods[] = {
-    {"encode_chunk", encode_chunk, METH_VARARGS, "Encode one chunk of symbols; see codec.encode_symbols."},
-    {"decode_chunk", decode_chunk, METH_VARARGS, "Decode one chunk in place; see codec.decode_symbols."},
     {"encode_chunks", encode_chunks, METH_VARARGS, "Encode a whole stream of chunks; see codec.encode_symbols."},
     {"decode_chunks", decode_chunks, METH_VARARGS, "Decode a whole stream of chunks in place; see codec.decode_symbols."},
     {NULL, NULL, 0, NULL},

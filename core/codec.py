@@ -249,15 +249,18 @@ def encode_symbols(q: np.ndarray, tables: EntropyTables) -> bytes:
     """Entropy-code integer symbols of shape (C, H, W)."""
     freqs, cdfs, escaped = _lookup(q, tables)
     raw = q.reshape(-1).astype(np.int64) + _RAW_HALF
-    if NATIVE:  # every chunk and its length prefix in one call
-        flags = np.ascontiguousarray(escaped, dtype=np.uint8)
-        c = np.ascontiguousarray
-        return _rans.encode_chunks(c(freqs), c(cdfs), flags, c(raw), tables.precision_bits, tables.chunk_symbols)  # type: ignore[union-attr]
+    return _encode_stream(freqs, cdfs, escaped, raw, tables.precision_bits, tables.chunk_symbols)
+
+
+def _encode_stream_py(
+    freqs: np.ndarray, cdfs: np.ndarray, escaped: np.ndarray, raw: np.ndarray, shift: int, chunk_len: int
+) -> bytes:
+    """Every chunk coded on its own, each but the last prefixed by its byte length (LEB128)."""
     out = bytearray()
-    n, chunk_len = len(freqs), tables.chunk_symbols
+    n = len(freqs)
     for start in range(0, n, chunk_len):
         part = slice(start, min(start + chunk_len, n))
-        chunk = _encode_chunk(freqs[part], cdfs[part], escaped[part], raw[part], tables.precision_bits)
+        chunk = _encode_chunk_py(freqs[part], cdfs[part], escaped[part], raw[part], shift)
         if part.stop < n:
             out += _leb128(len(chunk))
         out += chunk
@@ -267,7 +270,7 @@ def encode_symbols(q: np.ndarray, tables: EntropyTables) -> bytes:
 def _encode_chunk_py(
     freqs: np.ndarray, cdfs: np.ndarray, escaped: np.ndarray, raw: np.ndarray, shift: int
 ) -> bytes:
-    """One chunk in Python (rANS codes in reverse); the C module computes the same bytes."""
+    """One chunk (rANS codes in reverse)."""
     x = 1
     if escaped.any():
         for f, cdf, esc, value in zip(
@@ -284,12 +287,13 @@ def _encode_chunk_py(
     return x.to_bytes((x.bit_length() + 7) // 8, "little")
 
 
-def _encode_chunk_c(
-    freqs: np.ndarray, cdfs: np.ndarray, escaped: np.ndarray, raw: np.ndarray, shift: int
+def _encode_stream_c(
+    freqs: np.ndarray, cdfs: np.ndarray, escaped: np.ndarray, raw: np.ndarray, shift: int, chunk_len: int
 ) -> bytes:
+    """:func:`_encode_stream_py` in one call of the C module: the same bytes."""
     flags = np.ascontiguousarray(escaped, dtype=np.uint8)
     c = np.ascontiguousarray
-    return _rans.encode_chunk(c(freqs), c(cdfs), flags, c(raw), shift)  # type: ignore[union-attr]
+    return _rans.encode_chunks(c(freqs), c(cdfs), flags, c(raw), shift, chunk_len)  # type: ignore[union-attr]
 
 
 def decode_symbols(data: bytes, shape: tuple[int, int, int], tables: EntropyTables) -> np.ndarray:
@@ -297,46 +301,48 @@ def decode_symbols(data: bytes, shape: tuple[int, int, int], tables: EntropyTabl
     c, h, w = shape
     if c != tables.channels or h <= 0 or w <= 0:
         raise DecodeError(f"shape {shape} does not match the entropy tables ({tables.channels} channels)")
-    n = c * h * w
-    out = np.empty(n, dtype=np.int32)
-    # Each symbol adds at most precision + 1 bits to the state (+16 for an escaped raw value).
-    max_bits = tables.precision_bits + 1 + _RAW_BITS
-    if NATIVE:  # the whole stream in one call, the same checks in the same order
-        pad = tables._padded  # type: ignore[attr-defined]
-        status = _rans.decode_chunks(  # type: ignore[union-attr]
-            data, out, h * w, pad[2], pad[3], tables._lengths, tables._offsets,  # type: ignore[attr-defined]
-            tables.precision_bits, tables.chunk_symbols, max_bits,
-        )
-        if status:
-            raise DecodeError(_DECODE_ERRORS[status])
-        return out.reshape(shape)
-    pos, chunk_len = 0, tables.chunk_symbols
-    for start in range(0, n, chunk_len):
-        stop = min(start + chunk_len, n)
-        if stop < n:
-            length, pos = _read_leb128(data, pos)
-        else:
-            length = len(data) - pos
-        chunk = data[pos : pos + length]
-        pos += length
-        if len(chunk) != length or length == 0 or chunk[-1] == 0:
-            raise DecodeError(_DECODE_ERRORS[2])
-        if 8 * (length - 1) > (stop - start) * max_bits:
-            raise DecodeError(_DECODE_ERRORS[3])
-        if not _decode_chunk(chunk, out[start:stop], start, h * w, tables):
-            raise DecodeError(_DECODE_ERRORS[4])
-    if pos != len(data):
-        raise DecodeError(_DECODE_ERRORS[5])
+    out = np.empty(c * h * w, dtype=np.int32)
+    status = _decode_stream(data, out, h * w, tables)
+    if status:
+        raise DecodeError(_DECODE_ERRORS[status])
     return out.reshape(shape)
 
 
-_DECODE_ERRORS = {  # the status codes of the C module's decode_chunks
+_DECODE_ERRORS = {  # what a stream decoder's non-zero status means
     1: "bitstream truncated in a chunk length",
     2: "bitstream truncated or not canonical",
     3: "bitstream chunk is too long for its symbols",
     4: "bitstream corrupt: rANS state did not return to its initial value",
     5: "bitstream has trailing bytes",
 }
+
+
+def _max_chunk_bits(tables: EntropyTables) -> int:
+    """Each symbol adds at most precision + 1 bits to the state (+16 for an escaped raw value)."""
+    return tables.precision_bits + 1 + _RAW_BITS
+
+
+def _decode_stream_py(data: bytes, out: np.ndarray, hw: int, tables: EntropyTables) -> int:
+    """All ``len(out)`` symbols of a stream into ``out``: 0, or the first problem (:data:`_DECODE_ERRORS`)."""
+    n, pos, chunk_len = len(out), 0, tables.chunk_symbols
+    for start in range(0, n, chunk_len):
+        stop = min(start + chunk_len, n)
+        if stop < n:
+            try:
+                length, pos = read_leb128(data, pos)
+            except ValueError:
+                return 1
+        else:
+            length = len(data) - pos
+        chunk = data[pos : pos + length]
+        pos += length
+        if len(chunk) != length or length <= 0 or chunk[-1] == 0:
+            return 2
+        if 8 * (length - 1) > (stop - start) * _max_chunk_bits(tables):
+            return 3
+        if not _decode_chunk_py(chunk, out[start:stop], start, hw, tables):
+            return 4
+    return 5 if pos != len(data) else 0
 
 
 def _decode_chunk_py(chunk: bytes, out: np.ndarray, start: int, hw: int, tables: EntropyTables) -> bool:
@@ -362,11 +368,13 @@ def _decode_chunk_py(chunk: bytes, out: np.ndarray, start: int, hw: int, tables:
     return x == 1
 
 
-def _decode_chunk_c(chunk: bytes, out: np.ndarray, start: int, hw: int, tables: EntropyTables) -> bool:
+def _decode_stream_c(data: bytes, out: np.ndarray, hw: int, tables: EntropyTables) -> int:
+    """:func:`_decode_stream_py` in one call of the C module: the same symbols and the same status."""
     pad = tables._padded  # type: ignore[attr-defined]
-    return _rans.decode_chunk(  # type: ignore[union-attr]
-        chunk, out, start, hw, pad[2], pad[3], tables._lengths, tables._offsets, tables.precision_bits  # type: ignore[attr-defined]
-    )
+    return int(_rans.decode_chunks(  # type: ignore[union-attr]
+        data, out, hw, pad[2], pad[3], tables._lengths, tables._offsets,  # type: ignore[attr-defined]
+        tables.precision_bits, tables.chunk_symbols, _max_chunk_bits(tables),
+    ))
 
 
 def encode(y: np.ndarray, tables: EntropyTables) -> tuple[bytes, np.ndarray]:
@@ -420,14 +428,7 @@ def read_leb128(data: bytes, pos: int, max_bits: int = 35) -> tuple[int, int]:
             return n, pos
 
 
-def _read_leb128(data: bytes, pos: int) -> tuple[int, int]:
-    try:
-        return read_leb128(data, pos)
-    except ValueError:
-        raise DecodeError(_DECODE_ERRORS[1]) from None
-
-
 NATIVE = _rans is not None
 """Whether the C inner loops are in use (else the Python ones: the same bytes, 4-15x slower)."""
-_encode_chunk = _encode_chunk_c if NATIVE else _encode_chunk_py
-_decode_chunk = _decode_chunk_c if NATIVE else _decode_chunk_py
+_encode_stream = _encode_stream_c if NATIVE else _encode_stream_py
+_decode_stream = _decode_stream_c if NATIVE else _decode_stream_py
