@@ -169,14 +169,17 @@ def run_photo_demo(
     from splitserve.benchmarks.netlab import unavailable_reason
 
     why_not = unavailable_reason() if shape else "--loopback was asked for"
+    step4 = f"[4/4] edge client on the emulated device: {len(photos)} photos per option, then the orchestrator"
     if why_not is None:
         link = f"shaped by the kernel: {link_mbit:g} Mbit/s uplink (tbf), {rtt_ms:g} ms round trip (delay relay)"
         print(f"[3/4] cloud endpoint in its own network namespace, link {link}")
+        print(step4)
         out = _run_shaped(plan, link_mbit * 1e6, rtt_ms)
     else:
         link = f"loopback, not shaped ({why_not})"
         print(f"[3/4] cloud endpoint on loopback (embedded ONNX Runtime tail); {link}")
         with _loopback_endpoint(bundle) as address:
+            print(step4)
             out = _client_phase({**plan, "address": address})
     device_text = (f"{dev.name} ({dev.description}): {dev.network} {dev.published_ms:g} ms published "
                    f"({dev.precision}), this CPU {here_ms:.1f} ms ({dev.compare_with}, 1 thread) -> on-device "
