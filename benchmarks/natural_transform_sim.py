@@ -2,7 +2,7 @@
 
 A simulation on real features, no bundle: Lite0's features at a split for ``views`` training views and
 for the held-out photos (centre crop + 4 views), a linear transform code fitted on the training views
-(plain PCA, or PCA in the metric of the tail's Fisher information as ``NaturalCodec.init_fisher``),
+(plain PCA, or PCA in the metric of the tail's Fisher information: ``models.natural.fisher_basis``),
 its latent rounded with a uniform step, the rate estimated from each channel's histogram of the training
 latents (add-half smoothing), the features rebuilt and run through the teacher's own tail. Agreement =
 top-1 equal to the unsplit model. Run as::
@@ -24,7 +24,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from splitserve.models import get_backbone
-from splitserve.models.natural import NATURAL_RECIPES, PhotoViews, heldout_views, prepare_images, training_files
+from splitserve.models.natural import (
+    NATURAL_RECIPES,
+    PhotoViews,
+    feature_patches,
+    fisher_basis,
+    heldout_views,
+    prepare_images,
+    training_files,
+)
 from splitserve.models.zoo import cache_dir
 
 __all__ = ["run"]
@@ -36,7 +44,7 @@ CASES = (  # (split, patch stride, components, steps in latent units: plain PCA,
 
 
 def _patches(f: torch.Tensor, s: int) -> torch.Tensor:
-    return F.pixel_unshuffle(f, s).permute(0, 2, 3, 1).reshape(-1, f.shape[1] * s * s).double()
+    return feature_patches(f, s).double()
 
 
 def _features(teacher: Any, split: str, images: torch.Tensor, grads: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -60,17 +68,9 @@ def _codes(f: torch.Tensor, g: torch.Tensor, s: int) -> dict[str, tuple[torch.Te
     """Encoder rows and decoder columns (all components, best first) and the mean, per metric."""
     p = _patches(f, s)
     mean = p.mean(0)
-    cov = torch.cov((p - mean).T)
-    _, v = torch.linalg.eigh(cov)
+    _, v = torch.linalg.eigh(torch.cov((p - mean).T))
     v = v.flip(1)
-    gp = _patches(g, s)
-    fisher = gp.T @ gp
-    fisher = fisher / fisher.diagonal().mean() + 0.01 * torch.eye(len(fisher), dtype=fisher.dtype)
-    e, u = torch.linalg.eigh(fisher)
-    root, inv_root = (u * e.sqrt()) @ u.T, (u / e.sqrt()) @ u.T
-    _, vz = torch.linalg.eigh(root @ cov @ root)
-    vz = vz.flip(1)
-    return {"pca": (v.T, v, mean), "fisher": (vz.T @ root, inv_root @ vz, mean)}
+    return {"pca": (v.T, v, mean), "fisher": fisher_basis(f, g, s, 0.01)}
 
 
 def run(out: Path, views: int = 768) -> dict[str, Any]:
