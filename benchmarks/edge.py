@@ -50,6 +50,7 @@ from splitserve.edge._transports.base import BaseTransport, StreamCall
 from splitserve.orchestrator import DeviceLatency, Observation, Orchestrator, ServerTimings
 from splitserve.protos.v1 import inference_pb2 as pb
 
+from ._inputs import photo_eval_set
 from ._machine import machine_info
 
 __all__ = ["TARGET_OVERHEAD_MS", "TARGET_SPEEDUP", "run"]
@@ -121,21 +122,14 @@ def run(
 
 def _eval_inputs(bundle: Bundle, n: int) -> tuple[np.ndarray, np.ndarray, str]:
     """What the accuracy figures are measured on: Fashion-MNIST test images and their labels for a grey
-    28x28 model; for an RGB model the held-out photos of the corpus (fetched once, cached), preprocessed
-    as the edge client does, labelled with the bundle's own fp32 whole model (accuracy is agreement)."""
+    28x28 model; for a photo bundle the evaluation set of its manifest (:func:`photo_eval_set`)."""
     m = bundle.manifest
     if tuple(m.input_shape) == (1, 28, 28):
         images, labels = load_fashion_mnist("test")
         return images[:n], labels[:n], f"Fashion-MNIST test images (first {min(n, len(images))})"
-    from splitserve.core.photo_corpus import build_corpus
-    from splitserve.edge._runtime import to_input
-
-    corpus = build_corpus(split="heldout", report=lambda _: None)
-    photos = corpus.split("heldout")[:n]
-    images = np.stack([to_input(corpus.read(p), tuple(m.input_shape), m.preprocess) for p in photos])
-    reference = load_session(bundle.path(m.local["fp32"]), 1)
-    labels = _run_all(reference, images).argmax(1)
-    return images, labels, f"{len(photos)} held-out photos (centre crops); labels: the fp32 whole model's top-1"
+    images, labels = photo_eval_set(bundle)
+    return images[:n], labels[:n], (f"{min(n, len(images))} of the manifest's evaluation set (held-out photos, "
+                                    "centre crop + 2 views); labels: the fp32 whole model's top-1")
 
 
 def _timed(fn: Callable[[int], object], repeats: int) -> dict[str, float]:

@@ -298,23 +298,17 @@ def _counting_transport(inner: Any) -> Any:
     return CountingTransport()
 
 
-def _photo_inputs(manifest: Any, bundle_path: Path, workdir: Path) -> Path:
-    """The evaluation set a photo bundle's manifest was measured on (held-out photos: centre crop + 2 views
-    each, ``models.natural.heldout_views``), labelled with the bundle's fp32 whole model (agreement, as the
-    manifest's figures), saved for the client processes."""
-    import onnxruntime as ort
-
+def _photo_inputs(bundle_path: Path, workdir: Path) -> Path:
+    """A photo bundle's evaluation set (:func:`photo_eval_set`), saved for the client processes."""
     from splitserve.core.bundle import Bundle
-    from splitserve.models.natural import heldout_views
 
-    images = heldout_views(2)[0]
+    from ._inputs import photo_eval_set
+
     bundle = Bundle.open(bundle_path)
     try:
-        session = ort.InferenceSession(str(bundle.path(manifest.local["fp32"])), providers=["CPUExecutionProvider"])
+        images, labels = photo_eval_set(bundle)
     finally:
         bundle.close()
-    name = session.get_inputs()[0].name
-    labels = np.concatenate([session.run(None, {name: images[i : i + 32]})[0].argmax(1) for i in range(0, len(images), 32)])
     path = workdir / "inputs.npz"
     np.savez(path, images=images, labels=labels)
     return path
@@ -907,7 +901,7 @@ def run_soak(
         endpoint.start()
 
         # edge clients: processes in the edge namespace, each with its own token
-        inputs = _photo_inputs(manifest, bundle_path, workdir) if tuple(manifest.input_shape) != (1, 28, 28) else None
+        inputs = _photo_inputs(bundle_path, workdir) if tuple(manifest.input_shape) != (1, 28, 28) else None
         clients = []
         fixed = [f"{sp.name}@{lv.level}" for sp in manifest.splits for lv in sp.levels]
         for i in range(cfg.clients):
