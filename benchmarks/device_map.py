@@ -38,6 +38,7 @@ RTTS_MS = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0)
 def link_map(profile: Profile, accuracy_floor: float) -> dict[str, Any]:
     """Best option per (rtt, rate) for one profile: ids, expected ms, and the margin per kind."""
     entries = [e for e in profile.entries if e.option.accuracy >= accuracy_floor - 1e-9]
+    kind = {e.option.id: e.option.kind for e in entries}
     best, best_ms, margin = [], [], []
     for rtt in RTTS_MS:
         row_best, row_ms, row_margin = [], [], []
@@ -49,8 +50,7 @@ def link_map(profile: Profile, accuracy_floor: float) -> dict[str, Any]:
                     ms += (e.option.payload_bytes + profile.framing_bytes) * 8 / (rate * 1e3) + rtt + e.server_ms
                 cost[e.option.id] = ms
             winner = min(cost, key=cost.__getitem__)
-            kind = next(e.option.kind for e in entries if e.option.id == winner)
-            others = [ms for oid, ms in cost.items() if next(e.option.kind for e in entries if e.option.id == oid) != kind]
+            others = [ms for oid, ms in cost.items() if kind[oid] != kind[winner]]
             row_best.append(winner)
             row_ms.append(round(cost[winner], 2))
             row_margin.append(round(min(others) / cost[winner], 3) if others else None)

@@ -196,28 +196,15 @@ def _heldout_photos() -> list[Path]:
 
 
 def _local_ms(bundle: Path, precision: str, repeats: int = 20) -> float:
-    """This CPU's median time for the bundle's whole model at ``precision``, one thread, batch 1."""
-    import onnxruntime as ort
+    """This CPU's median time for the bundle's whole model at ``precision``, as the edge client measures it."""
     from splitserve.core.bundle import Bundle
+    from splitserve.edge import EdgeRuntime
 
     b = Bundle.open(bundle)
     try:
-        m = b.manifest
-        rel = m.local.get(precision) or m.local.get("fp32") or m.local["int8"]
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = opts.inter_op_num_threads = 1
-        session = ort.InferenceSession(str(b.path(rel)), opts, providers=["CPUExecutionProvider"])
+        return EdgeRuntime(b, [], precision=precision).measure(repeats).local_ms
     finally:
         b.close()
-    x = np.random.default_rng(0).integers(0, 256, (1, *m.input_shape), dtype=np.uint8)
-    feed = {session.get_inputs()[0].name: x}
-    times = []
-    for i in range(repeats + 3):
-        t0 = time.perf_counter()
-        session.run(None, feed)
-        if i >= 3:
-            times.append(time.perf_counter() - t0)
-    return float(np.median(times)) * 1e3
 
 
 def _client_phase(plan: dict[str, Any]) -> dict[str, Any]:

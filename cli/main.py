@@ -273,8 +273,11 @@ def bench_device_map(bundle_path: Path | None, accuracy_floor: float, out: Path)
         from splitserve.models.natural import build_natural_bundle
 
         bundle_path = build_natural_bundle()
+    bundle = Bundle.open(bundle_path)
+    channels = bundle.manifest.input_shape[0]
+    bundle.close()
     images = None
-    if Bundle.open(bundle_path).manifest.input_shape[0] == 3:  # photos: the held-out ones, as the client gets them
+    if channels == 3:  # photos: the held-out ones, as the client gets them
         from splitserve.core.photo_corpus import build_corpus
 
         corpus = build_corpus(split="heldout", report=lambda _: None)
