@@ -308,6 +308,9 @@ def measure_profile(
         },
         local_ms=float(np.median([m.local_ms for m in measured])),
         offload_ms=float(np.median([m.offload_ms for m in measured])),
+        offload_level_ms={
+            lv: float(np.median([m.offload_level_ms[lv] for m in measured])) for lv in measured[0].offload_level_ms
+        },
     )
     return Profile.from_manifest(
         manifest,
@@ -642,14 +645,14 @@ def _stand_in_device(runtime: Any, profile: Profile) -> None:
 
     The head of a split takes the profile's time for that split (head and entropy coding together;
     the real coding then adds its own ~0.3 ms), the local model the profile's local time, the PNG
-    encoding its offload time. The same numbers the simulator uses, in every live run alike: padding
+    encoding (PNG, JPEG or WebP) its offload level's time. The same numbers the simulator uses, in every live run alike: padding
     to a multiple of each run's own CPU time made the stand-in device differ by up to 30% between
     runs (ONNX Runtime's thread split changes the calling thread's share), which the live oracle,
     built from other runs, then counted against the orchestrator.
     """
     split_ms = {e.option.split: e.device_ms for e in profile.entries if e.option.kind == "split"}
     local_ms = profile.entry("local").device_ms
-    offload_ms = profile.entry("offload").device_ms
+    offload_ms = {e.option.level or 0: e.device_ms for e in profile.entries if e.option.kind == "offload"}
 
     def padded(fn: Callable[..., Any], target_ms: Callable[..., float]) -> Callable[..., Any]:
         def run(*args: Any, **kwargs: Any) -> Any:
@@ -662,7 +665,7 @@ def _stand_in_device(runtime: Any, profile: Profile) -> None:
 
     runtime.head = padded(runtime.head, lambda split, *_: split_ms[split])
     runtime.local = padded(runtime.local, lambda *_: local_ms)
-    runtime.png = padded(runtime.png, lambda *_: offload_ms)
+    runtime.offload_image = padded(runtime.offload_image, lambda _x, level=0: offload_ms[level])
 
 
 def _live_client_main(spec_path: str) -> None:

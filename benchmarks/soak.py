@@ -440,7 +440,7 @@ def _bad_cases(bundle: Bundle, token: str, max_message_bytes: int) -> list[_Case
     def request(tensor: dict[str, Any] | None = None, **fields: Any) -> bytes:
         t: dict[str, Any] = {
             "codec": codec.CODEC_NAME,
-            "codec_version": codec.CODEC_VERSION,
+            "codec_version": bundle.tables(split.name, level).codec_version,
             "shape": list(split.latent_shape),
             "data": data,
             "symbols_crc32": crc,

@@ -36,6 +36,15 @@ from tqdm.auto import tqdm
 __all__ = ["run_demo", "run_photo_demo"]
 
 
+def _option_names(manifest: Any) -> list[str]:
+    """Every option of ``manifest`` as the demo's rows name it: local, the offload levels (with their
+    codec), then each split level; the first word is the policy."""
+    from splitserve.core.offload import offload_levels
+
+    offload = [f"offload{'@' + str(o.level) if o.level else ''} ({o.label})" for o in offload_levels(manifest.offload)]
+    return ["local", *offload, *(f"{s.name}@{lv.level}" for s in manifest.splits for lv in s.levels)]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -122,10 +131,10 @@ def run_demo(recipe: str = "fmnist_resnet-quick", n_images: int = 2000) -> list[
     print("[2/3] cloud endpoint on loopback (embedded ONNX Runtime tail)")
     rows = []
     with _loopback_endpoint(bundle_path) as address:
-        options = ["local", "offload"] + [f"{s.name}@{lv.level}" for s in manifest.splits for lv in s.levels]
+        options = _option_names(manifest)
         print(f"[3/3] edge client: {len(images)} Fashion-MNIST test images per option")
         for option in [*options, "min_latency"]:
-            with EdgeClient(bundle_path, address, policy=option) as client:
+            with EdgeClient(bundle_path, address, policy=option.split(" ")[0]) as client:
                 results = list(tqdm(client.stream(images), total=len(images), desc=option, unit="img", leave=False))
             rows.append({"option": "orchestrator (min_latency)" if option == "min_latency" else option,
                          **_row(results, labels)})
@@ -228,9 +237,8 @@ def _client_phase(plan: dict[str, Any]) -> dict[str, Any]:
     reference_results = run("local", "fp32")
     reference = np.array([r.top1 for r in reference_results])
     rows = [{"option": "local (fp32, the reference)", **_row(reference_results, reference)}]
-    options = ["local", "offload"] + [f"{s.name}@{lv.level}" for s in manifest.splits for lv in s.levels]
-    for option in options:
-        rows.append({"option": option, **_row(run(option), reference)})
+    for option in _option_names(manifest):
+        rows.append({"option": option, **_row(run(option.split(" ")[0]), reference)})
     chosen = run("min_latency")
     rows.append({"option": f"orchestrator (min_latency, accuracy >= {plan['accuracy_floor']:.0%})", **_row(chosen, reference)})
     per_photo = [

@@ -1,8 +1,9 @@
-"""Entropy decoding (and PNG decoding for offload): inline or on a worker pool.
+"""Entropy decoding (and image decoding for offload): inline or on a worker pool.
 
 :func:`splitserve.core.codec.decode` holds the GIL: with its C loops (``core/_rans.c``) about 0.02-0.03 ms
-for a Fashion-MNIST latent (400-800 symbols) and 0.36 ms for an 11k-symbol natural-image latent; with the
-Python loops (no compiler at install) 0.2-0.3 ms for the small one, growing linearly with the symbols.
+for a Fashion-MNIST latent (400-800 symbols) and 0.07-0.15 ms for an 11k-symbol natural-image latent (codec
+version 3); with the Python loops (no compiler at install) 0.2-0.3 ms for the small one, growing linearly
+with the symbols.
 Handing one decode to a process pool costs the event loop 0.26 ms of its CPU (pickle, pipe, wake-up)
 plus 0.3-0.6 ms of latency, so small latents decode fastest where they are, and only big ones are worth
 shipping out. Placement, by ``CloudConfig.decode_mode`` (measurements in ``cloud/README.md``):
@@ -20,8 +21,9 @@ Spawned workers import the main module again: a script that starts a server must
 with ``if __name__ == "__main__":`` (``python -m splitserve.cloud`` and the ``splitserve`` CLI do).
 
 Every decode checks the whole contract of a request's payload: the stream decodes to exactly
-``C*H*W`` symbols with no trailing bytes, and the symbols' CRC32 equals the one sent. PNG payloads must
-be PNG, of the manifest's height, width and channels, and are returned in the manifest's input layout.
+``C*H*W`` symbols with no trailing bytes, and the symbols' CRC32 equals the one sent. Image payloads must
+be in the codec their offload level names (PNG, baseline JPEG, still WebP), of the manifest's height,
+width and channels, and are returned in the manifest's input layout.
 """
 
 from __future__ import annotations
@@ -147,28 +149,44 @@ def _check_png_chunks(data: bytes) -> None:
             return
 
 
-def _decode_png(data: bytes, layout: ImageLayout) -> NDArray[Any]:
+# Lossy offload levels (JPEG, WebP): the size is bounded by the pixels (a 224x224 photo at quality 90 is
+# 13-16 KB; more than twice its raw pixels is no encoder's output), a JPEG must be baseline (a progressive
+# one may hold hundreds of scans, each a pass over the image) and a WebP a single still frame.
+_SIGNATURES = {"png": (b"\x89PNG\r\n\x1a\n",), "jpeg": (b"\xff\xd8\xff",), "webp": (b"RIFF",)}
+
+
+def _decode_image(data: bytes, layout: ImageLayout, codec: str) -> NDArray[Any]:
     from PIL import Image  # imported where it runs: only offload requests need Pillow
 
-    if not data.startswith(b"\x89PNG\r\n\x1a\n"):
-        raise DecodeError("payload is not a PNG image (bad signature)")
-    _check_png_chunks(data)
+    name = codec.upper()
+    if codec not in _SIGNATURES or not data.startswith(_SIGNATURES[codec]) or (
+        codec == "webp" and data[8:12] != b"WEBP"
+    ):
+        raise DecodeError(f"payload is not a {name} image (bad signature)")
+    if codec == "png":
+        _check_png_chunks(data)
+    elif len(data) > 2 * layout.height * layout.width * layout.channels + 4096:
+        raise DecodeError(f"{name} of {len(data)} bytes is larger than any encoding of these pixels: refused")
     mode = "L" if layout.channels == 1 else "RGB"
     try:
-        with Image.open(io.BytesIO(data), formats=["PNG"]) as img:
+        with Image.open(io.BytesIO(data), formats=[name]) as img:
             if img.size != (layout.width, layout.height):
                 raise DecodeError(
-                    f"PNG is {img.size[0]}x{img.size[1]}, the model takes {layout.width}x{layout.height}"
+                    f"{name} is {img.size[0]}x{img.size[1]}, the model takes {layout.width}x{layout.height}"
                 )
             if img.mode != mode:
                 raise DecodeError(
-                    f"PNG mode is {img.mode!r}, the model takes {mode!r} ({layout.channels} channels)"
+                    f"{name} mode is {img.mode!r}, the model takes {mode!r} ({layout.channels} channels)"
                 )
+            if codec == "jpeg" and (img.info.get("progressive") or img.info.get("progression")):
+                raise DecodeError("progressive JPEG is refused: offloaded JPEGs are baseline")
+            if getattr(img, "n_frames", 1) != 1:
+                raise DecodeError(f"{name} with {img.n_frames} frames is refused: offloaded images are stills")
             pixels = np.asarray(img, dtype=np.uint8)
     except DecodeError:
         raise
     except Exception as exc:  # noqa: BLE001 - Pillow raises many types for corrupt files; all are bad input
-        raise DecodeError(f"PNG does not decode: {type(exc).__name__}: {exc}") from None
+        raise DecodeError(f"{name} does not decode: {type(exc).__name__}: {exc}") from None
     if layout.channels_first:
         pixels = pixels.reshape(layout.height, layout.width, layout.channels).transpose(2, 0, 1)
     return np.ascontiguousarray(pixels.reshape(layout.shape))
@@ -240,13 +258,13 @@ class Decoder:
             return work()
         return await self._pooled(work)
 
-    async def image(self, data: bytes, layout: ImageLayout) -> NDArray[Any]:
-        """Decode an offloaded PNG to the model's uint8 input.
+    async def image(self, data: bytes, layout: ImageLayout, codec: str = "png") -> NDArray[Any]:
+        """Decode an offloaded image (``codec``: png, jpeg or webp) to the model's uint8 input.
 
         Raises:
-            DecodeError: not a PNG, corrupt, or of the wrong size or mode.
+            DecodeError: not that format, corrupt, too large, or of the wrong size, mode or kind.
         """
-        work = partial(_decode_png, data, layout)
+        work = partial(_decode_image, data, layout, codec)
         if self._executor is None or (
             self.mode == "auto" and layout.height * layout.width <= INLINE_MAX_PIXELS
         ):

@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 from splitserve.core.bundle import OFFLOAD_SPLIT, Bundle
-from splitserve.core.codec import EntropyTables
+from splitserve.core.codec import STREAM_VERSION, EntropyTables
+from splitserve.core.offload import offload_levels
 from splitserve.core.errors import BundleError, DuplicateRegistrationError, UnknownModelError
 
 from ._decode import ImageLayout, TablesRef
@@ -85,6 +86,7 @@ class ServedBundle:
         splits: latent splits by name, with their levels' tables and payload bounds.
         tails: what the backend runs, by split name (the offload model under :data:`OFFLOAD_SPLIT`).
         image: the offload input layout, or ``None`` when the bundle has no offload model.
+        offload_codecs: the image codec of each offload level (0: ``"png"``; JPEG/WebP levels from 1).
         inflight: requests currently using this bundle (drained before it is unloaded).
     """
 
@@ -92,6 +94,7 @@ class ServedBundle:
     splits: dict[str, _Split]
     tails: dict[str, TailSpec]
     image: ImageLayout | None
+    offload_codecs: dict[int, str] = field(default_factory=dict)
     inflight: int = 0
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -112,7 +115,7 @@ class ServedBundle:
         """Precompute tables references, payload bounds and backend specs of ``bundle``.
 
         Raises:
-            BundleError: the manifest names files the bundle lacks, or an offload codec other than PNG.
+            BundleError: the manifest names files the bundle lacks, or a malformed offload level.
         """
         m = bundle.manifest
         splits: dict[str, _Split] = {}
@@ -125,18 +128,17 @@ class ServedBundle:
                 levels[info.level] = _Level(
                     TablesRef(str(bundle.path(info.tables)), m.files[info.tables]),
                     tables,
-                    _max_stream_bytes(c * h * w, tables.precision_bits, tables.chunk_symbols),
+                    _max_stream_bytes(c * h * w, tables),
                 )
             splits[s.name] = _Split(s.name, s.latent_shape, levels)
             tails[s.name] = _spec(
                 bundle, s.name, s.tail_model, s.tail_onnx, TAIL_INPUT, np.float32, s.latent_shape
             )
-        image = None
+        image, offload_codecs = None, {}
         if m.offload.get("onnx") and m.offload.get("triton_model"):
-            if m.offload.get("codec", "png") != "png":
-                raise BundleError(
-                    f"bundle {m.name} {m.version}: offload codec {m.offload['codec']!r} is not png"
-                )
+            offload_codecs = {lv.level: lv.codec for lv in offload_levels(m.offload)}
+            if not offload_codecs:
+                offload_codecs = {0: "png"}  # a manifest without offload figures still serves PNG
             image = ImageLayout.from_shape(m.input_shape)
             tails[OFFLOAD_SPLIT] = _spec(
                 bundle,
@@ -147,7 +149,7 @@ class ServedBundle:
                 np.uint8,
                 m.input_shape,
             )
-        return cls(bundle, splits, tails, image)
+        return cls(bundle, splits, tails, image, offload_codecs)
 
     @property
     def image_pixels(self) -> int:
@@ -215,10 +217,10 @@ def _spec(
     )
 
 
-def _max_stream_bytes(symbols: int, precision_bits: int, chunk_symbols: int) -> int:
+def _max_stream_bytes(symbols: int, tables: EntropyTables) -> int:
     """An upper bound on a valid stream's length: every symbol an escape of the rarest bin."""
-    chunks = math.ceil(symbols / chunk_symbols)
-    return math.ceil(symbols * (precision_bits + 16) / 8) + 6 * chunks
+    chunks = 1 if tables.codec_version == STREAM_VERSION else math.ceil(symbols / tables.chunk_symbols)
+    return math.ceil(symbols * (tables.precision_bits + 16) / 8) + 6 * chunks
 
 
 def version_key(version: str) -> tuple[tuple[int, int | str], ...]:

@@ -30,7 +30,7 @@ import numpy as np
 from google.protobuf.message import DecodeError, Message
 from numpy.typing import NDArray
 from splitserve.core.bundle import OFFLOAD_SPLIT
-from splitserve.core.codec import CODEC_NAME, CODEC_VERSION
+from splitserve.core.codec import CODEC_NAME
 from splitserve.core.errors import (
     CodecVersionError,
     DeadlineExceededError,
@@ -63,7 +63,7 @@ _LOG = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SplitInference"].full_name
 DEFAULT_TOP_K = 5
 PNG_CODEC = "png"
-_PNG_CODEC_VERSIONS = (0, 1)
+_IMAGE_CODEC_VERSIONS = (0, 1)
 STALLED_STREAM_S = 30.0
 _MAX_NAME = 128
 
@@ -408,10 +408,10 @@ class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
             raise RequestError(
                 f"split {split.name!r} takes codec {CODEC_NAME!r}, not {tensor.codec[:_MAX_NAME]!r}"
             )
-        if tensor.codec_version != CODEC_VERSION:
+        if tensor.codec_version != level.tables.codec_version:
             raise CodecVersionError(
-                f"codec {CODEC_NAME} version {tensor.codec_version} is not supported (this server decodes "
-                f"version {CODEC_VERSION})"
+                f"codec {CODEC_NAME} version {tensor.codec_version} does not match split {split.name!r} level "
+                f"{request.level}, whose tables code with version {level.tables.codec_version}"
             )
         shape = tuple(tensor.shape)
         if shape != split.latent_shape:
@@ -434,16 +434,22 @@ class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
                 f"{served.name} {served.version} serves no offload model (split {OFFLOAD_SPLIT!r})"
             )
         labels.split = OFFLOAD_SPLIT
-        if request.level != 0:
-            raise UnknownModelError(f"split {OFFLOAD_SPLIT!r} has only level 0, not {request.level}")
-        labels.level = "0"
-        tensor = request.tensor
-        if tensor.codec != PNG_CODEC:
-            raise RequestError(
-                f"split {OFFLOAD_SPLIT!r} takes codec {PNG_CODEC!r}, not {tensor.codec[:_MAX_NAME]!r}"
+        image_codec = served.offload_codecs.get(request.level)
+        if image_codec is None:
+            raise UnknownModelError(
+                f"split {OFFLOAD_SPLIT!r} has no level {request.level} (levels: {sorted(served.offload_codecs)})"
             )
-        if tensor.codec_version not in _PNG_CODEC_VERSIONS:
-            raise CodecVersionError(f"codec png version {tensor.codec_version} is not supported (0 or 1)")
+        labels.level = str(request.level)
+        tensor = request.tensor
+        if tensor.codec != image_codec:
+            raise RequestError(
+                f"split {OFFLOAD_SPLIT!r} level {request.level} takes codec {image_codec!r}, "
+                f"not {tensor.codec[:_MAX_NAME]!r}"
+            )
+        if tensor.codec_version not in _IMAGE_CODEC_VERSIONS:
+            raise CodecVersionError(
+                f"codec {image_codec} version {tensor.codec_version} is not supported (0 or 1)"
+            )
         if tensor.shape and tuple(tensor.shape) != served.image.shape:
             raise RequestError(
                 f"tensor shape {list(tensor.shape[:8])} does not match the input shape "
@@ -451,7 +457,7 @@ class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
             )
         if not tensor.data:
             raise RequestError("payload is empty")
-        return await self._decoder.image(tensor.data, served.image)
+        return await self._decoder.image(tensor.data, served.image, image_codec)
 
 
 class _Stream:

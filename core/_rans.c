@@ -199,12 +199,8 @@ static int decode_range(Big *x, const uint8_t *data, Py_ssize_t len, int32_t *ou
         }
         const int64_t *cdf = cdfs + ch * width, *order = orders + ch * width;
         uint32_t slot = big_shr(x, shift);
-        Py_ssize_t lo = 0, hi = tlen; /* last s with cdf[s] <= slot */
-        while (hi - lo > 1) {
-            Py_ssize_t mid = (lo + hi) / 2;
-            if ((uint32_t)cdf[mid] <= slot) lo = mid;
-            else hi = mid;
-        }
+        Py_ssize_t lo = 0; /* last s with cdf[s] <= slot, scanned from the most likely bin */
+        while (lo + 1 < tlen && (uint32_t)cdf[lo + 1] <= slot) lo++;
         uint32_t f = (lo + 1 < tlen ? (uint32_t)cdf[lo + 1] : total) - (uint32_t)cdf[lo];
         if (big_mul_add(x, f, slot - (uint32_t)cdf[lo]) < 0) return -1;
         if (order[lo] == tlen - 1) {
@@ -298,11 +294,163 @@ done:
     return result;
 }
 
+/* ---- codec version 3: a 32-bit state renormalized a byte at a time (one stream, no chunks) ----
+ *
+ *   encode (symbols in reverse, x = L first):  while x >= (L >> shift << 8) * f: emit x & 255, x >>= 8
+ *                                              x <- (x // f) * 2**shift + cdf + x % f
+ *   decode (symbols in order, x = first 4 bytes): slot = x % 2**shift; s = bin of slot;
+ *                                              x <- f * (x >> shift) + slot - cdf; while x < L: x <- x * 256 + next
+ * An escaped value is coded right after its escape bin as a symbol of frequency 1 out of 2**16. The state
+ * stays in [L, 256 L) = [2**23, 2**31); the decoder must end at x == L having read every byte. */
+#define L32 (1u << 23)
+
+static void put_symbol32(uint32_t *x, uint8_t **out, uint32_t f, uint32_t cdf, unsigned shift) {
+    uint32_t x_max = ((L32 >> shift) << 8) * f;
+    while (*x >= x_max) {
+        *--*out = (uint8_t)(*x & 0xFF);
+        *x >>= 8;
+    }
+    *x = ((*x / f) << shift) + (*x % f) + cdf;
+}
+
+/* encode_stream32(freqs, cdfs, escaped, raw, shift) -> bytes (codec version 3). */
+static PyObject *encode_stream32(PyObject *self, PyObject *args) {
+    Py_buffer fb, cb, eb, rb;
+    unsigned int shift;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*I", &fb, &cb, &eb, &rb, &shift)) return NULL;
+    PyObject *result = NULL;
+    uint8_t *buf = NULL;
+    Py_ssize_t n = eb.len;
+    if (shift == 0 || shift > 16) {
+        PyErr_SetString(PyExc_ValueError, "shift must be in 1..16");
+        goto done;
+    }
+    if (check_buffer(&fb, 8, n, "freqs") < 0 || check_buffer(&cb, 8, n, "cdfs") < 0 || check_buffer(&rb, 8, n, "raw") < 0)
+        goto done;
+    /* at most 4 bytes per symbol (its bits plus a raw value) and the 4-byte state */
+    Py_ssize_t cap = 4 * n + 8;
+    buf = PyMem_Malloc((size_t)cap);
+    if (!buf) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    const int64_t *freqs = fb.buf, *cdfs = cb.buf, *raw = rb.buf;
+    const uint8_t *escaped = eb.buf;
+    uint8_t *end = buf + cap, *out = end;
+    uint32_t x = L32;
+    for (Py_ssize_t i = n - 1; i >= 0; i--) {
+        int64_t f = freqs[i], cdf = cdfs[i];
+        if (f <= 0 || cdf < 0 || f + cdf > ((int64_t)1 << shift)) {
+            PyErr_SetString(PyExc_ValueError, "frequency table entry out of range");
+            goto done;
+        }
+        if (escaped[i]) put_symbol32(&x, &out, 1, (uint32_t)(raw[i] & 0xFFFF), RAW_BITS);
+        put_symbol32(&x, &out, (uint32_t)f, (uint32_t)cdf, shift);
+    }
+    for (int k = 0; k < 4; k++) {
+        *--out = (uint8_t)(x & 0xFF);
+        x >>= 8;
+    }
+    result = PyBytes_FromStringAndSize((const char *)out, end - out);
+done:
+    PyMem_Free(buf);
+    PyBuffer_Release(&fb);
+    PyBuffer_Release(&cb);
+    PyBuffer_Release(&eb);
+    PyBuffer_Release(&rb);
+    return result;
+}
+
+/* decode_stream32(data, out, hw, cdfs, orders, lengths, offsets, shift) -> int
+ * The inverse of encode_stream32 into out (all len(out) symbols). Returns 0, or what is wrong: 2 truncated
+ * or a first state out of range, 4 the state did not return to L, 5 trailing bytes. */
+static PyObject *decode_stream32(PyObject *self, PyObject *args) {
+    Py_buffer db, ob, cb, rb, lb, fb;
+    Py_ssize_t hw, channels, width;
+    unsigned int shift;
+    if (!PyArg_ParseTuple(args, "y*w*ny*y*y*y*I", &db, &ob, &hw, &cb, &rb, &lb, &fb, &shift)) return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t n = ob.len / 4, pos = 4, len = db.len, status = 0;
+    const uint8_t *data = db.buf;
+    if (shift == 0 || shift > 16 || hw <= 0) {
+        PyErr_SetString(PyExc_ValueError, "invalid decode arguments");
+        goto done;
+    }
+    if (check_tables(&cb, &rb, &lb, &fb, &channels, &width) < 0 || check_buffer(&ob, 4, n, "out") < 0) goto done;
+    if ((n + hw - 1) / hw > channels) {
+        PyErr_SetString(PyExc_ValueError, "symbols beyond the last channel");
+        goto done;
+    }
+    const int64_t *cdfs = cb.buf, *orders = rb.buf, *lengths = lb.buf, *offsets = fb.buf;
+    int32_t *values = ob.buf;
+    const uint32_t total = 1u << shift, mask = total - 1;
+    uint32_t x = 0;
+    if (len < 4) {
+        status = 2;
+        goto finish;
+    }
+    x = (uint32_t)data[0] << 24 | (uint32_t)data[1] << 16 | (uint32_t)data[2] << 8 | data[3];
+    if (x < L32 || x >= (L32 << 8)) {
+        status = 2;
+        goto finish;
+    }
+    for (Py_ssize_t k = 0; k < n; k++) {
+        Py_ssize_t ch = k / hw, tlen = (Py_ssize_t)lengths[ch];
+        if (tlen < 2 || tlen > width) {
+            PyErr_SetString(PyExc_ValueError, "table length out of range");
+            goto done;
+        }
+        const int64_t *cdf = cdfs + ch * width, *order = orders + ch * width;
+        uint32_t slot = x & mask;
+        /* last s with cdf[s] <= slot: bins run by falling frequency, so a scan from the front ends
+         * after one or two steps for most symbols (a binary search took twice as long) */
+        Py_ssize_t lo = 0;
+        while (lo + 1 < tlen && (uint32_t)cdf[lo + 1] <= slot) lo++;
+        uint32_t f = (lo + 1 < tlen ? (uint32_t)cdf[lo + 1] : total) - (uint32_t)cdf[lo];
+        x = f * (x >> shift) + slot - (uint32_t)cdf[lo];
+        while (x < L32) {
+            if (pos >= len) {
+                status = 2;
+                goto finish;
+            }
+            x = (x << 8) | data[pos++];
+        }
+        if (order[lo] == tlen - 1) {
+            values[k] = (int32_t)(x & 0xFFFF) - RAW_HALF;
+            x >>= RAW_BITS;
+            while (x < L32) {
+                if (pos >= len) {
+                    status = 2;
+                    goto finish;
+                }
+                x = (x << 8) | data[pos++];
+            }
+        } else {
+            values[k] = (int32_t)(order[lo] + offsets[ch]);
+        }
+    }
+    if (x != L32) status = 4;
+    else if (pos != len) status = 5;
+finish:
+    result = PyLong_FromSsize_t(status);
+done:
+    PyBuffer_Release(&db);
+    PyBuffer_Release(&ob);
+    PyBuffer_Release(&cb);
+    PyBuffer_Release(&rb);
+    PyBuffer_Release(&lb);
+    PyBuffer_Release(&fb);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"encode_chunks", encode_chunks, METH_VARARGS, "Encode a whole stream of chunks; see codec.encode_symbols."},
     {"decode_chunks", decode_chunks, METH_VARARGS, "Decode a whole stream of chunks in place; see codec.decode_symbols."},
+    {"encode_stream32", encode_stream32, METH_VARARGS, "Encode a stream with the 32-bit state (codec version 3)."},
+    {"decode_stream32", decode_stream32, METH_VARARGS, "Decode a 32-bit-state stream in place (codec version 3)."},
     {NULL, NULL, 0, NULL},
 };
+
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_rans", "rANS inner loops in C.", -1, methods};
 

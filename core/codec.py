@@ -1,37 +1,40 @@
-"""Torch-free entropy codec for bottleneck latents: exact rANS over Python integers.
+"""Torch-free entropy codec for bottleneck latents: exact rANS with integer frequency tables.
 
 The bottleneck is trained with CompressAI's ``EntropyBottleneck`` (one learned density per
 channel). ``splitserve export`` turns each density into a table of integer frequencies that sum to
 ``2**precision_bits`` (every bin at least 1, the last bin an escape); edge and cloud code with the
 same tables, so decoding is bit-exact by construction: only integer arithmetic touches the stream.
 
-Why not a word-based coder (constriction, ryg-rANS): their 32-bit words and flushed state cost
-2-6 bytes per stream, 10-20% of a 30-byte Fashion-MNIST latent. rANS on an unbounded integer state
-``x`` needs no renormalisation and no flush; the stream is ``x`` itself, so its length is the
-information content plus the start-up cost below (a state that starts at 1) and the last byte's
-rounding: measured on the test bundle's Fashion-MNIST latents (2,000 per split and level, int8 heads)
-1.7-1.9 bytes on average per stream, 2.0-2.2 at the 99th percentile, 2.2 at most (a chunk of a long
-latent adds about as much)::
+Two coders share the tables (each tables file says which, ``codec_version``, and the wire repeats it):
+
+**Version 2, short latents (up to 4096 symbols: Fashion-MNIST's 588).** A word-based coder's 32-bit
+state costs 3-4 bytes per stream, 10-20% of a 30-byte latent. rANS on an unbounded integer state ``x``
+needs no renormalisation and no flush; the stream is ``x`` itself, so its length is the information
+content plus the start-up cost below (a state that starts at 1) and the last byte's rounding: measured
+on the test bundle's Fashion-MNIST latents (2,000 per split and level, int8 heads) 1.7-1.9 bytes on
+average per stream, 2.0-2.2 at the 99th percentile, 2.2 at most::
 
     encode (symbols in reverse):  x <- (x // f[s]) * M + cdf[s] + x % f[s]      (start x = 1)
     decode (symbols in order):    slot = x % M;  s = bin of slot;  x <- f[s] * (x // M) + slot - cdf[s]
 
 While ``x < f[s]`` a symbol costs ``log2(cdf[s] + x)`` bits rather than its information content, so the
-coder lays each channel's bins out in order of falling frequency (version 2): the most likely value
-sits at ``cdf = 0`` and a run of them at the start of the state costs nothing. With CompressAI's
-value-ordered layout (version 1) the first symbol alone cost up to 15 bits, about 2 bytes per stream.
+coder lays each channel's bins out in order of falling frequency: the most likely value sits at
+``cdf = 0`` and a run of them at the start of the state costs nothing (with CompressAI's value-ordered
+layout, the first symbol alone cost up to 15 bits). After the last symbol the decoder must be back at
+``x == 1``: a truncated or corrupted stream fails that check (and the symbol count) and raises
+:class:`DecodeError` instead of decoding garbage. A step costs time linear in the state's length, so
+latents are cut into chunks of ``chunk_symbols`` (every chunk but the last prefixed by its byte length,
+LEB128); on long latents that costs about 3 bytes a chunk and still grows with the chunk length: the
+Lite0 stage3 latent (57 x 14 x 14, 11,172 symbols, 256 per chunk) cost 120 bytes of chunking over its
+1.96 KB of information and 0.3 ms to decode.
 
-After the last symbol the decoder must be back at ``x == 1``: a truncated or corrupted stream fails
-that check (and the symbol count) and raises :class:`DecodeError` instead of decoding garbage.
-Long latents are cut into chunks of ``chunk_symbols`` (a property of the tables, default
-``CHUNK_SYMBOLS``) so each step works on a short integer; every chunk but the last is prefixed by its
-byte length (LEB128). A step costs time linear in the state's length, so coding time grows with the
-chunk length times the symbol count: an 11k-symbol natural-image latent (56 x 14 x 14, 8.6 KB) took
-23 / 5.2 / 2.7 / 1.5 ms to encode in C with chunks of 4096 / 1024 / 512 / 256 symbols (decode 5.0 /
-1.5 / 0.9 / 0.6 ms) and 27 / 66 / 132 bytes more for the shorter chunks: the exporter picks
-``chunk_symbols`` per latent size (:func:`chunk_symbols_for`). With the C module the whole stream is
-one call (no Python step per chunk): the Lite0 stage3 latent (57 x 14 x 14 at level 0, 2.7 KB) then
-takes 0.47 ms to code (0.83 ms one call per chunk) and 0.36 ms to decode (0.50 ms).
+**Version 3, long latents (more than 4096 symbols).** The same recurrence on a 32-bit state kept in
+``[2**23, 2**31)``: before coding a symbol the encoder moves whole low bytes out while the state would
+overflow, the decoder reads them back while it is below ``2**23``. One stream, no chunks; it starts
+at ``x = 2**23`` (the 23 bits of this start and the 4-byte final state are its whole overhead: 3-4 bytes
+per stream, however long) and the decoder must end at exactly that state having read every byte. On the
+Lite0 latent: 4 bytes over the information content instead of 120, and decoding 11k symbols in C takes
+0.06-0.08 ms (the bins are scanned from the most likely one, so most symbols take one comparison).
 
 Values outside a channel's table are sent as the escape bin followed by the raw value, uniform over
 ``[-2**15, 2**15)``, so no value is ever clipped silently (values beyond that range are clipped).
@@ -88,6 +91,11 @@ __all__ = [
 
 CODEC_NAME = "bigrans"
 CODEC_VERSION = 2
+"""The version of short latents' tables (the big-integer state); tables say their own version."""
+STREAM_VERSION = 3
+"""The version of long latents' tables (the 32-bit state renormalized a byte at a time)."""
+CODEC_VERSIONS = (CODEC_VERSION, STREAM_VERSION)
+_L32 = 1 << 23
 TABLES_FORMAT = "splitserve.entropy-tables"
 CHUNK_SYMBOLS = 4096
 LONG_LATENT_CHUNK = 256
@@ -96,6 +104,11 @@ LONG_LATENT_CHUNK = 256
 def chunk_symbols_for(symbols: int) -> int:
     """The chunk length for a latent of ``symbols``: one chunk up to 4096, else 256 (about 3 bytes each)."""
     return CHUNK_SYMBOLS if symbols <= CHUNK_SYMBOLS else LONG_LATENT_CHUNK
+
+
+def codec_version_for(symbols: int) -> int:
+    """The coder for a latent of ``symbols``: the big-integer state (one chunk) up to 4096, else version 3."""
+    return CODEC_VERSION if symbols <= CHUNK_SYMBOLS else STREAM_VERSION
 _RAW_BITS = 16
 _RAW_HALF = 1 << (_RAW_BITS - 1)
 
@@ -111,6 +124,9 @@ class EntropyTables:
         freqs: per-channel integer frequencies; each row sums to ``2**precision_bits`` and its last
             bin is the escape bin.
         precision_bits: total frequency is ``2**precision_bits``.
+        chunk_symbols: version 2: symbols per chunk of the big-integer state.
+        codec_version: 2, the big-integer state in chunks (short latents), or 3, the 32-bit state
+            renormalized a byte at a time (long latents); see the module doc.
     """
 
     step: float
@@ -119,10 +135,15 @@ class EntropyTables:
     freqs: tuple[tuple[int, ...], ...]
     precision_bits: int = 16
     chunk_symbols: int = CHUNK_SYMBOLS
+    codec_version: int = CODEC_VERSION
 
     def __post_init__(self) -> None:
         if not 16 <= self.chunk_symbols <= 1 << 20:
             raise CodecError(f"entropy tables: chunk_symbols {self.chunk_symbols} outside 16..2**20")
+        if self.codec_version not in CODEC_VERSIONS:
+            raise CodecVersionError(f"entropy tables: codec version {self.codec_version} is not one of {CODEC_VERSIONS}")
+        if self.codec_version == STREAM_VERSION and not 1 <= self.precision_bits <= 16:
+            raise CodecError(f"entropy tables: version {STREAM_VERSION} codes with precision_bits 1..16")
         object.__setattr__(self, "freqs", tuple(tuple(int(f) for f in row) for row in self.freqs))
         object.__setattr__(self, "offsets", tuple(int(o) for o in self.offsets))
         object.__setattr__(self, "medians", tuple(float(m) for m in self.medians))
@@ -167,11 +188,11 @@ class EntropyTables:
         return {
             "format": TABLES_FORMAT,
             # version 2 adds chunk_symbols; tables with the old chunk length stay version 1, readable by
-            # older builds, and a build that cannot honour another length refuses the file.
+            # older builds, and a build that cannot honour another length (or codec version) refuses the file.
             "format_version": 1 if self.chunk_symbols == CHUNK_SYMBOLS else 2,
             **({} if self.chunk_symbols == CHUNK_SYMBOLS else {"chunk_symbols": self.chunk_symbols}),
             "codec": CODEC_NAME,
-            "codec_version": CODEC_VERSION,
+            "codec_version": self.codec_version,
             "precision_bits": self.precision_bits,
             "step": self.step,
             "medians": list(self.medians),
@@ -183,10 +204,10 @@ class EntropyTables:
     def from_dict(cls, d: dict[str, Any]) -> EntropyTables:
         if d.get("format") != TABLES_FORMAT or d.get("codec") != CODEC_NAME:
             raise CodecVersionError(f"not a {CODEC_NAME} entropy-table file (format={d.get('format')!r})")
-        if d.get("format_version") not in (1, 2) or d.get("codec_version") != CODEC_VERSION:
+        if d.get("format_version") not in (1, 2) or d.get("codec_version") not in CODEC_VERSIONS:
             raise CodecVersionError(
                 f"entropy tables version {d.get('format_version')}/{d.get('codec_version')} is not supported "
-                f"(this build reads 1-2/{CODEC_VERSION})"
+                f"(this build reads 1-2/{'-'.join(map(str, CODEC_VERSIONS))})"
             )
         try:
             return cls(
@@ -196,6 +217,7 @@ class EntropyTables:
                 freqs=tuple(tuple(int(f) for f in row) for row in d["freqs"]),
                 precision_bits=int(d["precision_bits"]),
                 chunk_symbols=int(d.get("chunk_symbols", CHUNK_SYMBOLS)) if d["format_version"] == 2 else CHUNK_SYMBOLS,
+                codec_version=int(d["codec_version"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise CodecError(f"malformed entropy tables: {exc}") from exc
@@ -249,7 +271,36 @@ def encode_symbols(q: np.ndarray, tables: EntropyTables) -> bytes:
     """Entropy-code integer symbols of shape (C, H, W)."""
     freqs, cdfs, escaped = _lookup(q, tables)
     raw = q.reshape(-1).astype(np.int64) + _RAW_HALF
+    if tables.codec_version == STREAM_VERSION:
+        return _encode_stream32(freqs, cdfs, escaped, raw, tables.precision_bits)
     return _encode_stream(freqs, cdfs, escaped, raw, tables.precision_bits, tables.chunk_symbols)
+
+
+def _encode_stream32_py(freqs: np.ndarray, cdfs: np.ndarray, escaped: np.ndarray, raw: np.ndarray, shift: int) -> bytes:
+    """Version 3: the 32-bit state, renormalized a byte at a time (rANS codes in reverse)."""
+    out = bytearray()  # the bytes in the order they are emitted; the stream is the state, then them reversed
+    x = _L32
+
+    def put(x: int, f: int, cdf: int, bits: int) -> int:
+        x_max = ((_L32 >> bits) << 8) * f
+        while x >= x_max:
+            out.append(x & 0xFF)
+            x >>= 8
+        d, r = divmod(x, f)
+        return (d << bits) + cdf + r
+
+    for f, cdf, esc, value in zip(freqs[::-1].tolist(), cdfs[::-1].tolist(), escaped[::-1].tolist(), raw[::-1].tolist()):
+        if esc:
+            x = put(x, 1, value, _RAW_BITS)
+        x = put(x, f, cdf, shift)
+    return x.to_bytes(4, "big") + bytes(reversed(out))
+
+
+def _encode_stream32_c(freqs: np.ndarray, cdfs: np.ndarray, escaped: np.ndarray, raw: np.ndarray, shift: int) -> bytes:
+    """:func:`_encode_stream32_py` in the C module: the same bytes."""
+    c = np.ascontiguousarray
+    flags = c(escaped, dtype=np.uint8)
+    return _rans.encode_stream32(c(freqs), c(cdfs), flags, c(raw), shift)  # type: ignore[union-attr]
 
 
 def _encode_stream_py(
@@ -302,7 +353,10 @@ def decode_symbols(data: bytes, shape: tuple[int, int, int], tables: EntropyTabl
     if c != tables.channels or h <= 0 or w <= 0:
         raise DecodeError(f"shape {shape} does not match the entropy tables ({tables.channels} channels)")
     out = np.empty(c * h * w, dtype=np.int32)
-    status = _decode_stream(data, out, h * w, tables)
+    if tables.codec_version == STREAM_VERSION:
+        status = _decode_stream32(data, out, h * w, tables)
+    else:
+        status = _decode_stream(data, out, h * w, tables)
     if status:
         raise DecodeError(_DECODE_ERRORS[status])
     return out.reshape(shape)
@@ -377,6 +431,46 @@ def _decode_stream_c(data: bytes, out: np.ndarray, hw: int, tables: EntropyTable
     ))
 
 
+def _decode_stream32_py(data: bytes, out: np.ndarray, hw: int, tables: EntropyTables) -> int:
+    """Version 3, the inverse of :func:`_encode_stream32_py`: 0, or the first problem (:data:`_DECODE_ERRORS`)."""
+    freqs, orders, shift = tables._coded_freqs, tables._order, tables.precision_bits  # type: ignore[attr-defined]
+    cdfs = tables._coded_cdfs  # type: ignore[attr-defined]
+    mask, n = (1 << shift) - 1, len(data)
+    if n < 4:
+        return 2
+    x, pos = int.from_bytes(data[:4], "big"), 4
+    if not _L32 <= x < _L32 << 8:
+        return 2
+    values = [0] * len(out)
+    for k in range(len(out)):
+        ch = k // hw
+        row, cdf, order = freqs[ch], cdfs[ch], orders[ch]
+        slot = x & mask
+        s = bisect.bisect_right(cdf, slot) - 1
+        x = row[s] * (x >> shift) + slot - cdf[s]
+        while x < _L32 and pos < n:
+            x, pos = (x << 8) | data[pos], pos + 1
+        if order[s] == len(row) - 1:  # the raw value follows its escape bin
+            values[k] = (x & 0xFFFF) - _RAW_HALF
+            x >>= _RAW_BITS
+            while x < _L32 and pos < n:
+                x, pos = (x << 8) | data[pos], pos + 1
+        else:
+            values[k] = order[s] + tables.offsets[ch]
+        if x < _L32:
+            return 2
+    out[:] = values
+    return 4 if x != _L32 else 5 if pos != n else 0
+
+
+def _decode_stream32_c(data: bytes, out: np.ndarray, hw: int, tables: EntropyTables) -> int:
+    """:func:`_decode_stream32_py` in the C module: the same symbols and the same status."""
+    pad = tables._padded  # type: ignore[attr-defined]
+    return int(_rans.decode_stream32(  # type: ignore[union-attr]
+        data, out, hw, pad[2], pad[3], tables._lengths, tables._offsets, tables.precision_bits,  # type: ignore[attr-defined]
+    ))
+
+
 def encode(y: np.ndarray, tables: EntropyTables) -> tuple[bytes, np.ndarray]:
     """Quantize and code a latent of shape (C, H, W); returns the stream and the symbols."""
     q = quantize(y, tables)
@@ -432,3 +526,5 @@ NATIVE = _rans is not None
 """Whether the C inner loops are in use (else the Python ones: the same bytes, 4-15x slower)."""
 _encode_stream = _encode_stream_c if NATIVE else _encode_stream_py
 _decode_stream = _decode_stream_c if NATIVE else _decode_stream_py
+_encode_stream32 = _encode_stream32_c if NATIVE else _encode_stream32_py
+_decode_stream32 = _decode_stream32_c if NATIVE else _decode_stream32_py

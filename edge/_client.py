@@ -45,7 +45,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from splitserve.core.bundle import OFFLOAD_SPLIT, Bundle
-from splitserve.core.codec import CODEC_NAME, CODEC_VERSION
+from splitserve.core.codec import CODEC_NAME
 from splitserve.core.errors import (
     ClientClosedError,
     ConfigError,
@@ -418,18 +418,22 @@ class BaseEdgeClient:
         m = self.bundle.manifest
         t0 = time.perf_counter()
         if d.kind == "offload":
-            tensor = pb.CompressedTensor(
-                codec="png", codec_version=1, shape=x.shape, data=self.runtime.png(x)
-            )
+            level = d.level or 0
+            image_codec, payload = self.runtime.offload_image(x, level)
+            tensor = pb.CompressedTensor(codec=image_codec, codec_version=1, shape=x.shape, data=payload)
             head_ms, t1 = 0.0, t0
-            split, level = OFFLOAD_SPLIT, 0
+            split = OFFLOAD_SPLIT
         else:
             assert d.split is not None and d.level is not None
             y = self.runtime.head(d.split, x)
             t1 = time.perf_counter()
             data, crc = self.runtime.encode(d.split, d.level, y)
             tensor = pb.CompressedTensor(
-                codec=CODEC_NAME, codec_version=CODEC_VERSION, shape=y.shape, data=data, symbols_crc32=crc
+                codec=CODEC_NAME,
+                codec_version=self.runtime.tables[(d.split, d.level)].codec_version,
+                shape=y.shape,
+                data=data,
+                symbols_crc32=crc,
             )
             head_ms = (t1 - t0) * 1e3
             split, level = d.split, d.level

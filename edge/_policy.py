@@ -2,7 +2,7 @@
 
 The client talks to any object with the :class:`EdgePolicy` shape, which
 :class:`~splitserve.orchestrator.Orchestrator` has. ``policy=`` also takes a :class:`FixedPolicy`, or a
-string: ``"local"``, ``"offload"``, ``"SPLIT@LEVEL"`` (``"SPLIT"`` for level 0), or the name of a
+string: ``"local"``, ``"offload"``, ``"offload@LEVEL"``, ``"SPLIT@LEVEL"`` (``"SPLIT"`` for level 0), or the name of a
 registered orchestrator policy (``"min_latency"``, ``"max_accuracy"``, ``"mpc"``), which the client
 builds over every option of the bundle once it has measured the device.
 """
@@ -54,7 +54,8 @@ class FixedPolicy:
     Attributes:
         kind: ``"split"`` (the default when ``split`` is given), ``"local"`` or ``"offload"``.
         split: the split name, for ``"split"``.
-        level: the rate level, for ``"split"`` (default 0).
+        level: the rate level, for ``"split"`` (default 0); for ``"offload"`` a JPEG/WebP offload level
+            (default: PNG).
     """
 
     kind: OptionKind = "split"
@@ -69,6 +70,11 @@ class FixedPolicy:
                 raise ConfigError("FixedPolicy(kind='split') needs a split name")
             if self.level is None:
                 object.__setattr__(self, "level", 0)
+        elif self.kind == "offload":
+            if self.split is not None:
+                raise ConfigError("FixedPolicy(kind='offload') takes no split")
+            if self.level == 0:
+                object.__setattr__(self, "level", None)  # level 0 is the PNG option, "offload"
         elif self.split is not None or self.level is not None:
             raise ConfigError(f"FixedPolicy(kind={self.kind!r}) takes no split or level")
 
@@ -78,7 +84,7 @@ class FixedPolicy:
 
     @classmethod
     def parse(cls, text: str) -> FixedPolicy:
-        """``"local"``, ``"offload"``, ``"SPLIT@LEVEL"`` or ``"SPLIT"`` (level 0).
+        """``"local"``, ``"offload"``, ``"offload@LEVEL"`` (JPEG/WebP), ``"SPLIT@LEVEL"`` or ``"SPLIT"`` (level 0).
 
         Raises:
             ConfigError: a level that is not a non-negative integer.
@@ -88,6 +94,8 @@ class FixedPolicy:
         split, sep, level = text.partition("@")
         if sep and not level.isdigit():
             raise ConfigError(f"policy {text!r}: the level after '@' must be a non-negative integer")
+        if split == OFFLOAD_ID:
+            return cls(kind="offload", level=int(level))
         return cls(split=split, level=int(level) if sep else 0)
 
     def bind(self, manifest: Manifest) -> EdgePolicy:
@@ -147,10 +155,10 @@ def plan_policy(policy: PolicyLike, manifest: Manifest) -> EdgePolicy | str:
         if is_policy(policy):
             return policy
         split = policy.partition("@")[0]
-        if policy in (LOCAL_ID, OFFLOAD_ID) or split in {s.name for s in manifest.splits}:
+        if split in (LOCAL_ID, OFFLOAD_ID) or split in {s.name for s in manifest.splits}:
             return FixedPolicy.parse(policy).bind(manifest)
         raise ConfigError(
-            f"unknown policy {policy!r}: use 'local', 'offload', SPLIT@LEVEL (splits: "
+            f"unknown policy {policy!r}: use 'local', 'offload', 'offload@LEVEL', SPLIT@LEVEL (splits: "
             f"{[s.name for s in manifest.splits]}) or an orchestrator policy {list_policies()}"
         )
     if isinstance(policy, EdgePolicy):

@@ -29,7 +29,8 @@ import onnxruntime as ort
 from splitserve.core import codec
 from splitserve.core.bundle import Bundle
 from splitserve.core.codec import EntropyTables
-from splitserve.core.errors import BundleError, RequestError
+from splitserve.core.errors import BundleError, RequestError, UnknownModelError
+from splitserve.core.offload import OffloadLevel, offload_levels
 from splitserve.core.png import png_bytes
 from splitserve.orchestrator import DeviceLatency
 
@@ -121,6 +122,7 @@ class EdgeRuntime:
         if "int8" not in m.local and "fp32" not in m.local:
             raise BundleError(f"bundle {m.name!r} has no local model: the edge client needs one for fallback")
         self.local_model = self._load(m.local.get("int8"), m.local.get("fp32"), precision)
+        self.offload_levels: dict[int, OffloadLevel] = {lv.level: lv for lv in offload_levels(m.offload) if lv.level}
 
     @property
     def precisions(self) -> dict[str, str]:
@@ -148,9 +150,26 @@ class EdgeRuntime:
             return self.local_model(x)
 
     def png(self, x: np.ndarray) -> bytes:
-        """Lossless PNG of input ``x``: the offload payload."""
+        """Lossless PNG of input ``x``: the payload of the offload option (level 0)."""
         with self._device_work():
             return png_bytes(x)
+
+    def offload_image(self, x: np.ndarray, level: int = 0) -> tuple[str, bytes]:
+        """The payload of offload ``level`` for input ``x``: its codec and bytes (0: PNG, else the manifest's
+        JPEG/WebP level, encoded with the function the exporter priced it with).
+
+        Raises:
+            UnknownModelError: the bundle has no such offload level.
+        """
+        if not level:
+            return "png", self.png(x)
+        off = self.offload_levels.get(level)
+        if off is None:
+            raise UnknownModelError(
+                f"bundle {self.manifest.name!r} has no offload level {level} (levels: {sorted(self.offload_levels)})"
+            )
+        with self._device_work():
+            return off.codec, off.encode(x)
 
     @contextlib.contextmanager
     def _device_work(self) -> Iterator[None]:
@@ -165,7 +184,7 @@ class EdgeRuntime:
     def measure(self, repeats: int = 10) -> DeviceLatency:
         """Median device time of each option on a fixed sample, in ms.
 
-        Heads include entropy coding (at their lowest level); offload is the PNG encoding.
+        Heads include entropy coding (at their lowest level); offload is the image encoding of each level.
         """
         x = self._sample
 
@@ -177,6 +196,9 @@ class EdgeRuntime:
             head_ms={s: _median_ms(split_fn(s), repeats) for s in self.heads},
             local_ms=_median_ms(lambda: self.local(x), repeats),
             offload_ms=_median_ms(lambda: self.png(x), repeats),
+            offload_level_ms={
+                lv: _median_ms(lambda lv=lv: self.offload_image(x, lv), repeats) for lv in self.offload_levels
+            },
         )
 
     def _load(self, int8: str | None, fp32: str | None, precision: str) -> _Model:

@@ -69,7 +69,7 @@ from ._config import BottleneckCfg
 from ._registry import get_backbone
 from ._split import SplitBackbone
 from .bottleneck import BottleneckCodec
-from .export import EvalData, export_bundle
+from .export import EvalData, export_bundle, export_key
 from .split_model import SplitModel
 from .train import bf16_native
 from .zoo import cache_dir
@@ -776,7 +776,8 @@ def build_natural_bundle(name: str = "efficientnet_lite0-natural", *, force: boo
     recipe = NATURAL_RECIPES[name]
     committed = committed_weights(name)
     key = committed[1]["key"] if committed is not None else recipe.key(training_files()[1])
-    out_dir = cache_dir() / "bundles" / f"{name}-{key}"
+    tag = hashlib.sha256(json.dumps([key, export_key()]).encode()).hexdigest()[:12]
+    out_dir = cache_dir() / "bundles" / f"{name}-{tag}"
     if out_dir.exists() and not force:
         try:
             Bundle.open(out_dir).close()

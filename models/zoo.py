@@ -19,13 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from splitserve.core.bundle import Bundle
-from splitserve.core.codec import CODEC_NAME, CODEC_VERSION
 from splitserve.core.datasets import load_fashion_mnist
 
 from ._config import BottleneckCfg
 from ._registry import get_backbone, get_backbone_cfg
 from ._split import SplitBackbone
-from .export import EvalData, export_bundle
+from .export import EvalData, export_bundle, export_key
 from .split_model import SplitModel
 from .train import bf16_native, evaluate, train_classifier, train_split
 
@@ -193,7 +192,7 @@ def trained_split(recipe: Recipe, teacher: SplitBackbone, split: str) -> SplitMo
 def bundle_key(recipe: Recipe) -> str:
     """Cache key of a recipe's bundle: the recipe, its resolved bottlenecks, the backbone key, the codec."""
     bottlenecks = [dataclasses.asdict(recipe.bottleneck_for(s)) for s in recipe.splits]
-    inputs = json.dumps([recipe.key(), recipe.backbone_key(), bottlenecks, f"{CODEC_NAME}{CODEC_VERSION}"], default=str)
+    inputs = json.dumps([recipe.key(), recipe.backbone_key(), bottlenecks, export_key()], default=str)
     return hashlib.sha256(inputs.encode()).hexdigest()[:12]
 
 

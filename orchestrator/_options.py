@@ -6,6 +6,7 @@ from collections.abc import Mapping
 
 from splitserve.core.bundle import OFFLOAD_SPLIT, Manifest
 from splitserve.core.errors import BundleError
+from splitserve.core.offload import offload_levels
 
 from .types import Option
 
@@ -17,8 +18,9 @@ def options_from_manifest(
 ) -> tuple[Option, ...]:
     """Every option a bundle offers, with the bytes and accuracy its manifest measured.
 
-    ``local`` is included when the manifest's ``local`` entry has an ``accuracy``; ``offload`` when its
-    ``offload`` entry has ``bytes_per_sample`` and ``accuracy``.
+    ``local`` is included when the manifest's ``local`` entry has an ``accuracy``; ``offload`` (PNG) when its
+    ``offload`` entry has ``bytes_per_sample`` and ``accuracy``, and ``offload@<level>`` for each of its
+    JPEG/WebP ``levels`` (``core.offload``).
 
     Args:
         manifest: the bundle's manifest.
@@ -43,16 +45,9 @@ def options_from_manifest(
         if "accuracy" in manifest.local:
             key = "accuracy_fp32" if "local" in fp32 and "accuracy_fp32" in manifest.local else "accuracy"
             options.append(Option("local", None, None, 0.0, float(manifest.local[key]), 0.0))
-        if {"bytes_per_sample", "accuracy"} <= manifest.offload.keys():
+        for off in offload_levels(manifest.offload):
             options.append(
-                Option(
-                    "offload",
-                    OFFLOAD_SPLIT,
-                    None,
-                    float(manifest.offload["bytes_per_sample"]),
-                    float(manifest.offload["accuracy"]),
-                    1.0,
-                )
+                Option("offload", OFFLOAD_SPLIT, off.level or None, off.bytes_per_sample, off.accuracy, 1.0)
             )
     except (TypeError, ValueError) as exc:
         raise BundleError(f"manifest of {manifest.name!r} has a non-numeric option figure: {exc}") from exc

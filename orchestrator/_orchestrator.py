@@ -148,7 +148,7 @@ class Orchestrator:
         self._local_ms = device.local_ms
         server = dict(server_ms or {})
         priors = {
-            o.id: float(server.get(o.id, cfg.server_full_ms * o.tail_share)) for o in self.options if o.remote
+            o.id: float(server.get(o.id, cfg.server_full_ms * max(o.tail_share, 0.0))) for o in self.options if o.remote
         }
         self._server_prior = np.array([priors.get(oid, 0.0) for oid in ids])
         self._server = ServerEstimator(

@@ -26,7 +26,7 @@ from splitserve.core.bundle import Manifest
 from splitserve.core.errors import ConfigError
 
 from ._options import options_from_manifest
-from .types import DeviceLatency, Option
+from .types import LOCAL_ID, OFFLOAD_ID, DeviceLatency, Option
 
 __all__ = ["PROFILE_FORMAT", "Profile", "ProfileEntry", "example_profile_path"]
 
@@ -99,9 +99,13 @@ class Profile:
         heads = {
             e.option.split: e.device_ms for e in self.entries if e.option.split and e.option.kind == "split"
         }
-        by_kind = {e.option.kind: e.device_ms for e in self.entries}
+        by_id = {e.option.id: e.device_ms for e in self.entries}
+        lossy = {e.option.level: e.device_ms for e in self.entries if e.option.kind == "offload" and e.option.level}
         return DeviceLatency(
-            head_ms=heads, local_ms=by_kind.get("local", 0.0), offload_ms=by_kind.get("offload", 0.0)
+            head_ms=heads,
+            local_ms=by_id.get(LOCAL_ID, 0.0),
+            offload_ms=by_id.get(OFFLOAD_ID, 0.0),
+            offload_level_ms=lossy,
         )
 
     def server_ms(self) -> dict[str, float]:

@@ -35,7 +35,8 @@ OFFLOAD_ID = "offload"
 
 
 def option_id(kind: OptionKind, split: str | None = None, level: int | None = None) -> str:
-    """The stable string id of an option: ``"local"``, ``"offload"`` or ``"<split>@<level>"``.
+    """The stable string id of an option: ``"local"``, ``"offload"`` (PNG), ``"offload@<level>"``
+    (JPEG/WebP, see ``core.offload``) or ``"<split>@<level>"``.
 
     Raises:
         ValueError: a split option without its split name or level.
@@ -43,7 +44,7 @@ def option_id(kind: OptionKind, split: str | None = None, level: int | None = No
     if kind == "local":
         return LOCAL_ID
     if kind == "offload":
-        return OFFLOAD_ID
+        return f"{OFFLOAD_ID}@{level}" if level else OFFLOAD_ID
     if split is None or level is None:
         raise ValueError(f"a split option needs a split and a level, got split={split!r} level={level!r}")
     return f"{split}@{level}"
@@ -57,7 +58,8 @@ class Option:
         kind: ``"split"`` (head on the device, tail in the cloud), ``"local"`` or ``"offload"``.
         split: split name for ``"split"``; the manifest's offload split name (``"input"``) for
             ``"offload"``; ``None`` for ``"local"``.
-        level: rate level for ``"split"``; ``None`` otherwise.
+        level: rate level for ``"split"``; the offload level for a JPEG/WebP ``"offload"`` (``None`` for
+            PNG and ``"local"``).
         payload_bytes: mean bytes per sample of the payload (bitstream or compressed image); 0 for local.
         accuracy: top-1 accuracy measured at export.
         tail_share: share of the whole model's compute that runs in the cloud (1 for offload, 0 for local).
@@ -173,12 +175,14 @@ class DeviceLatency:
     Attributes:
         head_ms: per split name, the head (backbone up to the split + encoder + entropy coding) in ms.
         local_ms: the whole model on the device, in ms.
-        offload_ms: preparing the offload payload (preprocess + image encoding), in ms.
+        offload_ms: preparing the PNG offload payload (preprocess + image encoding), in ms.
+        offload_level_ms: the same for each JPEG/WebP offload level (by level number).
     """
 
     head_ms: Mapping[str, float] = field(default_factory=dict)
     local_ms: float = 0.0
     offload_ms: float = 0.0
+    offload_level_ms: Mapping[int, float] = field(default_factory=dict)
 
     def for_option(self, option: Option) -> float:
         """Device time of ``option`` in ms.
@@ -189,6 +193,14 @@ class DeviceLatency:
         if option.kind == "local":
             return self.local_ms
         if option.kind == "offload":
+            if option.level:
+                try:
+                    return float(self.offload_level_ms[option.level])
+                except KeyError:
+                    raise KeyError(
+                        f"no measured device time for offload level {option.level} "
+                        f"(measured: {sorted(self.offload_level_ms)})"
+                    ) from None
             return self.offload_ms
         assert option.split is not None
         try:

@@ -108,7 +108,7 @@ class Samples:
                     top_k=top_k,
                     tensor=pb.CompressedTensor(
                         codec=codec.CODEC_NAME,
-                        codec_version=codec.CODEC_VERSION,
+                        codec_version=tables.codec_version,
                         shape=list(info.latent_shape),
                         data=data,
                         symbols_crc32=codec.symbols_crc32(q),

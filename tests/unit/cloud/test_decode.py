@@ -164,3 +164,41 @@ def test_pathological_pngs_are_refused_before_decompression():
         assert time.perf_counter() - t0 < 0.2
     ok = _with_chunks(_png(gray), [(b"pHYs", b"\x00" * 9)])  # a small ancillary chunk is fine
     assert asyncio.run(decoder.image(ok, layout)).shape == (1, 28, 28)
+
+
+def test_lossy_offload_images_decode_and_only_baseline_stills_of_the_right_size_pass():
+    from splitserve.core.offload import encode_image
+
+    rng = np.random.default_rng(4)
+    x = rng.integers(0, 255, (3, 32, 48), dtype=np.uint8)
+    decoder = Decoder("inline", 1, Metrics())
+    layout = ImageLayout.from_shape((3, 32, 48))
+
+    def decode(data: bytes, codec_name: str, shape=(3, 32, 48)):  # noqa: ANN001
+        return asyncio.run(decoder.image(data, ImageLayout.from_shape(shape), codec_name))
+
+    for name in ("jpeg", "webp"):
+        out = decode(encode_image(x, name, 90), name)
+        assert out.shape == (3, 32, 48) and out.dtype == np.uint8
+        assert np.abs(out.astype(int) - x).mean() < 60  # lossy, but the same picture
+    progressive = io.BytesIO()
+    Image.fromarray(x.transpose(1, 2, 0)).save(progressive, format="JPEG", quality=90, progressive=True)
+    animated = io.BytesIO()
+    frames = [Image.fromarray(x.transpose(1, 2, 0)), Image.fromarray(255 - x.transpose(1, 2, 0))]
+    frames[0].save(animated, format="WEBP", save_all=True, append_images=frames[1:], quality=90)
+    jpeg = encode_image(x, "jpeg", 90)
+    for data, name, message in [
+        (encode_image(x, "webp", 90), "jpeg", "not a JPEG"),  # the level names the codec
+        (jpeg, "webp", "not a WEBP"),
+        (_png(x.transpose(1, 2, 0)), "jpeg", "not a JPEG"),
+        (jpeg[:40], "jpeg", "JPEG does not decode"),
+        (progressive.getvalue(), "jpeg", "progressive JPEG is refused"),
+        (animated.getvalue(), "webp", "2 frames is refused"),
+        (jpeg + b"\x00" * (2 * 32 * 48 * 3 + 4096), "jpeg", "larger than any encoding"),
+        (jpeg, "gif", "not a GIF"),
+    ]:
+        with pytest.raises(DecodeError, match=message):
+            decode(data, name)
+    with pytest.raises(DecodeError, match="JPEG is 48x32, the model takes 32x32"):
+        decode(jpeg, "jpeg", (3, 32, 32))
+    assert layout.channels == 3

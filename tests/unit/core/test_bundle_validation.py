@@ -56,7 +56,7 @@ def test_the_minimal_bundle_opens(tmp_path):
         ({"split_latent_shape": [7, 7]}, "latent_shape"),
         ({"classes": []}, "classes"),
         ({"name": "../evil"}, "name and version"),
-        ({"split_head_mac_share": 7.0}, "head MACs"),
+        ({"split_head_mac_share": 700.0}, "head MACs"),
         ({"split_levels": []}, "levels"),
         ({"split_tail_onnx": "/etc/passwd"}, "is not a bundle file"),
         ({"input": {"shape": [1, 28], "dtype": "uint8"}}, "input shape"),

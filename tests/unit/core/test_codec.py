@@ -283,3 +283,101 @@ def test_a_missing_c_extension_is_said_once_at_import_with_its_cost():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.stdout.strip() == "False"
     assert "is not built" in res.stderr and "4-15x slower" in res.stderr
+
+
+class TestStreamVersion:
+    """Codec version 3 (long latents): a 32-bit state renormalized a byte at a time, one stream."""
+
+    @staticmethod
+    def tables(channels: int = 3, seed: int = 0, bins: int = 11) -> EntropyTables:
+        import dataclasses
+
+        return dataclasses.replace(make_tables(channels, bins=bins, seed=seed), codec_version=codec.STREAM_VERSION)
+
+    def test_the_exporter_streams_only_long_latents(self):
+        assert codec.codec_version_for(588) == codec.codec_version_for(4096) == codec.CODEC_VERSION
+        assert codec.codec_version_for(57 * 14 * 14) == codec.STREAM_VERSION
+
+    @pytest.mark.parametrize("native", [True, False])
+    def test_round_trip_with_escapes_and_json(self, tmp_path, monkeypatch, native):
+        if not native:
+            monkeypatch.setattr(codec, "_encode_stream32", codec._encode_stream32_py)
+            monkeypatch.setattr(codec, "_decode_stream32", codec._decode_stream32_py)
+        elif not codec.NATIVE:
+            pytest.skip("splitserve.core._rans was not built")
+        self.tables().save(tmp_path / "t.json")
+        tables = EntropyTables.load(tmp_path / "t.json")
+        assert tables.codec_version == codec.STREAM_VERSION
+        q = _symbols_with_escapes(tables, (3, 50, 50), seed=11)  # 7500 symbols, ~150 escapes
+        data = codec.encode_symbols(q, tables)
+        np.testing.assert_array_equal(codec.decode_symbols(data, q.shape, tables), q)
+
+    def test_a_few_bytes_over_the_information_content(self):
+        """The 23 bits of the state it starts from plus the flush: under 5 bytes per stream, however long
+        (version 2 pays about 3 bytes per 256-symbol chunk on long latents)."""
+        tables = self.tables(12, seed=7)
+        rng = np.random.default_rng(7)
+        for shape in ((12, 7, 7), (12, 40, 40)):
+            q = codec.quantize(rng.normal(0, 1.5, shape).astype(np.float32), tables)
+            excess = len(codec.encode_symbols(q, tables)) - codec.predicted_bits(q, tables) / 8
+            assert 0 < excess < 5, (shape, excess)
+
+    @pytest.mark.parametrize("native", [True, False])
+    def test_truncated_corrupt_and_trailing_streams_are_errors(self, monkeypatch, native):
+        if not native:
+            monkeypatch.setattr(codec, "_decode_stream32", codec._decode_stream32_py)
+        elif not codec.NATIVE:
+            pytest.skip("splitserve.core._rans was not built")
+        tables = self.tables()
+        q = _symbols_with_escapes(tables, (3, 20, 20), seed=2)
+        data = codec.encode_symbols(q, tables)
+        for cut in (0, 3, 4, len(data) // 2, len(data) - 1):
+            with pytest.raises(DecodeError, match="truncated"):
+                codec.decode_symbols(data[:cut], q.shape, tables)
+        with pytest.raises(DecodeError, match="trailing"):
+            codec.decode_symbols(data + b"\x00", q.shape, tables)
+        flipped = bytearray(data)
+        flipped[len(data) // 2] ^= 0x10
+        try:  # a flipped bit is caught by the final state, or else by the symbols' CRC the wire carries
+            decoded = codec.decode_symbols(bytes(flipped), q.shape, tables)
+        except DecodeError:
+            return
+        assert codec.symbols_crc32(decoded) != codec.symbols_crc32(q)
+
+    @pytest.mark.skipif(not codec.NATIVE, reason="splitserve.core._rans was not built (no C compiler)")
+    @settings(max_examples=40, deadline=None, derandomize=True)
+    @given(channels=st.integers(1, 5), h=st.integers(1, 30), w=st.integers(1, 30), seed=st.integers(0, 2**16))
+    def test_c_and_python_write_the_same_bytes(self, channels, h, w, seed):
+        tables = self.tables(channels, seed=seed, bins=3 + seed % 20)
+        q = _symbols_with_escapes(tables, (channels, h, w), seed)
+        freqs, cdfs, escaped = codec._lookup(q, tables)
+        raw = q.reshape(-1).astype(np.int64) + 32768
+        data = codec._encode_stream32_c(freqs, cdfs, escaped, raw, 16)
+        assert data == codec._encode_stream32_py(freqs, cdfs, escaped, raw, 16)
+        out_c, out_py = np.empty(q.size, np.int32), np.empty(q.size, np.int32)
+        assert codec._decode_stream32_c(data, out_c, h * w, tables) == 0
+        assert codec._decode_stream32_py(data, out_py, h * w, tables) == 0
+        np.testing.assert_array_equal(out_c, q.reshape(-1))
+        np.testing.assert_array_equal(out_py, q.reshape(-1))
+
+    @pytest.mark.skipif(not codec.NATIVE, reason="splitserve.core._rans was not built (no C compiler)")
+    @settings(max_examples=80, deadline=None, derandomize=True)
+    @given(data=st.binary(min_size=0, max_size=64), seed=st.integers(0, 2**16))
+    def test_c_and_python_agree_on_arbitrary_bytes(self, data, seed):
+        tables = self.tables(3, seed=seed)
+        out_c, out_py = np.zeros(3 * 16, np.int32), np.zeros(3 * 16, np.int32)
+        status = codec._decode_stream32_c(data, out_c, 16, tables)
+        assert status == codec._decode_stream32_py(data, out_py, 16, tables)
+        if status in (0, 4, 5):
+            np.testing.assert_array_equal(out_c, out_py)
+
+    def test_older_builds_refuse_the_tables_and_the_precision_is_bounded(self):
+        d = self.tables().to_dict()
+        assert d["codec_version"] == codec.STREAM_VERSION
+        with pytest.raises(CodecVersionError):
+            EntropyTables.from_dict({**d, "codec_version": 4})
+        with pytest.raises(CodecError, match="precision_bits"):
+            EntropyTables(
+                step=1.0, medians=(0.0,), offsets=(0,), freqs=(((1 << 17) - 1, 1),), precision_bits=17,
+                codec_version=codec.STREAM_VERSION,
+            )

@@ -18,6 +18,30 @@ def test_fixed_policy_forms() -> None:
     assert FixedPolicy.parse("offload") == FixedPolicy(kind="offload")
     assert FixedPolicy.parse("stem@1") == FixedPolicy(split="stem", level=1)
     assert FixedPolicy.parse("stem") == FixedPolicy(split="stem", level=0)
+    assert FixedPolicy.parse("offload@2") == FixedPolicy(kind="offload", level=2)
+    assert FixedPolicy.parse("offload@2").option_id == "offload@2"
+    assert FixedPolicy(kind="offload", level=0).option_id == FixedPolicy.parse("offload@0").option_id == "offload"
+
+
+def test_offload_levels_are_options_of_their_own(bundle: Bundle) -> None:
+    from dataclasses import replace
+
+    from splitserve.orchestrator import options_from_manifest
+
+    base = bundle.manifest
+    m = replace(base, offload={**base.offload, "levels": [
+        {"level": 1, "codec": "jpeg", "quality": 90, "bytes_per_sample": 40.0, "accuracy": 0.8},
+    ]})
+    options = {o.id: o for o in options_from_manifest(m)}
+    assert {"local", "offload", "offload@1"} <= set(options)
+    lossy = options["offload@1"]
+    assert (lossy.kind, lossy.split, lossy.level, lossy.payload_bytes, lossy.accuracy) == ("offload", "input", 1, 40.0, 0.8)
+    d = plan_policy("offload@1", m).decide()  # type: ignore[union-attr]
+    assert (d.kind, d.split, d.level, d.option_id) == ("offload", "input", 1, "offload@1")
+    device = DeviceLatency({}, 5.0, 2.0, {1: 1.5})
+    assert device.for_option(lossy) == 1.5 and device.for_option(options["offload"]) == 2.0
+    with pytest.raises(ConfigError, match="does not offer 'offload@2'"):
+        plan_policy("offload@2", m)
 
 
 @pytest.mark.parametrize(

@@ -69,7 +69,7 @@ def test_stand_in_device_takes_the_profiles_device_times() -> None:
 
     profile = Profile.load(example_profile_path()).with_device_factor(0.5)  # block1 5.5 ms, local 35 ms
     runtime = SimpleNamespace(
-        head=lambda split, x: (split, x), local=lambda x: ("local", x), png=lambda x: b"png"
+        head=lambda split, x: (split, x), local=lambda x: ("local", x), offload_image=lambda x, level=0: ("png", b"")
     )
     _stand_in_device(runtime, profile)
 
@@ -82,7 +82,7 @@ def test_stand_in_device_takes_the_profiles_device_times() -> None:
     assert 5.5 <= took_ms(runtime.head, "block1", 0) < 5.5 + 20.0
     assert 26.5 <= took_ms(runtime.head, "block3", 0) < 26.5 + 20.0
     assert 35.0 <= took_ms(runtime.local, 0) < 35.0 + 20.0
-    assert 0.75 <= took_ms(runtime.png, 0)
+    assert 0.75 <= took_ms(runtime.offload_image, 0)
 
 
 def test_a_profile_measured_from_another_bundle_is_refused(tmp_path: Path, test_bundle: Path) -> None:
