@@ -16,14 +16,14 @@ def test_demo_serves_every_option_and_prints_the_table(
     rows = run_demo("fmnist_resnet-test", n_images=40)
     manifest = Bundle.open(test_bundle).manifest
     options = [f"{s.name}@{lv.level}" for s in manifest.splits for lv in manifest.split(s.name).levels]
-    assert [r["option"] for r in rows] == ["local", "offload", *options, "orchestrator (min_latency)"]
+    assert [r["option"] for r in rows] == ["local", "offload (png)", *options, "orchestrator (min_latency)"]
     by = {r["option"]: r for r in rows}
     assert by["local"]["payload_bytes"] == 0 and by["local"]["where"] == "local 40"
-    assert by["offload"]["where"] == "offload 40" and by["offload"]["payload_bytes"] > 100
+    assert by["offload (png)"]["where"] == "offload 40" and by["offload (png)"]["payload_bytes"] > 100
     for option in options:
         r = by[option]
         assert r["where"] == "split 40", r  # served by the endpoint, no fallback
-        assert 0 < r["payload_bytes"] < r["wire_bytes"] < by["offload"]["wire_bytes"]
+        assert 0 < r["payload_bytes"] < r["wire_bytes"] < by["offload (png)"]["wire_bytes"]
     for r in rows:
         assert 0.3 <= r["accuracy"] <= 1.0 and 0 < r["p50_ms"] <= r["p95_ms"]
     out = capsys.readouterr().out
@@ -42,9 +42,9 @@ def test_photo_demo_measures_every_option_on_an_emulated_device(
     rows = {r["option"]: r for r in out["rows"]}
     manifest = Bundle.open(test_bundle).manifest
     splits = [f"{s.name}@{lv.level}" for s in manifest.splits for lv in s.levels]
-    assert list(rows) == ["local (fp32, the reference)", "local", "offload", *splits, "orchestrator (min_latency, accuracy >= 0%)"]
+    assert list(rows) == ["local (fp32, the reference)", "local", "offload (png)", *splits, "orchestrator (min_latency, accuracy >= 0%)"]
     assert rows["local (fp32, the reference)"]["accuracy"] == 1.0  # the reference agrees with itself
-    assert rows["offload"]["accuracy"] == 1.0 and rows["offload"]["where"] == "offload 6"  # lossless PNG
+    assert rows["offload (png)"]["accuracy"] == 1.0 and rows["offload (png)"]["where"] == "offload 6"  # lossless PNG
     assert all(rows[s]["where"] == "split 6" for s in splits)
     assert [p["photo"] for p in out["per_photo"]] == [p.name for p in photos]
     assert "loopback, not shaped" in out["link"] and "pixel4-cpu" in out["device"]

@@ -71,7 +71,7 @@ def _offload_cases(good: pb.InferRequest, png_bytes):
     rng = np.random.default_rng(0)
     png = good.tensor.data
     return [
-        ("offload level", _edit(good, level=1), NOT_FOUND, "only level 0"),
+        ("offload level", _edit(good, level=1), NOT_FOUND, "has no level 1 (levels: [0])"),
         ("offload codec", _edit(good, tensor_codec="jpeg"), INVALID, "takes codec 'png'"),
         ("not a png", _edit(good, tensor_data=b"GIF89a" + bytes(64)), INVALID, "not a PNG"),
         ("corrupt png", _edit(good, tensor_data=png[:40] + bytes(len(png) - 40)), INVALID, "PNG"),
