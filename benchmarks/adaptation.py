@@ -5,8 +5,9 @@ Two modes over the same traces (see ``splitserve.orchestrator.traces``):
 - ``sim``: the deterministic simulator replays each trace against the profile (whole set in seconds).
 - ``live``: the lab of ``benchmarks.netlab``: two network namespaces, the uplink shaped by tbf along the
   trace, propagation delay added by a relay. A :class:`LiveRunner` starts the endpoint in the cloud
-  namespace and drives a client in the edge namespace. :class:`EmulatedRunner` (the default until the real
-  edge client and endpoint are wired in) sends real bytes over the shaped link and emulates compute with
+  namespace and drives a client in the edge namespace: with ``--bundle``, :class:`EdgeClientRunner` runs the
+  real endpoint and the real edge client (sending the bundle's held-out photos, or Fashion-MNIST images);
+  without one, :class:`EmulatedRunner` sends real bytes over the shaped link and emulates compute with
   the profile's device and server times. The trace is compressed in time (``live_duration_s``); every
   policy runs the trace once, one after the other; the live oracle takes, for each orchestrator request, the
   fastest fixed run at the same trace time.
@@ -670,8 +671,11 @@ def _stand_in_device(runtime: Any, profile: Profile) -> None:
 
 def _live_client_main(spec_path: str) -> None:
     """The client process of :class:`EdgeClientRunner`: one JSON line per request on stdout."""
+    from splitserve.core.bundle import Bundle
     from splitserve.core.datasets import load_fashion_mnist
     from splitserve.edge import EdgeClient, EdgeConfig
+
+    from ._inputs import photo_eval_set
 
     spec = json.loads(Path(spec_path).read_text())
     profile = Profile.from_dict(spec["profile"])
@@ -681,7 +685,8 @@ def _live_client_main(spec_path: str) -> None:
     policy: Any = spec["fixed_option"]
     if spec["policy"]:
         policy = orchestrator_factory(profile, sim, spec["policy"])(time.monotonic)
-    images, _ = load_fashion_mnist("test")
+    with contextlib.closing(Bundle.open(spec["bundle"])) as bundle:  # a photo bundle sends its held-out photos
+        images = photo_eval_set(bundle)[0] if bundle.manifest.input_shape[0] == 3 else load_fashion_mnist("test")[0]
     config = EdgeConfig(timeout_s=spec["timeout_ms"] / 1000.0)
     with EdgeClient(spec["bundle"], spec["address"], policy=policy, config=config) as client:
         if spec["stand_in"]:

@@ -58,15 +58,15 @@ def link_map(profile: Profile, accuracy_floor: float) -> dict[str, Any]:
         best_ms.append(row_ms)
         margin.append(row_margin)
     return {"best": best, "best_ms": best_ms, "speedup_over_other_kinds": margin,
-            "eligible": [e.option.id for e in entries]}
+            "eligible": [e.option.id for e in entries], "kinds": kind}
 
 
 def _split_band(result: dict[str, Any]) -> list[dict[str, Any]]:
     """Per round trip, the rates at which a split option is best (the band the issue asks about)."""
     bands = []
     for rtt, row, margin in zip(RTTS_MS, result["best"], result["speedup_over_other_kinds"]):
-        rates = [r for r, oid in zip(RATES_MBIT, row) if "@" in oid]
-        gains = [m for oid, m in zip(row, margin) if "@" in oid and m is not None]
+        rates = [r for r, oid in zip(RATES_MBIT, row) if result["kinds"][oid] == "split"]
+        gains = [m for oid, m in zip(row, margin) if result["kinds"][oid] == "split" and m is not None]
         bands.append({"rtt_ms": rtt, "split_best_from_mbit": min(rates) if rates else None,
                       "split_best_to_mbit": max(rates) if rates else None,
                       "best_speedup": max(gains) if gains else None})
@@ -75,13 +75,15 @@ def _split_band(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 def run(
     bundle: Path, out: Path, *, accuracy_floor: float = 0.75, requests: int = 60,
-    images: list[Any] | None = None, log: Callable[[str], None] = print,
+    images: list[Any] | None = None, log: Callable[[str], None] = print, profile: Profile | None = None,
 ) -> dict[str, Any]:
-    """Measure ``bundle``, map each device class, write ``out/device_map.json`` and ``.png``."""
+    """Measure ``bundle`` (or take its measured ``profile``), map each device class, write
+    ``out/device_map.json`` and ``.png``."""
     from .adaptation import measure_profile
 
     out.mkdir(parents=True, exist_ok=True)
-    profile = measure_profile(bundle, requests=requests, images=images, log=log)
+    if profile is None:
+        profile = measure_profile(bundle, requests=requests, images=images, log=log)
     profile.save(out / "device_map_profile.json")  # for `bench adaptation --profile ... --device CLASS`
     here = profile.entry("local").device_ms
     classes: dict[str, dict[str, Any]] = {"this-cpu": {"slowdown": 1.0, "source": "measured here"}}

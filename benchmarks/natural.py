@@ -87,13 +87,25 @@ def _median_ms(sess, x: np.ndarray, runs: int = TIMING_RUNS) -> float:
     return 1000 * float(np.median(times))
 
 
-def _encode_ms(y: np.ndarray, tables: codec.EntropyTables, runs: int = TIMING_RUNS) -> float:
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        codec.encode_symbols(codec.quantize(y, tables), tables)
-        times.append(time.perf_counter() - t0)
-    return 1000 * float(np.median(times))
+def _coding_ms(y: np.ndarray, tables: codec.EntropyTables, runs: int = TIMING_RUNS) -> dict[str, float]:
+    """Median ms to quantize and code ``y``, and to decode its stream (symbols only, as the endpoint's
+    decoder before its CRC check and dequantization); the stream's bytes."""
+    q = codec.quantize(y, tables)
+    data = codec.encode_symbols(q, tables)
+
+    def median(fn: Any) -> float:
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return 1000 * float(np.median(times))
+
+    return {
+        "encode_level0": median(lambda: codec.encode_symbols(codec.quantize(y, tables), tables)),
+        "decode_level0": median(lambda: codec.decode_symbols(data, q.shape, tables)),
+        "stream_bytes_level0": len(data),
+    }
 
 
 def run(
@@ -195,7 +207,8 @@ def _recipe_dict(recipe: Any) -> dict[str, Any] | None:
 
 
 def _latency(bundle: Bundle, x: np.ndarray) -> dict[str, Any]:
-    """Batch-1 latency, one thread: the local model and every head, fp32 and int8, plus the latent's coding."""
+    """Batch-1 latency, one thread: the local model and every head, fp32 and int8, plus the latent's coding
+    and decoding."""
     m = bundle.manifest
     out: dict[str, Any] = {
         "local": {k: _median_ms(ort_session(bundle.path(m.local[k]), threads=1), x) for k in ("fp32", "int8")}
@@ -204,7 +217,7 @@ def _latency(bundle: Bundle, x: np.ndarray) -> dict[str, Any]:
         heads = {"fp32": s.head_fp32, "int8": s.head_int8}
         entry = {k: _median_ms(ort_session(bundle.path(p), threads=1), x) for k, p in heads.items()}
         y = run_batched(ort_session(bundle.path(s.head_int8)), x)[0]
-        entry["encode_level0"] = _encode_ms(y, bundle.tables(s.name, s.levels[0].level))
+        entry.update(_coding_ms(y, bundle.tables(s.name, s.levels[0].level)))
         out[s.name] = entry
     return out
 
