@@ -262,6 +262,20 @@ def bench_cloud(recipe: str, bundle_path: Path | None, out: Path, duration_s: fl
     click.echo(json.dumps(result.get("runs", result), indent=1)[:4000])
 
 
+@bench.command("hostile")
+@click.option("--recipe", default="fmnist_resnet", show_default=True)
+@_bundle_option
+@click.option("--phase-s", default=40.0, show_default=True, help="Seconds of the baseline and of the hostile phase.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("results"), show_default=True)
+def bench_hostile(recipe: str, bundle_path: Path | None, phase_s: float, out: Path) -> None:
+    """Normal clients' latency alone, then beside hostile clients (bad payloads, streams that never read,
+    slow readers, idle connections) on the real endpoint."""
+    from splitserve.benchmarks.hostile import run
+
+    result = run(out, _bundle_for(bundle_path, recipe), phase_s=phase_s)
+    click.echo(json.dumps({k: result[k] for k in ("baseline", "hostile_phase", "p99_ratio", "met")}, indent=1))
+
+
 @bench.command("device-map")
 @click.option("--bundle", "bundle_path", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Bundle to map (default: the natural Lite0 bundle, built from the committed weights).")

@@ -63,7 +63,7 @@ def cloud() -> None:
 @click.option("--max-inflight-per-client", type=int, help="Concurrent requests per client [64].")
 @click.option("--decode-workers", type=int, help="Decode workers; 0 = one per core [0].")
 @click.option("--decode-mode", type=click.Choice(DECODE_MODES), help="Where bitstreams are decoded [auto].")
-@click.option("--decode-inline-max-symbols", type=int, help="auto: largest latent decoded inline [2048].")
+@click.option("--decode-inline-max-symbols", type=int, help="auto: largest latent decoded inline [16384].")
 @click.option("--embedded-threads", type=int, help="Concurrent ONNX Runtime batches per tail (embedded) [1].")
 @click.option("--grace-s", type=float, help="Seconds in-flight requests get on SIGTERM [10].")
 @click.option(
