@@ -8,9 +8,9 @@ kind in its own process:
   chunks, a PNG with a zTXt bomb (32 MiB inflated), a latent stream of random bytes at its level's largest
   size, a request above the message limit, bytes that are not protobuf, and for colour bundles a
   progressive JPEG and a JPEG whose header claims 8000x8000 pixels at the offload levels;
-- ``never_read``: streams that write valid requests and never read a reply (each holds its client's
-  slots until the endpoint ends it, ``stalled_stream_s``);
-- ``slow_read``: streams that read one reply a second while writing as fast as flow control lets them;
+- ``never_read``: four streams that write valid requests (25/s each) and never read a reply (each holds
+  its client's slots until the endpoint ends it, ``stalled_stream_s``);
+- ``slow_read``: four streams that read one reply a second while writing 25 requests/s;
 - ``idle``: 200 idle TCP connections to the gRPC port and 200 to the metrics port.
 
 Normal clients (unary calls on two connections and one stream, paced) send valid split requests with
@@ -29,6 +29,7 @@ import contextlib
 import io
 import json
 import os
+import signal
 import socket
 import struct
 import subprocess
@@ -62,7 +63,7 @@ _MAX_MESSAGE = 4 << 20  # the endpoint's default --max-message-bytes
 
 def run(
     out: Path, bundle_path: Path, *, phase_s: float = 40.0, normal_rate: float = 30.0, hostile_rate: float = 20.0,
-    log: Callable[[str], None] = print,
+    stream_rate: float = 25.0, each_kind: bool = True, log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Measure the normal clients alone, then beside every hostile kind; write ``out/hostile.json``.
 
@@ -71,6 +72,8 @@ def run(
             limit to pass to show never-reading streams ended).
         normal_rate: requests per second of each of the three normal clients.
         hostile_rate: payloads per second of the ``payloads`` kind.
+        stream_rate: items per second each ``never_read`` / ``slow_read`` stream writes.
+        each_kind: also measure beside each hostile kind alone (before all of them together).
     """
     out.mkdir(parents=True, exist_ok=True)
     port, metrics_port = _free_port(), _free_port()
@@ -81,52 +84,43 @@ def run(
         start_new_session=True,
     )
     target = f"127.0.0.1:{port}"
-    workers: list[subprocess.Popen[Any]] = []
+    spec_path = out / "hostile_spec.json"
+    spec_path.write_text(json.dumps(
+        {"target": target, "metrics_port": metrics_port, "bundle": str(bundle_path), "rate": hostile_rate,
+         "stream_rate": stream_rate}
+    ))
+    phases: dict[str, Any] = {}
     try:
         _wait_listening(port, endpoint)
         requests = _normal_requests(bundle_path)
         _normal_phase(target, requests, 2.0, normal_rate)  # warm-up: sessions, first calls
         log(f"baseline: normal clients alone for {phase_s:g} s")
         baseline = _normal_phase(target, requests, phase_s, normal_rate)
-        spec = {"target": target, "metrics_port": metrics_port, "bundle": str(bundle_path), "rate": hostile_rate}
-        spec_path = out / "hostile_spec.json"
-        spec_path.write_text(json.dumps(spec))
-        reports = {kind: out / f"hostile_{kind}.json" for kind in HOSTILE_KINDS}
-        for kind, path in reports.items():
-            workers.append(subprocess.Popen(
-                [sys.executable, "-m", "splitserve.benchmarks.hostile", "--worker", kind, str(spec_path), str(path)],
-                start_new_session=True,
-            ))
-        time.sleep(2.0)  # the hostile load in place before measuring
-        log(f"hostile: the same normal clients beside {', '.join(HOSTILE_KINDS)} for {phase_s:g} s")
-        loaded = _normal_phase(target, requests, phase_s, normal_rate)
-        for w in workers:
-            w.send_signal(2)  # SIGINT: each worker writes its report and exits
-        hostile = {}
-        for kind, w in zip(HOSTILE_KINDS, workers):
-            try:
-                w.wait(30)
-            except subprocess.TimeoutExpired:
-                w.kill()
-            hostile[kind] = json.loads(reports[kind].read_text()) if reports[kind].exists() else {"report": "missing"}
-            reports[kind].unlink(missing_ok=True)
-        spec_path.unlink(missing_ok=True)
+        for kinds in [*([(k,) for k in HOSTILE_KINDS] if each_kind else []), HOSTILE_KINDS]:
+            name = "all" if len(kinds) > 1 else kinds[0]
+            log(f"hostile ({name}): the same normal clients beside {', '.join(kinds)} for {phase_s:g} s")
+            phases[name] = _hostile_phase(kinds, spec_path, target, requests, phase_s, normal_rate)
+            if endpoint.poll() is not None:
+                break
         alive = endpoint.poll() is None
     finally:
-        for w in workers:
-            stop_process(w, 5.0)
+        spec_path.unlink(missing_ok=True)
         stop_process(endpoint)
-    ratio = loaded["p99_ms"] / baseline["p99_ms"] if baseline["p99_ms"] else None
+    loaded = phases["all"]["normal"] if "all" in phases else {"p99_ms": None, "failed": None}  # the endpoint died
+    ratio = loaded["p99_ms"] / baseline["p99_ms"] if baseline["p99_ms"] and loaded["p99_ms"] else None
     result = {
         "benchmark": "hostile",
         "command": f"splitserve bench hostile --bundle {bundle_path} --phase-s {phase_s:g}",
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": machine_info(),
+        "machine": machine_info(threads=1),
         "bundle": str(bundle_path),
         "normal": {"clients": "2 unary connections + 1 stream, paced", "rate_per_client": normal_rate},
+        "hostile": {"payloads_per_s": hostile_rate, "items_per_s_per_stream": stream_rate, "streams_per_kind": 4,
+                    "idle_connections_per_port": 200},
         "baseline": baseline,
         "hostile_phase": loaded,
-        "hostile_clients": hostile,
+        "phases": {name: {**ph, "p99_ratio": ph["normal"]["p99_ms"] / baseline["p99_ms"] if baseline["p99_ms"] and
+                          ph["normal"]["p99_ms"] else None} for name, ph in phases.items()},
         "p99_ratio": ratio,
         "endpoint_survived": alive,
         "targets": {"p99_ratio_max": TARGET_P99_RATIO, "normal_failures": 0},
@@ -135,6 +129,39 @@ def run(
     }
     (out / "hostile.json").write_text(json.dumps(result, indent=1) + "\n")
     return result
+
+
+def _hostile_phase(
+    kinds: tuple[str, ...], spec_path: Path, target: str, requests: list[pb.InferRequest], phase_s: float,
+    normal_rate: float,
+) -> dict[str, Any]:
+    """The normal clients measured while a worker process of each of ``kinds`` runs; the workers' reports."""
+    reports = {kind: spec_path.with_name(f"hostile_{kind}.json") for kind in kinds}
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "splitserve.benchmarks.hostile", "--worker", kind, str(spec_path), str(path)],
+            start_new_session=True,
+        )
+        for kind, path in reports.items()
+    ]
+    try:
+        time.sleep(2.0)  # the hostile load in place before measuring
+        normal = _normal_phase(target, requests, phase_s, normal_rate)
+        for w in workers:
+            w.send_signal(signal.SIGINT)  # each worker writes its report and exits
+        for w in workers:
+            try:
+                w.wait(30)
+            except subprocess.TimeoutExpired:
+                w.kill()
+    finally:
+        for w in workers:
+            stop_process(w, 5.0)
+    clients = {}
+    for kind, path in reports.items():
+        clients[kind] = json.loads(path.read_text()) if path.exists() else {"report": "missing"}
+        path.unlink(missing_ok=True)
+    return {"normal": normal, "hostile_clients": clients}
 
 
 def _normal_requests(bundle_path: Path) -> list[pb.InferRequest]:
@@ -275,8 +302,6 @@ def _worker(kind: str, spec: dict[str, Any], report_path: Path) -> None:
         with lock:
             counts[key] += 1
 
-    import signal
-
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     target, started = spec["target"], time.monotonic()
     options = [("grpc.max_send_message_length", 64 << 20)]
@@ -306,9 +331,9 @@ def _worker(kind: str, spec: dict[str, Any], report_path: Path) -> None:
             with grpc.insecure_channel(target) as channel:
                 call = channel.stream_stream(_STREAM, pb.InferRequest.SerializeToString, pb.InferResponse.FromString)
 
-                def items() -> Iterator[pb.InferRequest]:
+                def items() -> Iterator[pb.InferRequest]:  # paced: these hold slots and buffers, not the CPU
                     i = 0
-                    while not stop.is_set():
+                    while not stop.wait(1.0 / spec["stream_rate"]):
                         count("items written")
                         yield requests[i % len(requests)]
                         i += 1

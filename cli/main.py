@@ -273,7 +273,12 @@ def bench_hostile(recipe: str, bundle_path: Path | None, phase_s: float, out: Pa
     from splitserve.benchmarks.hostile import run
 
     result = run(out, _bundle_for(bundle_path, recipe), phase_s=phase_s)
-    click.echo(json.dumps({k: result[k] for k in ("baseline", "hostile_phase", "p99_ratio", "met")}, indent=1))
+    for name, phase in result["phases"].items():
+        n = phase["normal"]
+        click.echo(f"beside {name:10s}: normal p50 {n['p50_ms']:.1f} ms, p99 {n['p99_ms']:.1f} ms "
+                   f"({phase['p99_ratio']:.2f}x the baseline's {result['baseline']['p99_ms']:.1f} ms), {n['failed']} failed")
+    click.echo(f"target (p99 within {result['targets']['p99_ratio_max']:g}x, no failures): "
+               f"{'met' if result['met'] else 'not met'}")
 
 
 @bench.command("device-map")

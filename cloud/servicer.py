@@ -46,6 +46,7 @@ from splitserve.protos.v1 import inference_pb2_grpc as pb_grpc
 from ._auth import current_call
 from ._backends import TailBackend
 from ._decode import Decoder
+from ._fair import FairGate
 from ._metrics import UNKNOWN, Metrics
 from ._registry import ModelRegistry, ServedBundle
 
@@ -201,6 +202,7 @@ class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
         self._decoder = decoder
         self._metrics = metrics
         self._limiter = _ClientLimiter(max_inflight_per_client)
+        self._gate = FairGate()
 
     async def Infer(
         self, request: pb.InferRequest | MalformedMessage, context: grpc.aio.ServicerContext
@@ -295,7 +297,7 @@ class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
                 acquired = True
             if timeout_s is not None and timeout_s <= 0:
                 raise DeadlineExceededError("the request's deadline had passed when it was read")
-            work = self._process(request, labels, arrived, received, deadline)
+            work = self._process(request, client, labels, arrived, received, deadline)
             if not enforce_deadline or timeout_s is None:
                 return await work
             try:
@@ -328,6 +330,7 @@ class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
     async def _process(
         self,
         request: pb.InferRequest,
+        client: str,
         labels: _Labels,
         arrived: float,
         received: float,
@@ -344,19 +347,23 @@ class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
         try:
             if not request.HasField("tensor"):
                 raise RequestError("tensor is required")
-            start = time.perf_counter()
-            if request.split == OFFLOAD_SPLIT:
-                x = await self._decode_image(request, served, labels)
-            else:
-                x = await self._decode_latent(request, served, labels)
-            decoded = time.perf_counter()
-            if deadline is not None and decoded >= deadline:
-                raise DeadlineExceededError("deadline exceeded while decoding the payload")
+            waiting = time.perf_counter()
+            # Decoding and the tail take their turn with other clients' requests (cloud/_fair.py): a client
+            # with many requests in flight gets its share of the CPU, not all of it.
+            async with self._gate.slot(client):
+                start = time.perf_counter()
+                if request.split == OFFLOAD_SPLIT:
+                    x = await self._decode_image(request, served, labels)
+                else:
+                    x = await self._decode_latent(request, served, labels)
+                decoded = time.perf_counter()
+                if deadline is not None and decoded >= deadline:
+                    raise DeadlineExceededError("deadline exceeded while decoding the payload")
+                spec = served.tails[labels.split]
+                remaining = None if deadline is None else deadline - decoded
+                result = await self._backend.infer(spec, x, timeout_s=remaining)
             num_classes = served.num_classes
             k = min(request.top_k or DEFAULT_TOP_K, num_classes)
-            spec = served.tails[labels.split]
-            remaining = None if deadline is None else deadline - decoded
-            result = await self._backend.infer(spec, x, timeout_s=remaining)
             if result.logits.shape != (num_classes,):
                 raise InferenceError(
                     f"tail returned logits of shape {result.logits.shape}, "
@@ -369,7 +376,7 @@ class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
         timings = pb.ServerTimings(
             receive_ms=(received - arrived) * 1e3,
             decode_ms=(decoded - start) * 1e3,
-            queue_ms=result.queue_s * 1e3,
+            queue_ms=(start - waiting + result.queue_s) * 1e3,  # waiting for its turn, then in the backend
             tail_ms=result.tail_s * 1e3,
             total_ms=(done - arrived) * 1e3,
             queue_delay_ms=self._backend.queue_delay_s(spec) * 1e3,
@@ -378,7 +385,7 @@ class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
             labels.model, labels.split, labels.level,
             receive=received - arrived,
             decode=decoded - start,
-            queue=result.queue_s,
+            queue=start - waiting + result.queue_s,
             tail=result.tail_s,
             total=done - arrived,
         )
