@@ -271,9 +271,8 @@ def _payloads(bundle_path: Path) -> list[tuple[str, bytes]]:
                                            OFFLOAD_SPLIT, 0)),
     ]
     if c in (1, 3):
-        colour = c == 3
         shape = [c, h, w]
-        padded = _png(w, h, [(b"teXt", b"")] * 100_000) if colour else None
+        padded = _png(w, h, [(b"teXt", b"")] * 100_000)
         bomb = _png(w, h, [(b"zTXt", b"k\x00\x00" + zlib.compress(bytes(32 << 20)))])
         for name, data in (("PNG of 100,000 empty chunks", padded), ("PNG with a zTXt bomb", bomb)):
             if data is not None:
