@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 from splitserve.core.bundle import OFFLOAD_SPLIT, Bundle
 from splitserve.core.codec import STREAM_VERSION, EntropyTables
+from splitserve.core.errors import DuplicateRegistrationError, UnknownModelError
 from splitserve.core.offload import offload_levels
-from splitserve.core.errors import BundleError, DuplicateRegistrationError, UnknownModelError
 
 from ._decode import ImageLayout, TablesRef
 
