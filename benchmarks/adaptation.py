@@ -302,16 +302,16 @@ def measure_profile(
                     framing.append(r.bytes_sent - r.payload_bytes)
                 server_ms[option.id] = float(np.median(totals))
                 log(f"  measured {option.id}: server {server_ms[option.id]:.2f} ms")
+    offload = {o.level or 0 for o in options_from_manifest(manifest) if o.kind == "offload"}  # each measured by its client
     device = DeviceLatency(
         head_ms={
             s.name: float(np.median([m.head_ms[s.name] for m in measured if s.name in m.head_ms]))
             for s in manifest.splits
         },
         local_ms=float(np.median([m.local_ms for m in measured])),
-        offload_ms=float(np.median([m.offload_ms for m in measured])),
-        offload_level_ms={
-            lv: float(np.median([m.offload_level_ms[lv] for m in measured])) for lv in measured[0].offload_level_ms
-        },
+        offload_ms=float(np.median([m.offload_ms for m in measured if m.offload_ms])) if offload else 0.0,
+        offload_level_ms={lv: float(np.median([m.offload_level_ms[lv] for m in measured if lv in m.offload_level_ms]))
+                          for lv in offload if lv},
     )
     return Profile.from_manifest(
         manifest,

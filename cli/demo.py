@@ -36,13 +36,21 @@ from tqdm.auto import tqdm
 __all__ = ["run_demo", "run_photo_demo"]
 
 
-def _option_names(manifest: Any) -> list[str]:
-    """Every option of ``manifest`` as the demo's rows name it: local, the offload levels (with their
-    codec), then each split level; the first word is the policy."""
+def _option_names(manifest: Any, every_level: bool = True) -> list[str]:
+    """The options of ``manifest`` as the demo's rows name them: local, the offload levels (with their
+    codec), then the split levels (all of them, or per split its fewest bytes, level 0 and its most
+    accurate); the first word is the policy."""
     from splitserve.core.offload import offload_levels
 
     offload = [f"offload{'@' + str(o.level) if o.level else ''} ({o.label})" for o in offload_levels(manifest.offload)]
-    return ["local", *offload, *(f"{s.name}@{lv.level}" for s in manifest.splits for lv in s.levels)]
+    splits = []
+    for s in manifest.splits:
+        shown = {lv.level for lv in s.levels} if every_level else {
+            min(s.levels, key=lambda lv: lv.bytes_per_sample).level, s.levels[0].level,
+            max(s.levels, key=lambda lv: lv.accuracy).level,
+        }
+        splits += [f"{s.name}@{lv.level}" for lv in sorted(s.levels, key=lambda lv: lv.bytes_per_sample) if lv.level in shown]
+    return ["local", *offload, *splits]
 
 
 def _free_port() -> int:
@@ -157,9 +165,12 @@ def run_photo_demo(
     rtt_ms: float = 2.0,
     accuracy_floor: float = 0.75,
     shape: bool = True,
+    every_level: bool = False,
 ) -> dict[str, Any]:
     """The photo demo (see the module docstring); ``bundle`` and ``photos`` default to the natural bundle
-    and the held-out photos. Prints the tables; returns ``{"rows", "per_photo", "device", "link"}``."""
+    and the held-out photos; ``every_level`` gives every split level its own row (else the fewest bytes,
+    level 0 and the most accurate; the orchestrator chooses among all of them either way). Prints the
+    tables; returns ``{"rows", "per_photo", "device", "link"}``."""
     from splitserve.orchestrator import device_class
 
     dev = device_class(device)
@@ -174,7 +185,7 @@ def run_photo_demo(
     here_ms = _local_ms(bundle, dev.compare_with)
     slowdown = dev.slowdown(here_ms)
     plan = {"bundle": str(bundle), "photos": [str(p) for p in photos], "slowdown": slowdown,
-            "accuracy_floor": accuracy_floor}
+            "accuracy_floor": accuracy_floor, "every_level": every_level}
     from splitserve.benchmarks.netlab import unavailable_reason
 
     why_not = unavailable_reason() if shape else "--loopback was asked for"
@@ -219,8 +230,8 @@ def _local_ms(bundle: Path, precision: str, repeats: int = 20) -> float:
 def _client_phase(plan: dict[str, Any]) -> dict[str, Any]:
     """Every option, then the orchestrator, over the photos: rows and the orchestrator's choice per photo.
 
-    The reference answer for each photo is the unsplit model in fp32 on this device (the ``local``
-    policy at ``precision="fp32"``): agreement is top-1 equal to it.
+    The reference answer for each photo is the unsplit model in fp32 (the ``local`` policy at
+    ``precision="fp32"``, run at this CPU's pace): agreement is top-1 equal to it.
     """
     from splitserve.core.bundle import Bundle
     from splitserve.edge import EdgeClient, EdgeConfig
@@ -230,14 +241,15 @@ def _client_phase(plan: dict[str, Any]) -> dict[str, Any]:
     manifest = Bundle.open(bundle).manifest
     config = EdgeConfig(device_slowdown=plan["slowdown"], timeout_s=5.0, accuracy_floor=plan["accuracy_floor"])
 
-    def run(policy: str, precision: str = "auto") -> list[Any]:
-        with EdgeClient(bundle, address, policy=policy, config=config.with_overrides(precision=precision)) as client:
+    def run(policy: str, precision: str = "auto", slowdown: float = plan["slowdown"]) -> list[Any]:
+        settings = config.with_overrides(precision=precision, device_slowdown=slowdown)
+        with EdgeClient(bundle, address, policy=policy, config=settings) as client:
             return [client.infer(p) for p in tqdm(photos, desc=policy, unit="photo", leave=False)]
 
-    reference_results = run("local", "fp32")
+    reference_results = run("local", "fp32", 1.0)  # only its answers matter: not slowed to the device's pace
     reference = np.array([r.top1 for r in reference_results])
-    rows = [{"option": "local (fp32, the reference)", **_row(reference_results, reference)}]
-    for option in _option_names(manifest):
+    rows = [{"option": "local (fp32, the reference; this CPU)", **_row(reference_results, reference)}]
+    for option in _option_names(manifest, plan["every_level"]):
         rows.append({"option": option, **_row(run(option.split(" ")[0]), reference)})
     chosen = run("min_latency")
     rows.append({"option": f"orchestrator (min_latency, accuracy >= {plan['accuracy_floor']:.0%})", **_row(chosen, reference)})

@@ -418,12 +418,14 @@ def bench_soak(minutes: float, clients: int, bundle_path: Path | None, out: Path
 @click.option("--accuracy-floor", default=0.75, show_default=True,
               help="photos: the orchestrator chooses among options at least this accurate (manifest figures).")
 @click.option("--loopback", is_flag=True, help="photos: do not shape the link even as root.")
+@click.option("--every-level", is_flag=True,
+              help="photos: a row for every split level (default: the fewest bytes, level 0, the most accurate).")
 @click.option("--recipe", default="fmnist_resnet-quick", show_default=True,
               help="fmnist: bundle recipe; `fmnist_resnet` is the benchmarks' (about an hour to build the first time).")
 @click.option("--images", "n_images", default=2000, show_default=True, help="fmnist: test images per option.")
 def demo(
-    workload: str, device: str, link_mbit: float, rtt_ms: float, accuracy_floor: float, loopback: bool, recipe: str,
-    n_images: int,
+    workload: str, device: str, link_mbit: float, rtt_ms: float, accuracy_floor: float, loopback: bool,
+    every_level: bool, recipe: str, n_images: int,
 ) -> None:
     """The main job: real split model, real endpoint, edge client, real images -> a table."""
     from splitserve.cli.demo import run_demo, run_photo_demo
@@ -431,7 +433,8 @@ def demo(
     if workload == "fmnist":
         run_demo(_recipe(recipe), n_images)
     else:
-        run_photo_demo(device=device, link_mbit=link_mbit, rtt_ms=rtt_ms, accuracy_floor=accuracy_floor, shape=not loopback)
+        run_photo_demo(device=device, link_mbit=link_mbit, rtt_ms=rtt_ms, accuracy_floor=accuracy_floor,
+                       shape=not loopback, every_level=every_level)
 
 
 def _mount_part_commands() -> None:

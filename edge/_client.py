@@ -266,6 +266,7 @@ class BaseEdgeClient:
             precision=self.config.precision,
             threads=self.config.ort_threads,
             slowdown=self.config.device_slowdown,
+            offload=[o.level or 0 for o in options if o.kind == "offload"],
         )
         self._policy_lock = threading.Lock()
         latency = self.runtime.measure()

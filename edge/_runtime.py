@@ -96,6 +96,8 @@ class EdgeRuntime:
         slowdown: emulate a device this many times slower than this one: the head, entropy coding,
             local model and offload encoding are each padded by a sleep to ``slowdown`` times what they
             took here (``EdgeConfig.device_slowdown``).
+        offload: the offload levels the policy may pick (0: PNG); :meth:`measure` times only these
+            (default: every level the bundle has).
 
     Raises:
         BundleError: the bundle lacks a model file or the local model.
@@ -104,7 +106,7 @@ class EdgeRuntime:
 
     def __init__(
         self, bundle: Bundle, splits: Iterable[str], *, precision: str = "int8", threads: int = 1,
-        slowdown: float = 1.0,
+        slowdown: float = 1.0, offload: Iterable[int] | None = None,
     ) -> None:
         self.bundle = bundle
         self.slowdown = slowdown
@@ -123,6 +125,7 @@ class EdgeRuntime:
             raise BundleError(f"bundle {m.name!r} has no local model: the edge client needs one for fallback")
         self.local_model = self._load(m.local.get("int8"), m.local.get("fp32"), precision)
         self.offload_levels: dict[int, OffloadLevel] = {lv.level: lv for lv in offload_levels(m.offload) if lv.level}
+        self._measured_offload = set(offload) if offload is not None else {0, *self.offload_levels}
 
     @property
     def precisions(self) -> dict[str, str]:
@@ -184,7 +187,8 @@ class EdgeRuntime:
     def measure(self, repeats: int = 10) -> DeviceLatency:
         """Median device time of each option on a fixed sample, in ms.
 
-        Heads include entropy coding (at their lowest level); offload is the image encoding of each level.
+        Heads include entropy coding (at their lowest level); offload is the image encoding of each level
+        the policy may pick (the others read 0).
         """
         x = self._sample
 
@@ -195,9 +199,11 @@ class EdgeRuntime:
         return DeviceLatency(
             head_ms={s: _median_ms(split_fn(s), repeats) for s in self.heads},
             local_ms=_median_ms(lambda: self.local(x), repeats),
-            offload_ms=_median_ms(lambda: self.png(x), repeats),
+            offload_ms=_median_ms(lambda: self.png(x), repeats) if 0 in self._measured_offload else 0.0,
             offload_level_ms={
-                lv: _median_ms(lambda lv=lv: self.offload_image(x, lv), repeats) for lv in self.offload_levels
+                lv: _median_ms(lambda lv=lv: self.offload_image(x, lv), repeats)
+                for lv in self.offload_levels
+                if lv in self._measured_offload
             },
         )
 
