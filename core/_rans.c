@@ -226,6 +226,19 @@ static int check_tables(Py_buffer *cb, Py_buffer *rb, Py_buffer *lb, Py_buffer *
     return 0;
 }
 
+/* The tables and the output of a decode: tables well formed, out a whole number of int32 symbols that the
+ * channels cover (hw symbols per channel). 0, or -1 with an exception set. */
+static int check_decode(Py_buffer *cb, Py_buffer *rb, Py_buffer *lb, Py_buffer *fb, Py_buffer *ob, Py_ssize_t hw,
+                        Py_ssize_t *channels, Py_ssize_t *width, Py_ssize_t *n) {
+    *n = ob->len / 4;
+    if (check_tables(cb, rb, lb, fb, channels, width) < 0 || check_buffer(ob, 4, *n, "out") < 0) return -1;
+    if ((*n + hw - 1) / hw > *channels) {
+        PyErr_SetString(PyExc_ValueError, "symbols beyond the last channel");
+        return -1;
+    }
+    return 0;
+}
+
 /* decode_chunks(data, out, hw, cdfs, orders, lengths, offsets, shift, chunk_len, max_chunk_bits) -> int
  * The whole stream of codec.encode_symbols into out (all len(out) symbols). Returns 0, or what is wrong:
  * 1 a chunk length truncated or overlong, 2 a chunk truncated or not canonical, 3 a chunk longer than
@@ -244,11 +257,7 @@ static PyObject *decode_chunks(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "invalid decode arguments");
         goto done;
     }
-    if (check_tables(&cb, &rb, &lb, &fb, &channels, &width) < 0 || check_buffer(&ob, 4, n, "out") < 0) goto done;
-    if ((n + hw - 1) / hw > channels) {
-        PyErr_SetString(PyExc_ValueError, "symbols beyond the last channel");
-        goto done;
-    }
+    if (check_decode(&cb, &rb, &lb, &fb, &ob, hw, &channels, &width, &n) < 0) goto done;
     for (Py_ssize_t start = 0; start < n && status == 0; start += chunk_len) {
         Py_ssize_t stop = start + chunk_len < n ? start + chunk_len : n, length = 0;
         if (stop < n) {
@@ -376,11 +385,7 @@ static PyObject *decode_stream32(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "invalid decode arguments");
         goto done;
     }
-    if (check_tables(&cb, &rb, &lb, &fb, &channels, &width) < 0 || check_buffer(&ob, 4, n, "out") < 0) goto done;
-    if ((n + hw - 1) / hw > channels) {
-        PyErr_SetString(PyExc_ValueError, "symbols beyond the last channel");
-        goto done;
-    }
+    if (check_decode(&cb, &rb, &lb, &fb, &ob, hw, &channels, &width, &n) < 0) goto done;
     const int64_t *cdfs = cb.buf, *orders = rb.buf, *lengths = lb.buf, *offsets = fb.buf;
     int32_t *values = ob.buf;
     const uint32_t total = 1u << shift, mask = total - 1;
