@@ -44,6 +44,7 @@ import onnxruntime as ort
 from splitserve.core import codec
 from splitserve.core.bundle import Bundle
 from splitserve.core.datasets import load_fashion_mnist
+from splitserve.core.offload import offload_levels
 from splitserve.edge import EdgeClient, EdgeConfig, EdgeRuntime, FixedPolicy
 from splitserve.edge._runtime import load_session, png_bytes, session_options
 from splitserve.edge._transports.base import BaseTransport, StreamCall
@@ -351,7 +352,8 @@ def _orchestrator_ms(bundle: Bundle, repeats: int) -> dict[str, float]:
     With a :class:`FixedPolicy`, as in ``client_overhead_ms``, neither is paid.
     """
     m = bundle.manifest
-    orch = Orchestrator.from_manifest(m, DeviceLatency({s.name: 0.5 for s in m.splits}, 0.5, 0.1))
+    lossy = {lv.level: 0.1 for lv in offload_levels(m.offload) if lv.level}
+    orch = Orchestrator.from_manifest(m, DeviceLatency({s.name: 0.5 for s in m.splits}, 0.5, 0.1, lossy))
     server = ServerTimings(decode_ms=0.4, queue_ms=0.1, tail_ms=0.5, total_ms=1.2)
     remote = f"{m.splits[0].name}@{m.splits[0].levels[0].level}"
     decide = _timed(lambda i: orch.decide(deadline_ms=1000.0), repeats)["median"]
