@@ -35,3 +35,18 @@ def test_edge_benchmark_writes_its_report(tmp_path: Path, bundle_path: Path) -> 
     assert report["local"]["int8_ms"] > 0 and report["offload"]["encode_ms"]["median"] > 0
     assert report["orchestrator_ms"]["decide"] > 0 and report["orchestrator_ms"]["observe"] > 0
     assert set(report["met"]) == {"speedup", "client_overhead_ms"}
+
+
+def test_the_orchestrator_cost_is_measured_on_a_bundle_with_lossy_offload_levels(test_bundle) -> None:  # noqa: ANN001
+    """A colour bundle's JPEG/WebP offload levels are options too: each needs a device time."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from splitserve.benchmarks.edge import _orchestrator_ms
+    from splitserve.core.bundle import Bundle
+
+    manifest = Bundle.open(test_bundle).manifest
+    lossy = {"level": 1, "codec": "jpeg", "quality": 90, "bytes_per_sample": 400.0, "accuracy": 0.9}
+    colour = SimpleNamespace(manifest=replace(manifest, offload={**manifest.offload, "levels": [lossy]}))
+    costs = _orchestrator_ms(colour, repeats=20)
+    assert costs["decide"] > 0 and costs["observe"] > 0
