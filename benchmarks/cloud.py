@@ -177,13 +177,17 @@ def run(
 
 
 @contextlib.contextmanager
-def _serving(bundle: Path, backend: str, decode_mode: str) -> Iterator[tuple[str, psutil.Process]]:
-    """``python -m splitserve.cloud serve`` as a child process on a free loopback port: (target, process)."""
+def _serving(
+    bundle: Path, backend: str, decode_mode: str, metrics_port: int = -1
+) -> Iterator[tuple[str, psutil.Process]]:
+    """``python -m splitserve.cloud serve`` as a child process on a free loopback port, until it answers
+    health checks: (target, process). ``metrics_port`` -1 leaves the metrics port off."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r} (one of {BACKENDS})")
     target = f"127.0.0.1:{_free_port()}"
     args = [sys.executable, "-m", "splitserve.cloud", "serve", "--bundle", str(bundle), "--address", target]
-    args += ["--metrics-port", "-1", "--decode-mode", decode_mode, "--log-level", "WARNING", "--grace-s", "2"]
+    args += ["--metrics-port", str(metrics_port), "--metrics-host", "127.0.0.1"]
+    args += ["--decode-mode", decode_mode, "--log-level", "WARNING", "--grace-s", "2"]
     if backend == "triton":
         args += ["--triton", "local"]
     with tempfile.TemporaryFile() as log:

@@ -44,10 +44,11 @@ from typing import Any
 
 import grpc
 import numpy as np
+import psutil
 
 from splitserve.benchmarks._machine import machine_info
 from splitserve.benchmarks._process import stop_process
-from splitserve.benchmarks.cloud import sample_requests
+from splitserve.benchmarks.cloud import _free_port, _serving, sample_requests
 from splitserve.core.bundle import OFFLOAD_SPLIT, Bundle
 from splitserve.core.offload import offload_levels
 from splitserve.protos.v1 import inference_pb2 as pb
@@ -76,36 +77,28 @@ def run(
         each_kind: also measure beside each hostile kind alone (before all of them together).
     """
     out.mkdir(parents=True, exist_ok=True)
-    port, metrics_port = _free_port(), _free_port()
-    endpoint = subprocess.Popen(
-        [sys.executable, "-m", "splitserve.cloud", "serve", "--bundle", str(bundle_path), "--address",
-         f"127.0.0.1:{port}", "--metrics-port", str(metrics_port), "--metrics-host", "127.0.0.1",
-         "--log-level", "WARNING"],
-        start_new_session=True,
-    )
-    target = f"127.0.0.1:{port}"
+    metrics_port = _free_port()
     spec_path = out / "hostile_spec.json"
-    spec_path.write_text(json.dumps(
-        {"target": target, "metrics_port": metrics_port, "bundle": str(bundle_path), "rate": hostile_rate,
-         "stream_rate": stream_rate}
-    ))
     phases: dict[str, Any] = {}
-    try:
-        _wait_listening(port, endpoint)
-        requests = _normal_requests(bundle_path)
-        _normal_phase(target, requests, 2.0, normal_rate)  # warm-up: sessions, first calls
-        log(f"baseline: normal clients alone for {phase_s:g} s")
-        baseline = _normal_phase(target, requests, phase_s, normal_rate)
-        for kinds in [*([(k,) for k in HOSTILE_KINDS] if each_kind else []), HOSTILE_KINDS]:
-            name = "all" if len(kinds) > 1 else kinds[0]
-            log(f"hostile ({name}): the same normal clients beside {', '.join(kinds)} for {phase_s:g} s")
-            phases[name] = _hostile_phase(kinds, spec_path, target, requests, phase_s, normal_rate)
-            if endpoint.poll() is not None:
-                break
-        alive = endpoint.poll() is None
-    finally:
-        spec_path.unlink(missing_ok=True)
-        stop_process(endpoint)
+    with _serving(bundle_path, "embedded", "auto", metrics_port) as (target, endpoint):
+        spec_path.write_text(json.dumps(
+            {"target": target, "metrics_port": metrics_port, "bundle": str(bundle_path), "rate": hostile_rate,
+             "stream_rate": stream_rate}
+        ))
+        try:
+            requests = _normal_requests(bundle_path)
+            _normal_phase(target, requests, 2.0, normal_rate)  # warm-up: sessions, first calls
+            log(f"baseline: normal clients alone for {phase_s:g} s")
+            baseline = _normal_phase(target, requests, phase_s, normal_rate)
+            for kinds in [*([(k,) for k in HOSTILE_KINDS] if each_kind else []), HOSTILE_KINDS]:
+                name = "all" if len(kinds) > 1 else kinds[0]
+                log(f"hostile ({name}): the same normal clients beside {', '.join(kinds)} for {phase_s:g} s")
+                phases[name] = _hostile_phase(kinds, spec_path, target, requests, phase_s, normal_rate)
+                if not _alive(endpoint):
+                    break
+            alive = _alive(endpoint)
+        finally:
+            spec_path.unlink(missing_ok=True)
     loaded = phases["all"]["normal"] if "all" in phases else {"p99_ms": None, "failed": None}  # the endpoint died
     ratio = loaded["p99_ms"] / baseline["p99_ms"] if baseline["p99_ms"] and loaded["p99_ms"] else None
     result = {
@@ -385,22 +378,11 @@ def _worker(kind: str, spec: dict[str, Any], report_path: Path) -> None:
     report_path.write_text(json.dumps({"seconds": round(time.monotonic() - started, 1), "counts": dict(counts)}))
 
 
-def _free_port() -> int:
-    with contextlib.closing(socket.socket()) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_listening(port: int, proc: subprocess.Popen[Any], timeout_s: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the endpoint exited with code {proc.returncode} before it was ready")
-        with contextlib.closing(socket.socket()) as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    raise RuntimeError(f"the endpoint was not ready within {timeout_s:.0f} s")
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def main(argv: list[str] | None = None) -> None:
