@@ -309,7 +309,7 @@ def measure_profile(
             for s in manifest.splits
         },
         local_ms=float(np.median([m.local_ms for m in measured])),
-        offload_ms=float(np.median([m.offload_ms for m in measured if m.offload_ms])) if offload else 0.0,
+        offload_ms=float(np.median([m.offload_ms for m in measured if m.offload_ms])) if 0 in offload else 0.0,
         offload_level_ms={lv: float(np.median([m.offload_level_ms[lv] for m in measured if lv in m.offload_level_ms]))
                           for lv in offload if lv},
     )

@@ -291,12 +291,12 @@ def _write_bundle(
     bar.update()
     full_model = f"{name}_full"
     add_triton(full_model, full_fp32, ("image", "TYPE_UINT8", cfg.input_shape), ("logits", "TYPE_FP32", (n_cls,)))
-    ref_logits = run_batched(ort_session(full_fp32), data.images)
+    full_sess = ort_session(full_fp32)
+    ref_logits = run_batched(full_sess, data.images)
     ref_pred = ref_logits.argmax(1)
     unsplit_acc = float((ref_pred == data.labels).mean())
     local_int8_acc = float((run_batched(ort_session(full_int8), data.images).argmax(1) == data.labels).mean())
     png_bytes = float(np.mean([len(encode_png(im)) for im in data.images]))
-    full_sess = ort_session(full_fp32)
     lossy_levels = [
         _lossy_offload_level(level, codec_name, quality, data, full_sess)
         for level, (codec_name, quality) in enumerate(LOSSY_OFFLOAD if cfg.input_shape[0] == 3 else (), start=1)
