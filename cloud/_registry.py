@@ -21,7 +21,7 @@ import numpy as np
 from splitserve.core.bundle import OFFLOAD_SPLIT, Bundle
 from splitserve.core.codec import STREAM_VERSION, EntropyTables
 from splitserve.core.errors import DuplicateRegistrationError, UnknownModelError
-from splitserve.core.offload import offload_levels
+from splitserve.core.wire import WireOption, offload_codecs, wire_id, wire_options
 
 from ._decode import ImageLayout, TablesRef
 
@@ -87,6 +87,8 @@ class ServedBundle:
         tails: what the backend runs, by split name (the offload model under :data:`OFFLOAD_SPLIT`).
         image: the offload input layout, or ``None`` when the bundle has no offload model.
         offload_codecs: the image codec of each offload level (0: ``"png"``; JPEG/WebP levels from 1).
+        wire_id: the bundle's id in compact requests (:func:`splitserve.core.wire.wire_id`).
+        options: its compact requests' options by index (:func:`splitserve.core.wire.wire_options`).
         inflight: requests currently using this bundle (drained before it is unloaded).
     """
 
@@ -95,6 +97,8 @@ class ServedBundle:
     tails: dict[str, TailSpec]
     image: ImageLayout | None
     offload_codecs: dict[int, str] = field(default_factory=dict)
+    wire_id: int = 0
+    options: tuple[WireOption, ...] = ()
     inflight: int = 0
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -134,11 +138,8 @@ class ServedBundle:
             tails[s.name] = _spec(
                 bundle, s.name, s.tail_model, s.tail_onnx, TAIL_INPUT, np.float32, s.latent_shape
             )
-        image, offload_codecs = None, {}
-        if m.offload.get("onnx") and m.offload.get("triton_model"):
-            offload_codecs = {lv.level: lv.codec for lv in offload_levels(m.offload)}
-            if not offload_codecs:
-                offload_codecs = {0: "png"}  # a manifest without offload figures still serves PNG
+        image, codecs = None, offload_codecs(m)
+        if codecs:
             image = ImageLayout.from_shape(m.input_shape)
             tails[OFFLOAD_SPLIT] = _spec(
                 bundle,
@@ -149,7 +150,7 @@ class ServedBundle:
                 np.uint8,
                 m.input_shape,
             )
-        return cls(bundle, splits, tails, image, offload_codecs)
+        return cls(bundle, splits, tails, image, codecs, wire_id(m), wire_options(m))
 
     @property
     def image_pixels(self) -> int:
@@ -177,6 +178,18 @@ class ServedBundle:
             raise UnknownModelError(
                 f"model {self.name!r} version {self.version!r} has no split {name!r} (splits: {known})"
             ) from None
+
+    def option(self, index: int) -> WireOption:
+        """The split and level of compact option ``index``.
+
+        Raises:
+            UnknownModelError: no such option (NOT_FOUND).
+        """
+        if not 0 <= index < len(self.options):
+            raise UnknownModelError(
+                f"{self.name} {self.version} has no option {index} (options 0 to {len(self.options) - 1})"
+            )
+        return self.options[index]
 
     def acquire(self) -> None:
         self.inflight += 1
@@ -234,6 +247,7 @@ class ModelRegistry:
     def __init__(self) -> None:
         self._bundles: dict[tuple[str, str], ServedBundle] = {}
         self._newest: dict[str, ServedBundle] = {}
+        self._by_wire_id: dict[int, ServedBundle] = {}
 
     def __iter__(self) -> Iterator[ServedBundle]:
         return iter(sorted(self._bundles.values(), key=lambda b: (b.name, version_key(b.version))))
@@ -248,12 +262,20 @@ class ModelRegistry:
         """Publish a loaded bundle.
 
         Raises:
-            DuplicateRegistrationError: this (name, version) is already served.
+            DuplicateRegistrationError: this (name, version), or a bundle of the same wire id, is already
+                served.
         """
         key = (served.name, served.version)
         if key in self._bundles:
             raise DuplicateRegistrationError(f"model {key[0]!r} version {key[1]!r} is already served")
+        other = self._by_wire_id.get(served.wire_id)
+        if other is not None:
+            raise DuplicateRegistrationError(
+                f"{served.name} {served.version} has the wire id {served.wire_id:#010x} of the served "
+                f"{other.name} {other.version}: re-export one of them"
+            )
         self._bundles[key] = served
+        self._by_wire_id[served.wire_id] = served
         self._refresh(served.name)
 
     def remove(self, name: str, version: str) -> ServedBundle:
@@ -266,7 +288,24 @@ class ModelRegistry:
             served = self._bundles.pop((name, version))
         except KeyError:
             raise UnknownModelError(f"model {name!r} version {version!r} is not served") from None
+        self._by_wire_id.pop(served.wire_id, None)
         self._refresh(name)
+        return served
+
+    def by_wire_id(self, bundle_id: int) -> ServedBundle:
+        """The bundle a compact request names by its wire id.
+
+        Raises:
+            UnknownModelError: no served bundle has that id (NOT_FOUND): the client's bundle differs from
+                every served one.
+        """
+        served = self._by_wire_id.get(bundle_id)
+        if served is None:
+            served_now = ", ".join(f"{b.name} {b.version}" for b in self) or "none"
+            raise UnknownModelError(
+                f"no served bundle has wire id {bundle_id:#010x}: the client's bundle differs from every "
+                f"bundle served here ({served_now}); give the client the served bundle"
+            )
         return served
 
     def resolve(self, model: str, version: str) -> ServedBundle:

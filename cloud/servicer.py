@@ -13,12 +13,18 @@ failure answers only its own request: the server keeps serving everyone else.
 
 Scores are softmax probabilities of the returned classes, highest first. ``top_k`` 0 means 5; values
 above the number of classes are capped to it.
+
+The compact RPCs (``Run``, ``RunStream``) name the bundle by its wire id and the split and level by an
+option index (``splitserve.core.wire``); each is expanded here into the ``InferRequest`` it stands for and
+served by the same code, so both forms check, decode and answer alike. ``Ping`` answers the endpoint's
+current load.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -26,11 +32,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-import numpy as np
 from google.protobuf.message import DecodeError, Message
 from numpy.typing import NDArray
 from splitserve.core.bundle import OFFLOAD_SPLIT
 from splitserve.core.codec import CODEC_NAME
+from splitserve.core.wire import DEFAULT_TOP_K, SEQ_MODULUS, top_k
 from splitserve.core.errors import (
     CodecVersionError,
     DeadlineExceededError,
@@ -52,7 +58,6 @@ from ._registry import ModelRegistry, ServedBundle
 
 __all__ = [
     "DEFAULT_TOP_K",
-    "PNG_CODEC",
     "SERVICE_NAME",
     "MalformedMessage",
     "SplitInferenceServicer",
@@ -62,10 +67,9 @@ __all__ = [
 _LOG = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SplitInference"].full_name
-DEFAULT_TOP_K = 5
-PNG_CODEC = "png"
 _IMAGE_CODEC_VERSIONS = (0, 1)
 STALLED_STREAM_S = 30.0
+_LOAD_FRESH_S = 1.0  # a Ping reports recent items' queueing for this long after the last one
 _MAX_NAME = 128
 
 
@@ -110,6 +114,21 @@ def add_to_server(servicer: SplitInferenceServicer, server: grpc.aio.Server) -> 
             servicer.ListModels,
             request_deserializer=_parser(pb.ListModelsRequest),
             response_serializer=pb.ListModelsResponse.SerializeToString,
+        ),
+        "Run": grpc.unary_unary_rpc_method_handler(
+            servicer.Run,
+            request_deserializer=_parser(pb.RunRequest),
+            response_serializer=pb.RunReply.SerializeToString,
+        ),
+        "RunStream": grpc.stream_stream_rpc_method_handler(
+            servicer.RunStream,
+            request_deserializer=_parser(pb.RunRequest),
+            response_serializer=pb.RunReply.SerializeToString,
+        ),
+        "Ping": grpc.unary_unary_rpc_method_handler(
+            servicer.Ping,
+            request_deserializer=_parser(pb.PingRequest),
+            response_serializer=pb.Load.SerializeToString,
         ),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
@@ -203,6 +222,8 @@ class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
         self._metrics = metrics
         self._limiter = _ClientLimiter(max_inflight_per_client)
         self._gate = FairGate()
+        self._queue_ms = _Recent()
+        self._tail_ms = _Recent()
 
     async def Infer(
         self, request: pb.InferRequest | MalformedMessage, context: grpc.aio.ServicerContext
@@ -212,7 +233,8 @@ class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
         client = call.client if call and call.client else context.peer()
         try:
             return await self._serve(
-                request,
+                _checked(request),
+                _size(request),
                 client,
                 call.arrived if call else received,
                 received,
@@ -233,6 +255,43 @@ class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
         client = call.client if call and call.client else context.peer()
         async for reply in _Stream(self, client, context).run(request_iterator):
             yield reply
+
+    async def Run(
+        self, request: pb.RunRequest | MalformedMessage, context: grpc.aio.ServicerContext
+    ) -> pb.RunReply:
+        received = time.perf_counter()
+        call = current_call()
+        client = call.client if call and call.client else context.peer()
+        try:
+            reply = await self._serve(
+                self._expanded(_checked(request), _CompactState()),
+                _size(request),
+                client,
+                call.arrived if call else received,
+                received,
+                context.time_remaining(),
+                enforce_deadline=False,
+                slot_held=False,
+            )
+        except SplitServeError as exc:
+            await context.abort(grpc.StatusCode[exc.status], exc.message)
+            raise  # unreachable: abort raises
+        return _compact_reply(reply, 0, timings=True)
+
+    async def RunStream(
+        self,
+        request_iterator: AsyncIterator[pb.RunRequest | MalformedMessage],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.RunReply]:
+        call = current_call()
+        client = call.client if call and call.client else context.peer()
+        async for reply in _CompactStream(self, client, context).run(request_iterator):
+            yield reply
+
+    async def Ping(self, request: pb.PingRequest | MalformedMessage, context: grpc.aio.ServicerContext) -> pb.Load:
+        if isinstance(request, MalformedMessage):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _malformed(request).message)
+        return pb.Load(queue_dms=_dms(self._queue_now_ms()), tail_dms=_dms(self._tail_ms.value))
 
     async def ListModels(
         self, request: pb.ListModelsRequest | MalformedMessage, context: grpc.aio.ServicerContext
@@ -258,9 +317,65 @@ class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
             )
         return pb.ListModelsResponse(models=models)
 
+    def _expanded(
+        self, run: pb.RunRequest | SplitServeError, state: _CompactState
+    ) -> pb.InferRequest | SplitServeError:
+        """:meth:`_expand`, with its error returned (to be counted and answered like any other)."""
+        if isinstance(run, SplitServeError):
+            return run
+        try:
+            return self._expand(run, state)
+        except SplitServeError as exc:
+            return exc
+
+    def _expand(self, run: pb.RunRequest, state: _CompactState) -> pb.InferRequest:
+        """The ``InferRequest`` a compact request stands for (``state``: its stream's settings so far).
+
+        Raises:
+            UnknownModelError: no served bundle has its wire id, or the bundle has no such option.
+        """
+        if run.bundle:
+            state.bundle = run.bundle
+        if run.top_k:
+            state.top_k = run.top_k
+        if not state.bundle:
+            raise RequestError("bundle is required (in a stream, on its first message)")
+        served = self._registry.by_wire_id(state.bundle)
+        option = served.option(run.option)
+        if option.offload:
+            tensor = pb.CompressedTensor(codec=served.offload_codecs[option.level], codec_version=1, data=run.data)
+        else:
+            split = served.splits[option.split]
+            tensor = pb.CompressedTensor(
+                codec=CODEC_NAME,
+                codec_version=split.levels[option.level].tables.codec_version,
+                shape=split.latent_shape,
+                data=run.data,
+                symbols_crc32=run.check,
+            )
+        return pb.InferRequest(
+            model=served.name,
+            version=served.version,
+            split=option.split,
+            level=option.level,
+            tensor=tensor,
+            top_k=state.top_k,
+            deadline_ms=run.deadline_ms,
+        )
+
+    def _queue_now_ms(self) -> float:
+        """The queueing delay a request arriving now should expect: the backend's, or the recent items'."""
+        backend = max(
+            (self._backend.queue_delay_s(spec) for served in self._registry for spec in served.tails.values()),
+            default=0.0,
+        )
+        recent = self._queue_ms.value if time.perf_counter() - self._queue_ms.updated < _LOAD_FRESH_S else 0.0
+        return max(backend * 1e3, recent)
+
     async def _serve(
         self,
-        request: pb.InferRequest | MalformedMessage,
+        request: pb.InferRequest | SplitServeError,
+        size: int,
         client: str,
         arrived: float,
         received: float,
@@ -272,7 +387,8 @@ class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
         """Serve one request end to end, with limits, deadline and metrics; raise on failure.
 
         Args:
-            request: the request.
+            request: the request, or the error found while reading it (counted, then raised).
+            size: the size of the message it came in (for the metrics).
             client: who sent it (for the concurrency limit).
             arrived: when its call arrived.
             received: when its message was read.
@@ -288,10 +404,9 @@ class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
         deadline = None if timeout_s is None else received + timeout_s
         self._metrics.inflight.inc()
         acquired = False
-        size = request.size if isinstance(request, MalformedMessage) else request.ByteSize()
         try:
-            if isinstance(request, MalformedMessage):
-                raise _malformed(request)
+            if isinstance(request, SplitServeError):
+                raise request
             if not slot_held:
                 self._limiter.acquire_nowait(client)
                 acquired = True
@@ -318,7 +433,7 @@ class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
             raise
         except Exception as exc:
             status = "INTERNAL"
-            _LOG.exception("internal error serving request %r", request.request_id[:_MAX_NAME])
+            _LOG.exception("internal error serving request %r", getattr(request, "request_id", "")[:_MAX_NAME])
             raise InferenceError(f"internal error: {type(exc).__name__}") from exc
         finally:
             if acquired:
@@ -369,7 +484,7 @@ class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
                     f"tail returned logits of shape {result.logits.shape}, "
                     f"the manifest has {num_classes} classes"
                 )
-            classes, scores = _top_k(result.logits, k)
+            classes, scores = top_k(result.logits, k)
             done = time.perf_counter()
         finally:
             served.release()
@@ -381,6 +496,8 @@ class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
             total_ms=(done - arrived) * 1e3,
             queue_delay_ms=self._backend.queue_delay_s(spec) * 1e3,
         )
+        self._queue_ms.add(timings.queue_ms, done)
+        self._tail_ms.add(timings.tail_ms, done)
         self._metrics.observe_stages(
             labels.model, labels.split, labels.level,
             receive=received - arrived,
@@ -482,13 +599,11 @@ class _Stream:
         self._limiter = servicer._limiter
         self._client = client
         self._context = context
-        self._replies: asyncio.Queue[pb.InferResponse | None] = asyncio.Queue()
+        self._replies: asyncio.Queue[Message | None] = asyncio.Queue()
         self._items: set[asyncio.Task[None]] = set()
         self._closed = False
 
-    async def run(
-        self, requests: AsyncIterator[pb.InferRequest | MalformedMessage]
-    ) -> AsyncIterator[pb.InferResponse]:
+    async def run(self, requests: AsyncIterator[Message | MalformedMessage]) -> AsyncIterator[Any]:
         reader = asyncio.create_task(self._read(requests))
         try:
             while (reply := await self._replies.get()) is not None:
@@ -506,10 +621,10 @@ class _Stream:
                 if self._replies.get_nowait() is not None:
                     self._limiter.release(self._client)
 
-    async def _read(self, requests: AsyncIterator[pb.InferRequest | MalformedMessage]) -> None:
+    async def _read(self, requests: AsyncIterator[Message | MalformedMessage]) -> None:
         try:
             stall = self._servicer._stalled_stream_s
-            async for request in requests:
+            async for message in requests:
                 received = time.perf_counter()
                 try:
                     await asyncio.wait_for(self._limiter.acquire(self._client), stall)
@@ -518,7 +633,7 @@ class _Stream:
                         grpc.StatusCode.RESOURCE_EXHAUSTED,
                         f"the client read no reply for {stall:g} s while {self._limiter.limit} waited: stream ended",
                     )
-                item = asyncio.create_task(self._answer(request, received))
+                item = asyncio.create_task(self._answer(self._admit(message), _size(message), received))
                 self._items.add(item)
                 item.add_done_callback(self._item_done)
             if self._items:
@@ -526,25 +641,36 @@ class _Stream:
         finally:
             self._replies.put_nowait(None)
 
-    async def _answer(self, request: pb.InferRequest | MalformedMessage, received: float) -> None:
-        deadline_ms = 0 if isinstance(request, MalformedMessage) else request.deadline_ms
+    def _admit(self, message: Message | MalformedMessage) -> _Admitted:
+        """What to serve for ``message``, and how to address its reply (in arrival order)."""
+        request = _checked(message)
+        key = request.request_id[:_MAX_NAME] if isinstance(request, pb.InferRequest) else ""
+        return _Admitted(request, key)
+
+    def _answered(self, admitted: _Admitted, reply: pb.InferResponse | SplitServeError) -> Message:
+        """The reply message of ``admitted``: the answer, or its error."""
+        if isinstance(reply, SplitServeError):
+            code = grpc.StatusCode[reply.status].value[0]
+            return pb.InferResponse(request_id=str(admitted.key), error=pb.ItemError(code=code, message=reply.message))
+        return reply
+
+    async def _answer(self, admitted: _Admitted, size: int, received: float) -> None:
+        request = admitted.request
+        deadline_ms = request.deadline_ms if isinstance(request, pb.InferRequest) else 0
         timeout_s = deadline_ms / 1000 if deadline_ms else None
         stream_left = self._context.time_remaining()
         if stream_left is not None:
             timeout_s = stream_left if timeout_s is None else min(timeout_s, stream_left)
         try:
-            reply = await self._servicer._serve(
-                request, self._client, received, received, timeout_s, enforce_deadline=True, slot_held=True
+            answer: pb.InferResponse | SplitServeError = await self._servicer._serve(
+                request, size, self._client, received, received, timeout_s, enforce_deadline=True, slot_held=True
             )
         except SplitServeError as exc:
-            code = grpc.StatusCode[exc.status].value[0]
-            reply = pb.InferResponse(
-                request_id=request.request_id[:_MAX_NAME], error=pb.ItemError(code=code, message=exc.message)
-            )
+            answer = exc
         if self._closed:  # nobody will send it: give its slot back now
             self._limiter.release(self._client)
         else:
-            self._replies.put_nowait(reply)
+            self._replies.put_nowait(self._answered(admitted, answer))
 
     def _item_done(self, item: asyncio.Task[None]) -> None:
         self._items.discard(item)
@@ -552,13 +678,90 @@ class _Stream:
             self._limiter.release(self._client)
 
 
+class _CompactStream(_Stream):
+    """One ``RunStream`` call: items numbered in arrival order, replies compact (full timings when due)."""
+
+    def __init__(
+        self, servicer: SplitInferenceServicer, client: str, context: grpc.aio.ServicerContext
+    ) -> None:
+        super().__init__(servicer, client, context)
+        self._state = _CompactState()
+        self._seq = 0
+
+    def _admit(self, message: Message | MalformedMessage) -> _Admitted:
+        seq, self._seq = self._seq, (self._seq + 1) % SEQ_MODULUS
+        request = _checked(message)
+        if isinstance(request, pb.RunRequest):
+            if request.timings_every:
+                self._state.timings_every = request.timings_every
+            request = self._servicer._expanded(request, self._state)
+        every = self._state.timings_every
+        return _Admitted(request, seq, timings=bool(every) and seq % every == 0)
+
+    def _answered(self, admitted: _Admitted, reply: pb.InferResponse | SplitServeError) -> Message:
+        seq = int(admitted.key)
+        if isinstance(reply, SplitServeError):
+            code = grpc.StatusCode[reply.status].value[0]
+            return pb.RunReply(seq=seq, error=pb.ItemError(code=code, message=reply.message))
+        return _compact_reply(reply, seq, timings=admitted.timings)
+
+
+@dataclass
+class _CompactState:
+    """A compact stream's settings: set by its first message, changed by any later one that says so."""
+
+    bundle: int = 0
+    top_k: int = 0
+    timings_every: int = 0
+
+
+@dataclass(frozen=True)
+class _Admitted:
+    """A stream item as read: what to serve (or the error found reading it) and its reply's address."""
+
+    request: pb.InferRequest | SplitServeError
+    key: str | int
+    timings: bool = False
+
+
+class _Recent:
+    """An exponential moving average of recent values, with the time of the last one."""
+
+    def __init__(self, alpha: float = 0.1) -> None:
+        self.alpha = alpha
+        self.value = 0.0
+        self.updated = -math.inf
+
+    def add(self, value: float, now: float) -> None:
+        self.value += self.alpha * (value - self.value)
+        self.updated = now
+
+
+def _compact_reply(reply: pb.InferResponse, seq: int, *, timings: bool) -> pb.RunReply:
+    t = reply.timings
+    return pb.RunReply(
+        seq=seq,
+        classes=reply.classes,
+        scores=reply.scores,
+        server_dms=_dms(t.total_ms),
+        queue_dms=_dms(max(t.queue_ms, t.queue_delay_ms)),
+        timings=t if timings else None,
+    )
+
+
+def _dms(ms: float) -> int:
+    """Milliseconds in the compact wire's units of 0.1 ms."""
+    return max(round(ms * 10.0), 0)
+
+
+def _checked(message: Message | MalformedMessage) -> Any:
+    """``message``, or the INVALID_ARGUMENT error of a message that did not parse."""
+    return _malformed(message) if isinstance(message, MalformedMessage) else message
+
+
+def _size(message: Message | MalformedMessage) -> int:
+    return message.size if isinstance(message, MalformedMessage) else message.ByteSize()
+
+
 def _malformed(message: MalformedMessage) -> RequestError:
     return RequestError(f"the request is not a valid {message.kind} message: {message.error[:200]}")
-
-
-def _top_k(logits: NDArray[Any], k: int) -> tuple[list[int], list[float]]:
-    z = logits.astype(np.float64) - float(np.max(logits))
-    p = np.exp(z)
-    p /= p.sum()
-    order = np.argsort(-p, kind="stable")[:k]
-    return [int(i) for i in order], [float(p[i]) for i in order]

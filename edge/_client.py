@@ -33,6 +33,7 @@ import contextlib
 import enum
 import itertools
 import logging
+import math
 import threading
 import time
 import uuid
@@ -46,6 +47,7 @@ import numpy as np
 
 from splitserve.core.bundle import OFFLOAD_SPLIT, Bundle
 from splitserve.core.codec import CODEC_NAME
+from splitserve.core.wire import top_k
 from splitserve.core.errors import (
     ClientClosedError,
     ConfigError,
@@ -70,8 +72,15 @@ from splitserve.protos.v1 import inference_pb2 as pb
 from ._breaker import CircuitBreaker
 from ._config import Credentials, EdgeConfig
 from ._policy import EdgePolicy, PolicyLike, plan_policy
-from ._runtime import EdgeRuntime, ImageLike, top_k
-from ._transports.base import AsyncBaseTransport, AsyncStreamCall, BaseTransport, StreamCall, item_error
+from ._runtime import EdgeRuntime, ImageLike
+from ._transports.base import (
+    AsyncBaseTransport,
+    AsyncStreamCall,
+    BaseTransport,
+    ServerLoad,
+    StreamCall,
+    item_error,
+)
 from ._transports.grpc import AsyncGrpcTransport, GrpcTransport
 
 __all__ = ["AsyncEdgeClient", "BaseEdgeClient", "EdgeClient", "Result", "Timings"]
@@ -80,7 +89,6 @@ _LOG = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 # gRPC puts a 5-byte prefix (compressed flag + length) before every message.
-GRPC_MESSAGE_PREFIX_BYTES = 5
 # Below this much time left, a remote round trip is not attempted.
 _MIN_REMOTE_S = 1e-3
 # How long closing a stream waits for the endpoint to finish it before cancelling.
@@ -98,10 +106,11 @@ class Timings:
         head_ms: the head on the device (split).
         encode_ms: entropy coding (split) or PNG encoding (offload).
         rtt_ms: from sending the request to its reply (network plus the endpoint's total).
-        server_receive_ms: the endpoint reading the request.
-        server_decode_ms: the endpoint decoding the payload.
+        server_receive_ms: the endpoint reading the request (``None`` in a streamed reply without full
+            timings: see ``EdgeConfig.timings_every``).
+        server_decode_ms: the endpoint decoding the payload (``None`` likewise).
         server_queue_ms: waiting for the tail.
-        server_tail_ms: the tail.
+        server_tail_ms: the tail (``None`` likewise).
         server_total_ms: the endpoint's total.
         local_ms: the whole model on the device (local, or a fallback).
         total_ms: from the call to the result.
@@ -138,8 +147,9 @@ class Result:
             ``"offload"`` (all in the cloud) or ``"local"`` (all on the device).
         split: the split whose tail answered (``"input"`` for offload; ``None`` for local).
         level: the rate level sent (``None`` unless ``computed == "split"``).
-        bytes_sent: request bytes put on the wire, gRPC message prefix included (also for a request
-            that failed and fell back); 0 when nothing was sent.
+        bytes_sent: TCP payload bytes the request put on the wire: the message with its gRPC and HTTP/2
+            framing (``splitserve.core.wire``, checked against the kernel's counters by ``bench wire``),
+            also for a request that failed and fell back; 0 when nothing was sent.
         payload_bytes: of which the bitstream or PNG.
         timings: time per stage.
         chosen: the option the policy chose (``"local"``, ``"offload"``, ``"SPLIT@LEVEL"``).
@@ -209,6 +219,11 @@ class _Probe:
     option: Option | None = None
     request: pb.InferRequest | None = None
     wire_bytes: int = 0
+
+
+def _known(ms: float) -> float | None:
+    """A server stage time, or ``None`` where the reply did not carry it (NaN from the compact wire)."""
+    return None if math.isnan(ms) else ms
 
 
 class _State(enum.Enum):
@@ -410,7 +425,12 @@ class BaseEdgeClient:
             return
         job.request.deadline_ms = max(int(budget_s * 1e3), 1)
         job.payload_bytes = len(job.request.tensor.data)
-        job.bytes_sent = job.request.ByteSize() + GRPC_MESSAGE_PREFIX_BYTES
+
+    def _sending(self, job: _Job, *, stream: bool) -> None:
+        """``job`` goes on the wire now: note when, and the bytes it costs there (framing included)."""
+        assert self.transport is not None and job.request is not None
+        job.bytes_sent = self.transport.request_bytes(job.request, stream=stream)
+        job.sent = time.perf_counter()
 
     def _build(
         self, request_id: str, d: SplitDecision, x: np.ndarray
@@ -471,6 +491,7 @@ class BaseEdgeClient:
             return self._fail(job, error, waited_ms=rtt_ms)
         d = job.decision
         t = reply.timings
+        decode_ms, tail_ms = _known(t.decode_ms), _known(t.tail_ms)
         self.breaker.record_success()
         self._observe(
             Observation(
@@ -479,7 +500,13 @@ class BaseEdgeClient:
                 job.payload_bytes,
                 job.bytes_sent,
                 rtt_ms,
-                ServerTimings(t.decode_ms, t.queue_ms, t.tail_ms, t.total_ms, t.queue_delay_ms),
+                ServerTimings(
+                    decode_ms or 0.0,
+                    t.queue_ms,
+                    tail_ms if tail_ms is not None else max(t.total_ms - t.queue_ms, 0.0),
+                    t.total_ms,
+                    t.queue_delay_ms,
+                ),
             )
         )
         classes = tuple(int(c) for c in reply.classes)
@@ -498,10 +525,10 @@ class BaseEdgeClient:
                 head_ms=job.head_ms,
                 encode_ms=job.encode_ms,
                 rtt_ms=rtt_ms,
-                server_receive_ms=t.receive_ms,
-                server_decode_ms=t.decode_ms,
+                server_receive_ms=_known(t.receive_ms),
+                server_decode_ms=decode_ms,
                 server_queue_ms=t.queue_ms,
-                server_tail_ms=t.tail_ms,
+                server_tail_ms=tail_ms,
                 server_total_ms=t.total_ms,
                 total_ms=(time.perf_counter() - job.start) * 1e3,
             ),
@@ -594,17 +621,28 @@ class BaseEdgeClient:
         o = probe.option
         d = SplitDecision(o.kind, o.split, o.level, 0.0, o.accuracy, "probe", o.id)
         probe.request = self._build(f"{self._id_prefix}-probe-{next(self._ids)}", d, probe.x)[0]
-        probe.wire_bytes = probe.request.ByteSize() + GRPC_MESSAGE_PREFIX_BYTES
+        assert self.transport is not None
+        probe.wire_bytes = self.transport.request_bytes(probe.request, stream=False)
 
     def _probe_done(
-        self, probe: _Probe, started: float, reply: pb.InferResponse | None, failed: bool
+        self,
+        probe: _Probe,
+        started: float,
+        reply: pb.InferResponse | None,
+        load: ServerLoad | None,
+        failed: bool,
     ) -> None:
+        """Hand a probe's outcome to the policy: its network time, and the load the endpoint reported
+        (a ping's, or the probe request's reply's queueing)."""
         server_ms = reply.timings.total_ms if reply is not None else 0.0
         rtt_ms = max((time.perf_counter() - started) * 1e3 - server_ms, 0.0)
         if not failed and probe.request is not None:
             self.breaker.record_success()
+        queue_ms = load.queue_ms if load is not None else None
+        if reply is not None:
+            queue_ms = max(reply.timings.queue_ms, reply.timings.queue_delay_ms)
         with self._policy_lock:
-            self.policy.observe_probe(ProbeResult(probe.wire_bytes, rtt_ms, failed))
+            self.policy.observe_probe(ProbeResult(probe.wire_bytes, rtt_ms, failed, queue_ms=None if failed else queue_ms))
 
     def __repr__(self) -> str:
         m = self.bundle.manifest
@@ -661,6 +699,8 @@ class EdgeClient(BaseEdgeClient):
             transport = GrpcTransport(
                 self._default_endpoint(), credentials=self.credentials, config=self.config
             )
+        if transport is not None:
+            transport.use_bundle(self.bundle.manifest)
         self.transport = transport
         self._probes: concurrent.futures.ThreadPoolExecutor | None = None
         self._probe_busy = threading.Lock()
@@ -682,7 +722,7 @@ class EdgeClient(BaseEdgeClient):
         if job.result is not None:
             return job.result
         assert self.transport is not None and job.request is not None
-        job.sent = time.perf_counter()
+        self._sending(job, stream=False)
         try:
             reply = self.transport.infer(job.request, timeout_s=max(self._remote_wait_s(job), _MIN_REMOTE_S))
         except SplitServeError as exc:
@@ -762,7 +802,7 @@ class EdgeClient(BaseEdgeClient):
         if job.result is not None:
             return _Ticket(job)
         assert session is not None and job.request is not None
-        job.sent = time.perf_counter()
+        self._sending(job, stream=True)
         return _Ticket(job, session.send(job.request))
 
     def _settle(self, ticket: _Ticket, session: _StreamSession | None) -> Result:
@@ -802,15 +842,15 @@ class EdgeClient(BaseEdgeClient):
         assert self.transport is not None
         try:
             self._build_probe(probe)
-            started, reply, failed = time.perf_counter(), None, False
+            started, reply, load, failed = time.perf_counter(), None, None, False
             try:
                 if probe.request is None:
-                    self.transport.ping(timeout_s=self.config.probe_timeout_s)
+                    load = self.transport.ping(timeout_s=self.config.probe_timeout_s)
                 else:
                     reply = self.transport.infer(probe.request, timeout_s=self.config.probe_timeout_s)
             except SplitServeError:
                 failed = True
-            self._probe_done(probe, started, reply, failed)
+            self._probe_done(probe, started, reply, load, failed)
         except Exception:  # noqa: BLE001 - a probe must never take the client down
             _LOG.exception("link probe failed")
         finally:
@@ -999,6 +1039,8 @@ class AsyncEdgeClient(BaseEdgeClient):
             transport = AsyncGrpcTransport(
                 self._default_endpoint(), credentials=self.credentials, config=self.config
             )
+        if transport is not None:
+            transport.use_bundle(self.bundle.manifest)
         self.transport = transport
         self._device = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="splitserve-edge-device")
         self._probe_tasks: set[asyncio.Task[None]] = set()
@@ -1010,7 +1052,7 @@ class AsyncEdgeClient(BaseEdgeClient):
         if job.result is not None:
             return job.result
         assert self.transport is not None and job.request is not None
-        job.sent = time.perf_counter()
+        self._sending(job, stream=False)
         try:
             reply = await self.transport.infer_async(
                 job.request, timeout_s=max(self._remote_wait_s(job), _MIN_REMOTE_S)
@@ -1090,7 +1132,7 @@ class AsyncEdgeClient(BaseEdgeClient):
         if job.result is not None:
             return _AsyncTicket(job)
         assert session is not None and job.request is not None
-        job.sent = time.perf_counter()
+        self._sending(job, stream=True)
         return _AsyncTicket(job, await session.send(job.request))
 
     async def _settle(self, ticket: _AsyncTicket, session: _AsyncStreamSession | None) -> Result:
@@ -1131,17 +1173,17 @@ class AsyncEdgeClient(BaseEdgeClient):
         assert self.transport is not None
         try:
             await self._on_device(self._build_probe, probe)
-            started, reply, failed = time.perf_counter(), None, False
+            started, reply, load, failed = time.perf_counter(), None, None, False
             try:
                 if probe.request is None:
-                    await self.transport.ping_async(timeout_s=self.config.probe_timeout_s)
+                    load = await self.transport.ping_async(timeout_s=self.config.probe_timeout_s)
                 else:
                     reply = await self.transport.infer_async(
                         probe.request, timeout_s=self.config.probe_timeout_s
                     )
             except SplitServeError:
                 failed = True
-            self._probe_done(probe, started, reply, failed)
+            self._probe_done(probe, started, reply, load, failed)
         except asyncio.CancelledError:
             raise
         except Exception:  # noqa: BLE001 - a probe must never take the client down

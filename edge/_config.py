@@ -34,6 +34,8 @@ variable                                       field                        defa
 ``SPLITSERVE_EDGE_REMEASURE_S``                ``remeasure_s``              ``60`` (0: measure at start only)
 ``SPLITSERVE_EDGE_MAX_MESSAGE_BYTES``          ``max_message_bytes``        ``4194304``
 ``SPLITSERVE_EDGE_DEVICE_SLOWDOWN``            ``device_slowdown``          ``1`` (emulate a slower device)
+``SPLITSERVE_EDGE_WIRE``                       ``wire``                     ``compact`` (or ``v1``)
+``SPLITSERVE_EDGE_TIMINGS_EVERY``              ``timings_every``            ``0`` (stream replies with full timings)
 =============================================  ===========================  ==================================
 """
 
@@ -51,6 +53,7 @@ __all__ = ["ENV_PREFIX", "PRECISIONS", "Credentials", "EdgeConfig"]
 
 ENV_PREFIX = "SPLITSERVE_EDGE_"
 PRECISIONS = ("int8", "fp32", "auto")
+WIRES = ("compact", "v1")
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,13 @@ class EdgeConfig:
             work (heads, entropy coding, local model, offload encoding) is padded by a sleep to this
             multiple of its time here, and the policy sees the padded times. For planning and demos
             on a workstation; ``splitserve demo`` sets it from a published measurement of the model.
+        wire: ``compact`` (``Run``/``RunStream``/``Ping``: the bundle named by a 32-bit id, the option by
+            an index, ~13 bytes of message around a payload) or ``v1`` (``Infer``/``InferStream``, every
+            name spelled out: ~70 bytes more per request; what endpoints before the compact wire speak).
+            A compact client falls back to v1 by itself when the endpoint answers UNIMPLEMENTED.
+        timings_every: every n-th reply of a stream carries the endpoint's full stage timings (decode,
+            queue, tail); the others only its total and queueing (``0``: none, so those stages of a
+            streamed result are ``None``). Unary replies always carry them.
     """
 
     endpoint: str = ""
@@ -128,6 +138,8 @@ class EdgeConfig:
     remeasure_s: float = 60.0
     max_message_bytes: int = 4 * 1024 * 1024
     device_slowdown: float = 1.0
+    wire: str = "compact"
+    timings_every: int = 0
 
     def __post_init__(self) -> None:
         if self.endpoint and ":" not in self.endpoint:
@@ -170,6 +182,10 @@ class EdgeConfig:
             raise ConfigError(f"max_message_bytes {self.max_message_bytes} is below 1024")
         if not 1.0 <= self.device_slowdown <= 1000.0:
             raise ConfigError(f"device_slowdown must be 1 to 1000, got {self.device_slowdown}")
+        if self.wire not in WIRES:
+            raise ConfigError(f"wire {self.wire!r} is not one of {WIRES}")
+        if self.timings_every < 0:
+            raise ConfigError(f"timings_every must be >= 0 (0: never), got {self.timings_every}")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError("tls_cert and tls_key must be given together")
 

@@ -37,7 +37,7 @@ from splitserve.orchestrator import DeviceLatency
 if TYPE_CHECKING:
     from PIL import Image
 
-__all__ = ["EdgeRuntime", "ImageLike", "load_session", "png_bytes", "session_options", "to_input", "top_k"]
+__all__ = ["EdgeRuntime", "ImageLike", "load_session", "png_bytes", "session_options", "to_input"]
 
 ImageLike = Union[np.ndarray, "Image.Image", str, Path, bytes]
 """An input: a uint8 array ``(C, H, W)``, ``(H, W)`` or ``(H, W, C)`` of the model's size, an
@@ -252,15 +252,6 @@ def _median_ms(fn: Any, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return float(np.median(times)) * 1e3
-
-
-def top_k(logits: np.ndarray, k: int) -> tuple[tuple[int, ...], tuple[float, ...]]:
-    """The ``k`` most likely classes and their softmax probabilities, highest first (as the endpoint)."""
-    z = logits.astype(np.float64) - float(np.max(logits))
-    p = np.exp(z)
-    p /= p.sum()
-    order = np.argsort(-p, kind="stable")[:k]
-    return tuple(int(i) for i in order), tuple(float(p[i]) for i in order)
 
 
 def to_input(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from .base import AsyncBaseTransport as AsyncBaseTransport
 from .base import AsyncStreamCall as AsyncStreamCall
 from .base import BaseTransport as BaseTransport
+from .base import ServerLoad as ServerLoad
 from .base import StreamCall as StreamCall
 from .base import item_error as item_error
 from .grpc import AsyncGrpcTransport as AsyncGrpcTransport
@@ -18,6 +19,7 @@ __all__ = [
     "BaseTransport",
     "GrpcTransport",
     "MockTransport",
+    "ServerLoad",
     "StreamCall",
     "item_error",
 ]

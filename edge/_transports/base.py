@@ -9,7 +9,9 @@ device side and decides about retries and fallback. Every failure a transport re
 
     BaseTransport.infer(request, timeout_s)  -> InferResponse      (one call)
     BaseTransport.stream()                   -> StreamCall          (write / iterate / done_writing)
-    BaseTransport.ping(timeout_s)                                   (a tiny call: a link probe)
+    BaseTransport.ping(timeout_s)            -> ServerLoad | None   (a tiny call: a link probe)
+    BaseTransport.use_bundle(manifest)                              (the bundle requests are for)
+    BaseTransport.request_bytes(request, stream=...) -> int         (what a request costs on the wire)
 
 :class:`AsyncBaseTransport` has the same verbs with an ``_async`` suffix (``aclose`` for ``close``), so
 one class (the mock) can implement both.
@@ -19,14 +21,19 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 
+from splitserve.core.bundle import Manifest
 from splitserve.core.errors import SplitServeError, error_for_status
 from splitserve.protos.v1 import inference_pb2 as pb
+
+from .compact import message_bytes
 
 __all__ = [
     "AsyncBaseTransport",
     "AsyncStreamCall",
     "BaseTransport",
+    "ServerLoad",
     "StreamCall",
     "item_error",
     "status_name",
@@ -62,6 +69,23 @@ def status_name(code: int) -> str:
 def status_code(status: str) -> int:
     """The number of a gRPC status code name (``"UNAVAILABLE"`` -> ``14``)."""
     return _STATUS_NAMES.index(status) if status in _STATUS_NAMES else _STATUS_NAMES.index("UNKNOWN")
+
+
+@dataclass(frozen=True)
+class ServerLoad:
+    """What the endpoint said about its load in a ping reply.
+
+    Attributes:
+        queue_ms: its current queueing delay in front of the tails.
+        tail_ms: its recent mean tail time per request.
+    """
+
+    queue_ms: float
+    tail_ms: float
+
+    @classmethod
+    def from_message(cls, load: pb.Load) -> ServerLoad:
+        return cls(load.queue_dms / 10.0, load.tail_dms / 10.0)
 
 
 def item_error(reply: pb.InferResponse) -> SplitServeError | None:
@@ -122,7 +146,18 @@ class AsyncStreamCall(ABC):
         """Refer to :meth:`StreamCall.cancel`."""
 
 
-class BaseTransport(ABC):
+class _Wire:
+    """What both transport kinds share: the bundle requests are for, and their size on the wire."""
+
+    def use_bundle(self, manifest: Manifest) -> None:
+        """Requests will be for this bundle (a transport may then name it compactly); default: ignored."""
+
+    def request_bytes(self, request: pb.InferRequest, *, stream: bool) -> int:
+        """Bytes ``request`` puts on the wire (default: the message and gRPC's prefix)."""
+        return message_bytes(request)
+
+
+class BaseTransport(_Wire, ABC):
     """A synchronous transport."""
 
     @abstractmethod
@@ -138,8 +173,8 @@ class BaseTransport(ABC):
         """Open an ``InferStream`` call."""
 
     @abstractmethod
-    def ping(self, *, timeout_s: float) -> None:
-        """A tiny call that only proves the endpoint answers (``ListModels``).
+    def ping(self, *, timeout_s: float) -> ServerLoad | None:
+        """A tiny call that proves the endpoint answers; its load, where the endpoint reports it.
 
         Raises:
             SplitServeError: no answer in time.
@@ -150,7 +185,7 @@ class BaseTransport(ABC):
         """Release the connection (idempotent)."""
 
 
-class AsyncBaseTransport(ABC):
+class AsyncBaseTransport(_Wire, ABC):
     """An asyncio transport; each verb refers to :class:`BaseTransport`'s."""
 
     @abstractmethod
@@ -162,7 +197,7 @@ class AsyncBaseTransport(ABC):
         """Refer to :meth:`BaseTransport.stream`."""
 
     @abstractmethod
-    async def ping_async(self, *, timeout_s: float) -> None:
+    async def ping_async(self, *, timeout_s: float) -> ServerLoad | None:
         """Refer to :meth:`BaseTransport.ping`."""
 
     @abstractmethod

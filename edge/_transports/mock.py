@@ -1,7 +1,7 @@
 """An in-memory transport for tests: every request goes to a handler function (httpx's ``MockTransport``).
 
-The handler gets a ``pb.InferRequest`` (or a ``pb.ListModelsRequest`` for a ping) and returns the reply,
-or raises a :class:`~splitserve.core.errors.SplitServeError` to fail the call. Async clients may give a
+The handler gets a ``pb.InferRequest`` (or a ``pb.ListModelsRequest`` for a ping) and returns the reply
+(for a ping, a ``pb.Load`` reports the endpoint's load; anything else reports none), or raises a :class:`~splitserve.core.errors.SplitServeError` to fail the call. Async clients may give a
 coroutine function. In a stream, a :class:`~splitserve.core.errors.TransportError` breaks the whole stream
 (as a lost connection does); any other error answers only its own item (as the endpoint does).
 Stream requests are handled in order on a worker, so several can be in flight at once.
@@ -35,12 +35,12 @@ from splitserve.core.errors import (
 )
 from splitserve.protos.v1 import inference_pb2 as pb
 
-from .base import AsyncBaseTransport, AsyncStreamCall, BaseTransport, StreamCall, status_code
+from .base import AsyncBaseTransport, AsyncStreamCall, BaseTransport, ServerLoad, StreamCall, status_code
 
 __all__ = ["Handler", "MockTransport"]
 
 Request = Union[pb.InferRequest, pb.ListModelsRequest]
-Reply = Union[pb.InferResponse, pb.ListModelsResponse]
+Reply = Union[pb.InferResponse, pb.ListModelsResponse, pb.Load]
 Handler = Callable[[Request], Union[Reply, Awaitable[Reply]]]
 _END = object()
 
@@ -77,8 +77,8 @@ class MockTransport(BaseTransport, AsyncBaseTransport):
         self._check_open()
         return _MockStream(self)
 
-    def ping(self, *, timeout_s: float) -> None:
-        self._call(pb.ListModelsRequest())
+    def ping(self, *, timeout_s: float) -> ServerLoad | None:
+        return _load(self._call(pb.ListModelsRequest()))
 
     def close(self) -> None:
         self.closed = True
@@ -97,8 +97,8 @@ class MockTransport(BaseTransport, AsyncBaseTransport):
         self._check_open()
         return _AsyncMockStream(self)
 
-    async def ping_async(self, *, timeout_s: float) -> None:
-        await self._call_async(pb.ListModelsRequest())
+    async def ping_async(self, *, timeout_s: float) -> ServerLoad | None:
+        return _load(await self._call_async(pb.ListModelsRequest()))
 
     async def aclose(self) -> None:
         self.closed = True
@@ -135,6 +135,10 @@ class MockTransport(BaseTransport, AsyncBaseTransport):
         with self._lock:
             counter[0] += delta
             self.max_inflight = max(self.max_inflight, counter[0])
+
+
+def _load(reply: Reply) -> ServerLoad | None:
+    return ServerLoad.from_message(reply) if isinstance(reply, pb.Load) else None
 
 
 def _item_reply(request: pb.InferRequest, exc: SplitServeError) -> pb.InferResponse:

@@ -119,3 +119,51 @@ class ListModelsResponse(_message.Message):
     MODELS_FIELD_NUMBER: _ClassVar[int]
     models: _containers.RepeatedCompositeFieldContainer[ModelInfo]
     def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
+
+class RunRequest(_message.Message):
+    __slots__ = ("bundle", "option", "data", "check", "deadline_ms", "top_k", "timings_every")
+    BUNDLE_FIELD_NUMBER: _ClassVar[int]
+    OPTION_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    CHECK_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    TIMINGS_EVERY_FIELD_NUMBER: _ClassVar[int]
+    bundle: int
+    option: int
+    data: bytes
+    check: int
+    deadline_ms: int
+    top_k: int
+    timings_every: int
+    def __init__(self, bundle: _Optional[int] = ..., option: _Optional[int] = ..., data: _Optional[bytes] = ..., check: _Optional[int] = ..., deadline_ms: _Optional[int] = ..., top_k: _Optional[int] = ..., timings_every: _Optional[int] = ...) -> None: ...
+
+class RunReply(_message.Message):
+    __slots__ = ("seq", "classes", "scores", "server_dms", "queue_dms", "timings", "error")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    CLASSES_FIELD_NUMBER: _ClassVar[int]
+    SCORES_FIELD_NUMBER: _ClassVar[int]
+    SERVER_DMS_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_DMS_FIELD_NUMBER: _ClassVar[int]
+    TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    classes: _containers.RepeatedScalarFieldContainer[int]
+    scores: _containers.RepeatedScalarFieldContainer[float]
+    server_dms: int
+    queue_dms: int
+    timings: ServerTimings
+    error: ItemError
+    def __init__(self, seq: _Optional[int] = ..., classes: _Optional[_Iterable[int]] = ..., scores: _Optional[_Iterable[float]] = ..., server_dms: _Optional[int] = ..., queue_dms: _Optional[int] = ..., timings: _Optional[_Union[ServerTimings, _Mapping]] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ...) -> None: ...
+
+class PingRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Load(_message.Message):
+    __slots__ = ("queue_dms", "tail_dms")
+    QUEUE_DMS_FIELD_NUMBER: _ClassVar[int]
+    TAIL_DMS_FIELD_NUMBER: _ClassVar[int]
+    queue_dms: int
+    tail_dms: int
+    def __init__(self, queue_dms: _Optional[int] = ..., tail_dms: _Optional[int] = ...) -> None: ...

@@ -49,6 +49,21 @@ class SplitInferenceStub:
                 request_serializer=v1_dot_inference__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=v1_dot_inference__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.Run = channel.unary_unary(
+                '/splitserve.v1.SplitInference/Run',
+                request_serializer=v1_dot_inference__pb2.RunRequest.SerializeToString,
+                response_deserializer=v1_dot_inference__pb2.RunReply.FromString,
+                _registered_method=True)
+        self.RunStream = channel.stream_stream(
+                '/splitserve.v1.SplitInference/RunStream',
+                request_serializer=v1_dot_inference__pb2.RunRequest.SerializeToString,
+                response_deserializer=v1_dot_inference__pb2.RunReply.FromString,
+                _registered_method=True)
+        self.Ping = channel.unary_unary(
+                '/splitserve.v1.SplitInference/Ping',
+                request_serializer=v1_dot_inference__pb2.PingRequest.SerializeToString,
+                response_deserializer=v1_dot_inference__pb2.Load.FromString,
+                _registered_method=True)
 
 
 class SplitInferenceServicer:
@@ -76,6 +91,31 @@ class SplitInferenceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Run(self, request, context):
+        """The compact forms of Infer and InferStream, for payloads of a few hundred bytes: a request names
+        its bundle by a 32-bit id and its split and level by an option index (both derived from the
+        bundle's manifest, splitserve.core.wire), so the framing around the payload is a few bytes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RunStream(self, request_iterator, context):
+        """Pipelined compact requests. The first message names the bundle, top_k and how often replies
+        carry full timings; each later one only what changes. Items are numbered in the order they
+        arrive (0, 1, ... modulo 16384), and each reply carries its item's number.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Ping(self, request, context):
+        """The endpoint's current load, in a few bytes: the edge's link probe and load report in one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SplitInferenceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -93,6 +133,21 @@ def add_SplitInferenceServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=v1_dot_inference__pb2.ListModelsRequest.FromString,
                     response_serializer=v1_dot_inference__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'Run': grpc.unary_unary_rpc_method_handler(
+                    servicer.Run,
+                    request_deserializer=v1_dot_inference__pb2.RunRequest.FromString,
+                    response_serializer=v1_dot_inference__pb2.RunReply.SerializeToString,
+            ),
+            'RunStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.RunStream,
+                    request_deserializer=v1_dot_inference__pb2.RunRequest.FromString,
+                    response_serializer=v1_dot_inference__pb2.RunReply.SerializeToString,
+            ),
+            'Ping': grpc.unary_unary_rpc_method_handler(
+                    servicer.Ping,
+                    request_deserializer=v1_dot_inference__pb2.PingRequest.FromString,
+                    response_serializer=v1_dot_inference__pb2.Load.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -176,6 +231,87 @@ class SplitInference:
             '/splitserve.v1.SplitInference/ListModels',
             v1_dot_inference__pb2.ListModelsRequest.SerializeToString,
             v1_dot_inference__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Run(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/splitserve.v1.SplitInference/Run',
+            v1_dot_inference__pb2.RunRequest.SerializeToString,
+            v1_dot_inference__pb2.RunReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/splitserve.v1.SplitInference/RunStream',
+            v1_dot_inference__pb2.RunRequest.SerializeToString,
+            v1_dot_inference__pb2.RunReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Ping(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/splitserve.v1.SplitInference/Ping',
+            v1_dot_inference__pb2.PingRequest.SerializeToString,
+            v1_dot_inference__pb2.Load.FromString,
             options,
             channel_credentials,
             insecure,

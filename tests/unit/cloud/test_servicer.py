@@ -14,7 +14,7 @@ from splitserve.cloud._auth import CallInterceptor
 from splitserve.cloud._decode import Decoder
 from splitserve.cloud._metrics import Metrics
 from splitserve.cloud._registry import ModelRegistry, ServedBundle
-from splitserve.cloud.servicer import SplitInferenceServicer, _Stream, _top_k, add_to_server
+from splitserve.cloud.servicer import SplitInferenceServicer, _Stream, add_to_server
 from splitserve.core import codec
 from splitserve.core.bundle import Bundle
 from splitserve.core.errors import ModelNotReadyError, UnavailableError
@@ -257,13 +257,6 @@ def test_backend_failures_map_to_their_status_and_the_server_keeps_serving(test_
         assert (await stub.Infer(request, timeout=10)).request_id == "r0"
 
     _run(test_bundle, {"error": error}, scenario)
-
-
-def test_top_k_is_softmax_ordered():
-    classes, scores = _top_k(np.array([0.0, 3.0, 1.0, 3.0], dtype=np.float32), 3)
-    assert classes == [1, 3, 2]
-    assert scores[0] == pytest.approx(scores[1]) and scores[1] > scores[2]
-    assert sum(_top_k(np.zeros(4, np.float32), 4)[1]) == pytest.approx(1.0)
 
 
 def test_limits_are_per_connection_not_per_address(test_bundle):

@@ -21,7 +21,7 @@ from splitserve.core import codec
 from splitserve.core.bundle import OFFLOAD_SPLIT, Bundle
 from splitserve.core.datasets import load_fashion_mnist
 from splitserve.core.errors import SplitServeError
-from splitserve.edge._runtime import top_k
+from splitserve.core.wire import top_k
 from splitserve.protos.v1 import inference_pb2 as pb
 
 
