@@ -22,8 +22,14 @@ Definitions (also written into the JSON):
   most any policy could gain over the best fixed option on that trace: where it is below 30%, the second
   target cannot be met by anyone.
 
-Writes ``<out_dir>/adaptation.json`` and ``<out_dir>/adaptation_<mode>_<trace>.png`` (bandwidth, chosen
-option and latency over time).
+Queue cycle (``sim``, issue 17): the project's ``queueing`` trace and every other trace with an endpoint
+queue cycling 0/30/120 ms (5 s each, ``QUEUE_LEVELS_MS``, ``QUEUE_HOLD_S``) laid over it, the orchestrator run twice: with an endpoint that
+reports its queue in ping and probe replies, and with one that does not (the behaviour before those
+reports). Targets: mean at most 5% above the oracle, deadline misses at most 2% where the oracle meets
+the deadline, at most 20 switches per 1,000 requests.
+
+Writes ``<out_dir>/adaptation.json``, ``<out_dir>/adaptation_<mode>_<trace>.png`` (bandwidth, chosen
+option and latency over time) and ``<out_dir>/adaptation_queue.png`` (the queue cycle).
 """
 
 from __future__ import annotations
@@ -65,6 +71,7 @@ from splitserve.orchestrator import (
     example_profile_path,
     trace_set,
 )
+from splitserve.orchestrator.traces import with_queue_cycle
 
 from .netlab import (
     ENDPOINT_REPLY,
@@ -100,6 +107,13 @@ TARGETS = {
     "miss_where_oracle_meets_max": 0.05,
     "settle_s_max": 1.0,
     "settle_requests_max": 3,
+}
+QUEUE_LEVELS_MS = (0.0, 30.0, 120.0)  # the endpoint queue of the queue-cycle scenario, cycling
+QUEUE_HOLD_S = 5.0  # each level held this long
+QUEUE_TARGETS = {
+    "mean_vs_oracle_max": 1.05,
+    "miss_where_oracle_meets_max": 0.02,
+    "switches_per_1000_max": 20.0,
 }
 RULES = {
     "oracle": "per request, the option with the lowest true latency among those meeting the accuracy floor",
@@ -246,6 +260,140 @@ def _sim_trace(trace: Trace, profile: Profile, config: SimConfig) -> tuple[dict[
     meets = runs["oracle"].latency_ms <= config.deadline_ms
     eligible = [oid for oid, ok in zip(sim.ids, sim.eligible) if ok]
     return _entry(trace, "sim", runs, sim.ids, best, config, meets, eligible), runs
+
+
+def _queue_traces(seed: int, names: Sequence[str] | None) -> list[Trace]:
+    """The ``queueing`` trace as it is, every other trace of the set with the queue cycle laid over it."""
+    return [
+        t if t.name == "queueing" else with_queue_cycle(t, levels_ms=QUEUE_LEVELS_MS, hold_s=QUEUE_HOLD_S)
+        for t in trace_set(seed)
+        if names is None or t.name in names
+    ]
+
+
+def _queue_metrics(
+    r: Run, oracle_meets: np.ndarray, oracle_mean_ms: float, deadline_ms: float
+) -> dict[str, Any]:
+    m = r.metrics(deadline_ms)
+    out: dict[str, Any] = {
+        "mean_ms": m.mean_ms,
+        "vs_oracle": m.mean_ms / oracle_mean_ms,
+        "miss_rate": m.miss_rate,
+        "miss_rate_where_oracle_meets": float(np.mean(r.latency_ms[oracle_meets] > deadline_ms))
+        if oracle_meets.any()
+        else 0.0,
+        "switches_per_1000": 10.0 * r.switches_per_100,
+        "fallback_rate": float(np.mean(r.fell_back)),
+    }
+    out["targets"] = {
+        "mean_within_5pct_of_oracle": out["vs_oracle"] <= QUEUE_TARGETS["mean_vs_oracle_max"],
+        "misses_le_2pct_where_oracle_meets": out["miss_rate_where_oracle_meets"]
+        <= QUEUE_TARGETS["miss_where_oracle_meets_max"],
+        "switches_le_20_per_1000": out["switches_per_1000"] <= QUEUE_TARGETS["switches_per_1000_max"],
+    }
+    return out
+
+
+def _queue_scenario(
+    profile: Profile, config: SimConfig, traces: Sequence[Trace]
+) -> tuple[dict[str, Any], dict[str, dict[str, Run]]]:
+    """The orchestrator (``min_latency``) with and without the endpoint's queue reports, and the oracle."""
+    entries, all_runs = [], {}
+    for trace in traces:
+        sims = {
+            "reports": Simulation(trace, profile, config),
+            "no_reports": Simulation(trace, profile, dataclasses.replace(config, server_reports=False)),
+        }
+        runs = {
+            name: sim.orchestrate(name, orchestrator_factory(profile, config, ORCHESTRATORS["orchestrator"]))
+            for name, sim in sims.items()
+        }
+        runs["oracle"] = oracle = sims["reports"].oracle()
+        meets = oracle.latency_ms <= config.deadline_ms
+        om = oracle.metrics(config.deadline_ms)
+        entries.append(
+            {
+                "name": trace.name,
+                "description": trace.description,
+                "requests": len(oracle.t_s),
+                "oracle": {**om.to_dict(), "switches_per_1000": 10.0 * oracle.switches_per_100},
+                "orchestrator": {
+                    name: _queue_metrics(runs[name], meets, om.mean_ms, config.deadline_ms)
+                    for name in ("no_reports", "reports")
+                },
+            }
+        )
+        all_runs[trace.name] = runs
+    report = {
+        "cycle": {"levels_ms": list(QUEUE_LEVELS_MS), "hold_s": QUEUE_HOLD_S},
+        "policy": ORCHESTRATORS["orchestrator"],
+        "variants": {
+            "reports": "ping and sized-probe replies carry the endpoint's queue (ProbeResult.queue_ms)",
+            "no_reports": "they do not (an older endpoint): the orchestrator's behaviour before the reports",
+        },
+        "targets": QUEUE_TARGETS,
+        "traces": entries,
+    }
+    return report, all_runs
+
+
+def _plot_queue(
+    path: Path,
+    report: dict[str, Any],
+    traces: Sequence[Trace],
+    runs: dict[str, dict[str, Run]],
+    ids: Sequence[str],
+    device: str,
+) -> None:
+    """Top: choices over the first 60 s of one trace, without and with reports; bottom: switches per trace."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [e["name"] for e in report["traces"]]
+    shown = next((n for n in names if n.startswith("constant")), names[0])
+    fig, (ax_opt, ax_sw) = plt.subplots(2, 1, figsize=(11, 7), gridspec_kw={"height_ratios": [1.3, 1]})
+    r = runs[shown]
+    window = r["oracle"].t_s < 60.0
+    used = sorted({int(c) for run in r.values() for c in run.choice[window]})
+    row = {option: k for k, option in enumerate(used)}
+    for name, color, dy in (
+        ("oracle", "0.6", 0.0),
+        ("no_reports", "tab:orange", 0.12),
+        ("reports", "tab:green", -0.12),
+    ):
+        rows = np.array([row[int(c)] for c in r[name].choice[window]])
+        ax_opt.plot(r[name].t_s[window], rows + dy, ".", ms=3, color=color, label=name)
+    ax_opt.set_yticks(range(len(used)), [ids[o] for o in used], fontsize=7)
+    ax_opt.set_ylim(-0.5, len(used) - 0.5)
+    ax_opt.set_ylabel("option")
+    ax_opt.set_xlabel("time s")
+    ax_opt.legend(loc="upper right", fontsize=7)
+    trace = next(t for t in traces if t.name == shown)
+    t_s = r["oracle"].t_s[window]
+    ax_q = ax_opt.twinx()
+    ax_q.step(t_s, trace.queue_ms[trace.index(t_s)], where="post", color="tab:red", alpha=0.4)
+    ax_q.set_ylabel("endpoint queue ms", color="tab:red")
+    ax_opt.set_title(f"queue cycle [sim] {shown}, device: {device}", fontsize=9)
+    x = np.arange(len(names))
+    for k, (label, color) in enumerate(
+        (("no_reports", "tab:orange"), ("reports", "tab:green"), ("oracle", "0.6"))
+    ):
+        values = [
+            e["oracle"]["switches_per_1000"]
+            if label == "oracle"
+            else e["orchestrator"][label]["switches_per_1000"]
+            for e in report["traces"]
+        ]
+        ax_sw.bar(x + (k - 1) * 0.27, values, 0.27, color=color, label=label)
+    ax_sw.axhline(QUEUE_TARGETS["switches_per_1000_max"], ls="--", color="tab:red", lw=0.8, label="target")
+    ax_sw.set_xticks(x, names, fontsize=7, rotation=15)
+    ax_sw.set_ylabel("switches per 1,000 requests")
+    ax_sw.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 # -- measured profile ----------------------------------------------------------------------------------
@@ -906,6 +1054,7 @@ def run(
     live_fixed: Sequence[str] | None = None,
     plots: bool = True,
     bundle: Path | None = None,
+    queue_cycle: bool = True,
     log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr),
 ) -> dict[str, Any]:
     """Run the benchmark and write ``adaptation.json`` (and plots) under ``out_dir``.
@@ -934,6 +1083,8 @@ def run(
             the profile is measured from it first (:func:`measure_profile`; saved as
             ``adaptation_profile.json``). With both, the profile (measured earlier from this bundle)
             is replayed, so that a re-run uses the same device times.
+        queue_cycle: also simulate the queue-cycle scenario (the selected ``traces``), written under the
+            report's ``queue_cycle`` key.
         log: progress messages.
 
     Returns:
@@ -995,6 +1146,18 @@ def run(
                 entry["best_fixed_option"],
                 "sim",
                 cfg.deadline_ms,
+                _device_label(report["profile"]),
+            )
+    if queue_cycle:
+        queue_traces = _queue_traces(seed, traces)
+        report["queue_cycle"], queue_runs = _queue_scenario(profile, cfg, queue_traces)
+        if plots:
+            _plot_queue(
+                out_dir / "adaptation_queue.png",
+                report["queue_cycle"],
+                queue_traces,
+                queue_runs,
+                profile.ids,
                 _device_label(report["profile"]),
             )
     report["sim_seconds"] = time.perf_counter() - started
@@ -1115,6 +1278,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--live-duration", type=float, default=60.0)
     p.add_argument("--live-fixed", default=None, help="comma-separated option ids (default: all)")
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--no-queue-cycle", action="store_true", help="skip the queue-cycle scenario")
     a = p.parse_args(argv)
     report = run(
         a.out,
@@ -1128,6 +1292,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         live_duration_s=a.live_duration,
         plots=not a.no_plots,
         live_fixed=a.live_fixed.split(",") if a.live_fixed else None,
+        queue_cycle=not a.no_queue_cycle,
     )
     for e in report["traces"]:
         pol, t = e["policies"], e["targets"]
@@ -1135,6 +1300,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"{e['mode']:4s} {e['name']:12s} orch {pol['orchestrator']['mean_ms']:7.1f} ms  oracle "
             f"{pol['oracle']['mean_ms']:7.1f}  best fixed {e['best_fixed_option']} {pol['best_fixed']['mean_ms']:7.1f}"
             f"  miss {pol['orchestrator']['miss_rate']:.3f}  headroom {t['headroom_vs_best_fixed']:.0%}"
+        )
+    for e in report.get("queue_cycle", {}).get("traces", []):
+        before, after = e["orchestrator"]["no_reports"], e["orchestrator"]["reports"]
+        print(
+            f"queue {e['name']:24s} vs oracle {before['vs_oracle']:.3f} -> {after['vs_oracle']:.3f}  misses where "
+            f"oracle meets {before['miss_rate_where_oracle_meets']:.3f} -> {after['miss_rate_where_oracle_meets']:.3f}"
+            f"  switches/1000 {before['switches_per_1000']:.1f} -> {after['switches_per_1000']:.1f}"
         )
 
 

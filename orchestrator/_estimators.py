@@ -349,27 +349,46 @@ class LinkEstimator:
 
 
 class ServerEstimator:
-    """Server queueing and per-option compute from reply timings.
+    """Server queueing and per-option compute from reply timings and the endpoint's own queue reports.
 
     Compute time per option is ``prior_ms[option] * slowdown``: the priors give the relative cost of each
     option, ``slowdown`` (learned from every reply) scales them to what the endpoint delivers now, so a
-    loaded endpoint penalises the options with the biggest tails most. The queue estimate decays with
-    ``queue_half_life_s`` when no reply refreshes it, and the slowdown returns toward 1 with the same
-    half-life, so that the device does not avoid the endpoint forever after one slow spell (a cold
-    endpoint's first replies are 10-20x its usual; while the device runs locally no reply corrects that).
+    loaded endpoint penalises the options with the biggest tails most.
+
+    The queue estimate has two sources. A reply's figure (:meth:`observe`: what that request waited, or the
+    endpoint's current figure if larger) varies from request to request and is blended in with
+    ``queue_alpha``. A *report* (:meth:`report_queue`: the endpoint's current queueing delay carried by a
+    ping's or a sized probe's reply) is the endpoint's own, already smoothed view of its queue now, with
+    no request's luck in it: it replaces the estimate, which then holds for ``queue_hold_s`` (the next
+    ping is due before that), so an endpoint that keeps reporting keeps the estimate where it says, even
+    while the device runs locally and sends no request.
+
+    Past the hold (at once after a reply), the queue estimate decays with ``queue_half_life_s`` when
+    nothing refreshes it (an unreachable endpoint, or an old one whose pings carry no report), and the
+    slowdown returns toward 1 with the same half-life, so that the device does not avoid the endpoint
+    forever after one slow spell (a cold endpoint's first replies are 10-20x its usual; while the device
+    runs locally no reply corrects that).
     """
 
     def __init__(
-        self, prior_ms: dict[str, float], *, alpha: float, queue_alpha: float, queue_half_life_s: float
+        self,
+        prior_ms: dict[str, float],
+        *,
+        alpha: float,
+        queue_alpha: float,
+        queue_half_life_s: float,
+        queue_hold_s: float = 0.0,
     ) -> None:
         self.prior_ms = dict(prior_ms)
         self._slowdown = Ewma(alpha)
         self._slowdown_t = -math.inf
         self._queue = Ewma(queue_alpha)
-        self._queue_t = -math.inf
+        self._queue_t = -math.inf  # the queue estimate decays from this time on
         self._half_life_s = queue_half_life_s
+        self._hold_s = queue_hold_s
 
     def observe(self, now_s: float, option_id: str, queue_ms: float, compute_ms: float) -> None:
+        """A reply: ``queue_ms`` is its queueing figure, ``compute_ms`` the endpoint's time less the queue."""
         prior = self.prior_ms.get(option_id)
         if prior is not None and prior > 0:
             if self._slowdown.value is not None:
@@ -379,7 +398,12 @@ class ServerEstimator:
         if self._queue.value is not None:
             self._queue.value = self.queue_ms(now_s)  # decay to now before blending the new sample in
         self._queue.add(max(queue_ms, 0.0))
-        self._queue_t = now_s
+        self._queue_t = max(now_s, self._queue_t)  # a reply within a report's hold does not cut it short
+
+    def report_queue(self, now_s: float, queue_ms: float) -> None:
+        """The endpoint's own report of its queueing delay now: the estimate, held ``queue_hold_s``."""
+        self._queue.value = max(queue_ms, 0.0)
+        self._queue_t = now_s + self._hold_s
 
     def slowdown(self, now_s: float) -> float:
         """Endpoint compute relative to the priors, decayed toward 1 since the last reply."""
@@ -393,7 +417,7 @@ class ServerEstimator:
         return self._queue.value * self._decay(self._queue_t, now_s)
 
     def _decay(self, since_s: float, now_s: float) -> float:
-        """The share of an estimate left ``now_s`` when no reply has refreshed it since ``since_s``."""
+        """The share of an estimate left ``now_s`` when nothing has refreshed it since ``since_s``."""
         return float(0.5 ** (max(now_s - since_s, 0.0) / self._half_life_s))
 
     def compute_ms(self, option_id: str, now_s: float) -> float:

@@ -5,7 +5,7 @@
     client start-up ── DeviceLatency ──────────────┐
     before request ── decide(deadline_ms) ──> policy(DecisionState) ──> SplitDecision
     after request  ── observe(Observation) ──> link / server / device estimators
-    probe reply    ── observe_probe(ProbeResult) ──> link estimator
+    probe reply    ── observe_probe(ProbeResult) ──> link estimator (and the endpoint's queue report)
     re-measured    ── update_device(DeviceLatency) ──> device estimator
 
 Expected latency of an option::
@@ -76,8 +76,10 @@ class OrchestratorConfig:
         throughput_margin: safety factor on the throughput estimate.
         rtt_window_s: window of the reference ping (the faster of the last two).
         ewma_alpha: smoothing of device and server load factors and of the framing size.
-        queue_alpha: smoothing of the endpoint's queueing reports.
-        queue_half_life_s: decay of the queueing estimate while no reply refreshes it.
+        queue_alpha: smoothing of the queueing figures of replies (probe reports replace the estimate).
+        queue_half_life_s: decay of the queueing estimate while nothing refreshes it.
+        queue_hold_s: the endpoint's own report of its queue (a ping's or sized probe's reply) holds this
+            long before it decays (longer than ``ping_interval_s``: reports keep it where they say).
         probe_interval_s: while running locally, send a sized probe when no transfer (a request or a sized
             probe; pings do not count) has been seen for this long.
         ping_interval_s: send a bare ping at least this often.
@@ -95,6 +97,7 @@ class OrchestratorConfig:
     ewma_alpha: float = 0.3
     queue_alpha: float = 0.5
     queue_half_life_s: float = 2.0
+    queue_hold_s: float = 1.0
     probe_interval_s: float = 0.25
     ping_interval_s: float = 0.5
     probe_timeout_s: float = 2.0
@@ -152,7 +155,11 @@ class Orchestrator:
         }
         self._server_prior = np.array([priors.get(oid, 0.0) for oid in ids])
         self._server = ServerEstimator(
-            priors, alpha=cfg.ewma_alpha, queue_alpha=cfg.queue_alpha, queue_half_life_s=cfg.queue_half_life_s
+            priors,
+            alpha=cfg.ewma_alpha,
+            queue_alpha=cfg.queue_alpha,
+            queue_half_life_s=cfg.queue_half_life_s,
+            queue_hold_s=cfg.queue_hold_s,
         )
         self._link = LinkEstimator(
             ThroughputEstimator(window=cfg.throughput_window, margin=cfg.throughput_margin),
@@ -249,7 +256,7 @@ class Orchestrator:
             self._framing.add(obs.wire_bytes - obs.payload_bytes)
 
     def observe_probe(self, result: ProbeResult) -> None:
-        """Feed back a background probe's outcome."""
+        """Feed back a background probe's outcome (and the endpoint's queue report it carries, if any)."""
         now = self._clock()
         ping, self._probe_since, self._probe_is_ping = self._probe_is_ping, None, False
         confirming, self._confirming = self._confirming, False
@@ -259,6 +266,8 @@ class Orchestrator:
             expected = float(self._link.network_ms(np.array(float(result.wire_bytes))))
             contended = ping and self._ping_contended
             self._link.observe(now, result.wire_bytes, result.rtt_ms, ping=ping, contended=contended)
+            if result.queue_ms is not None:
+                self._server.report_queue(now, result.queue_ms)
             # Once per rise: a confirming probe that beats its expected time again is not confirmed
             # by a third, so a due ping goes out next. Otherwise, after a slow first ping (a cold
             # connection), every sized probe beats the stale reference, each is "confirmed" by another,

@@ -17,7 +17,11 @@ client does; fixed options and the oracle expect nothing and wait the whole ``ti
 the seed and shared by every policy, so policies are compared on identical requests. The orchestrator
 gets the observations a real client would, when the reply would arrive: device time, bytes, wall time,
 server timings, or a failure at the timeout; probes it asks for run beside the request on the same trace.
-Requests and probes do not share the link's capacity (a simplification: both are small).
+Requests and probes do not share the link's capacity (a simplification: both are small). A probe that
+gets a reply (a bare ping or a sized probe) carries the endpoint's report of its queue, the trace's
+``queue_ms`` when the probe reaches the endpoint (sent + transfer + half the round trip), unless
+``SimConfig.server_reports`` is off (an old endpoint whose pings say nothing). A request's reply reports
+the queue at its send time, as what it waited and as the endpoint's current figure.
 
 The oracle takes, for every request, the option with the lowest true latency among those that meet the
 accuracy floor. The best fixed option is the fixed option with the lowest mean latency among those that
@@ -70,6 +74,8 @@ class SimConfig:
         accuracy_floor: minimum accuracy for the oracle, the best fixed option and the orchestrator.
         seed: seed of the per-request factors.
         ping_bytes: wire size of a bare ping RPC.
+        server_reports: probe replies carry the endpoint's queue (``ProbeResult.queue_ms``); ``False``
+            models an endpoint whose pings and probe replies say nothing of its load.
     """
 
     interval_ms: float = 100.0
@@ -80,6 +86,7 @@ class SimConfig:
     accuracy_floor: float = 0.91
     seed: int = 0
     ping_bytes: int = 64
+    server_reports: bool = True
 
 
 @dataclass(frozen=True)
@@ -288,15 +295,19 @@ class Simulation:
         )
 
     def _probe(self, t: float, probe_bytes: int) -> tuple[float, ProbeResult]:
+        """A probe sent at ``t``: when its outcome arrives, and the outcome (with the queue it finds)."""
         wire_bytes = probe_bytes or self.config.ping_bytes
         k = int(self.trace.index(t))
-        net = float(
-            self.trace.rtt_ms[k] + self.trace.transfer_ms(np.array([t]), np.array([8.0 * wire_bytes]))[0]
-        )
+        rtt = float(self.trace.rtt_ms[k])
+        transfer = float(self.trace.transfer_ms(np.array([t]), np.array([8.0 * wire_bytes]))[0])
+        net = rtt + transfer
         timeout = self.config.timeout_ms
         if net > timeout:
             return t + timeout / 1000.0, ProbeResult(wire_bytes, timeout, failed=True)
-        return t + net / 1000.0, ProbeResult(wire_bytes, net)
+        queue = None
+        if self.config.server_reports:
+            queue = float(self.trace.queue_ms[self.trace.index(t + (transfer + 0.5 * rtt) / 1000.0)])
+        return t + net / 1000.0, ProbeResult(wire_bytes, net, queue_ms=queue)
 
 
 def _mean_one(rng: np.random.Generator, cv: float, n: int) -> FloatArray:

@@ -14,6 +14,9 @@ Every generator is deterministic in its seed. The trace set (:func:`trace_set`):
   ferry, train and car, one sample a second).
 - ``queueing``: a steady link while the endpoint's queue grows and drains (tests the load response).
 
+:func:`with_queue_cycle` lays an endpoint queue that cycles through a few levels (0/30/120 ms by default)
+over any trace, to test the load response on a changing link.
+
 The two mobile traces are *approximations generated from summary statistics*, not the original logs (which
 cannot be fetched here): a log-normal AR(1) process at one sample a second, with fades or outages on top.
 The figures below are our reading of the papers' plots and text, rounded; check them against the
@@ -35,6 +38,7 @@ the request, a common proxy that overstates a real uplink.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +58,7 @@ __all__ = [
     "random_walk_trace",
     "step_trace",
     "trace_set",
+    "with_queue_cycle",
 ]
 
 
@@ -366,6 +371,33 @@ def queueing_trace(
         + ", ".join(f"{q:g}" for q in queue_levels_ms)
         + f" ms, {hold_s:g} s each",
         steps,
+    )
+
+
+def with_queue_cycle(
+    trace: Trace, *, levels_ms: tuple[float, ...] = (0.0, 30.0, 120.0), hold_s: float = 5.0
+) -> Trace:
+    """``trace`` with the endpoint's queueing delay cycling through ``levels_ms``, ``hold_s`` seconds each.
+
+    The level of a sample is the one in force at the sample's start (exact when ``hold_s`` is a multiple
+    of the trace's ``dt_s``).
+
+    Raises:
+        ValueError: no level, or ``hold_s`` not positive.
+    """
+    if not levels_ms or hold_s <= 0:
+        raise ValueError(f"need at least one level and hold_s > 0, got {levels_ms} and {hold_s}")
+    start_s = np.arange(len(trace.bandwidth_bps)) * trace.dt_s
+    cycle = np.asarray(levels_ms, dtype=float)
+    queue = cycle[(start_s / hold_s + 1e-9).astype(int) % len(cycle)]
+    return dataclasses.replace(
+        trace,
+        name=f"{trace.name}+queue_cycle",
+        queue_ms=queue,
+        variable=True,
+        description=f"{trace.description}; endpoint queueing cycling "
+        + "/".join(f"{q:g}" for q in levels_ms)
+        + f" ms, {hold_s:g} s each",
     )
 
 

@@ -5,7 +5,7 @@ The edge client talks to :class:`~splitserve.orchestrator.Orchestrator` with exa
     start-up:        DeviceLatency (head ms per split, local ms, offload encode ms, measured on the device)
     before request:  decide() -> SplitDecision          (what to run, and whether to send a probe)
     after request:   observe(Observation)               (what happened; ServerTimings from the reply)
-    probe reply:     observe_probe(ProbeResult)
+    probe reply:     observe_probe(ProbeResult)         (with the endpoint's queue report, if any)
     periodically:    update_device(DeviceLatency)       (re-measured head latencies)
 """
 
@@ -161,11 +161,15 @@ class ProbeResult:
         rtt_ms: wall time from sending to the reply, minus any server time; for a failed probe the time
             waited.
         failed: no reply came in time.
+        queue_ms: the endpoint's own report of its current queueing delay in ms, carried by the ping's
+            reply or by the sized probe's reply (the endpoint's figure for its queue now, not what the
+            probe itself waited); ``None`` when the endpoint did not say (an old endpoint, a failed probe).
     """
 
     wire_bytes: int
     rtt_ms: float
     failed: bool = False
+    queue_ms: float | None = None
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,15 @@ def test_sim_report_layout_and_plot(tmp_path: Path) -> None:
     assert entry["targets"]["mean_within_10pct_of_oracle"] and entry["settling"]
     assert "best_fixed" in saved["rules"] and saved["summary"]["sim"]["variable_traces"] == ["step"]
     assert (tmp_path / "adaptation_sim_step.png").stat().st_size > 10_000
+    (queue,) = saved["queue_cycle"]["traces"]  # the queue cycle over the selected trace
+    assert queue["name"] == "step+queue_cycle" and queue["oracle"]["switches_per_1000"] >= 0
+    for variant in ("no_reports", "reports"):
+        assert set(queue["orchestrator"][variant]["targets"]) == {
+            "mean_within_5pct_of_oracle",
+            "misses_le_2pct_where_oracle_meets",
+            "switches_le_20_per_1000",
+        }
+    assert (tmp_path / "adaptation_queue.png").stat().st_size > 10_000
 
 
 def test_mac_rate_reaches_the_simulated_device_and_the_report(tmp_path: Path) -> None:

@@ -198,6 +198,18 @@ class TestServerEstimator:
         assert srv.slowdown(2.0) == pytest.approx(0.5 * 10.5 + 0.5 * 1.0)
 
 
+    def test_a_reported_queue_holds_while_reports_come(self) -> None:
+        srv = ServerEstimator({"a": 1.0}, alpha=1.0, queue_alpha=0.5, queue_half_life_s=2.0, queue_hold_s=1.0)
+        for t in (0.0, 0.5, 1.0, 1.5):  # a ping every 0.5 s, each reporting 120 ms
+            srv.report_queue(t, 120.0)
+            assert srv.queue_ms(t + 0.49) == pytest.approx(120.0)  # kept as reported: no decay, no blend
+        assert srv.queue_ms(1.5 + 1.0 + 2.0) == pytest.approx(60.0)  # reports stop: the hold, then decay
+        srv.observe(2.0, "a", queue_ms=0.0, compute_ms=1.0)  # a reply inside the hold blends in
+        assert srv.queue_ms(2.5) == pytest.approx(60.0)  # and the hold still runs to 2.5 s
+        srv.report_queue(3.0, 0.0)
+        assert srv.queue_ms(3.0) == 0.0  # a report replaces the estimate: the endpoint's view of now
+
+
 class TestDeviceEstimator:
     def test_load_factor_and_refresh(self) -> None:
         dev = DeviceEstimator({"local": 60.0, "s@0": 10.0}, alpha=1.0)

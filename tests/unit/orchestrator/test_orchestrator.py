@@ -38,14 +38,17 @@ def serve(
     server_ms: float | Callable[[str], float] = 3.0,
     deadline_ms: float | None = None,
     device_factor: float = 1.0,
+    reported_queue_ms: float | None = None,
 ) -> SplitDecision:
-    """One request on a link of ``bps``: decide, answer a ping if asked, observe."""
+    """One request on a link of ``bps``: decide, answer a ping if asked (the endpoint reporting
+    ``reported_queue_ms`` in its reply), observe."""
     d = orch.decide(deadline_ms=deadline_ms)
     server_ms = server_ms(d.option_id) if callable(server_ms) else server_ms
     if d.probe_bytes == 0:
-        orch.observe_probe(ProbeResult(0, rtt_ms))
+        orch.observe_probe(ProbeResult(0, rtt_ms, queue_ms=reported_queue_ms))
     elif d.probe_bytes:
-        orch.observe_probe(ProbeResult(d.probe_bytes, rtt_ms + 8000.0 * d.probe_bytes / bps))
+        transfer_ms = 8000.0 * d.probe_bytes / bps
+        orch.observe_probe(ProbeResult(d.probe_bytes, rtt_ms + transfer_ms, queue_ms=reported_queue_ms))
     device = orch._device.measured_ms[d.option_id] * device_factor  # what the device really took
     if d.kind == "local":
         orch.observe(Observation(d.option_id, device_ms=device))
@@ -153,6 +156,22 @@ class TestLoad:
             d = serve(orch, clock, bps=5e6, queue_ms=80.0)
         assert d.kind == "local"
         assert orch.estimates().queue_ms > 50.0
+
+    def test_queue_reports_keep_the_device_local_while_the_queue_lasts(
+        self, manifest: Manifest, device: DeviceLatency, clock
+    ) -> None:
+        orch = make(manifest, device, clock)
+        for _ in range(10):
+            serve(orch, clock, bps=5e6, reported_queue_ms=0.0)
+        for _ in range(5):
+            d = serve(orch, clock, bps=5e6, queue_ms=80.0, reported_queue_ms=80.0)
+        assert d.kind == "local"
+        # 10 s of pings and probes that report the queue: no retry of the endpoint, no decay.
+        held = [serve(orch, clock, bps=5e6, queue_ms=80.0, reported_queue_ms=80.0) for _ in range(100)]
+        assert all(d.kind == "local" for d in held)
+        assert orch.estimates().queue_ms == pytest.approx(80.0)
+        drained = [serve(orch, clock, bps=5e6, reported_queue_ms=0.0) for _ in range(10)]
+        assert drained[-1].kind == "offload"  # back as soon as a report says the queue drained
 
     def test_slow_endpoint_prefers_smaller_tails(self, manifest: Manifest, clock) -> None:
         device = DeviceLatency(head_ms={"early": 10.0, "late": 15.0}, local_ms=200.0, offload_ms=1.0)

@@ -15,7 +15,14 @@ from splitserve.orchestrator import (
     Simulation,
     trace_set,
 )
-from splitserve.orchestrator.traces import constant_trace, on_off_trace, step_trace
+from splitserve.orchestrator.traces import (
+    constant_trace,
+    on_off_trace,
+    queueing_trace,
+    step_trace,
+    with_queue_cycle,
+)
+from splitserve.orchestrator.types import LOCAL_ID, Observation, ProbeResult, SplitDecision
 
 CFG = SimConfig()
 
@@ -95,3 +102,49 @@ def test_mpc_and_max_accuracy_run(example: Profile) -> None:
     acc = sim.orchestrate("acc", factory(example, "max_accuracy")).metrics(CFG.deadline_ms)
     assert mpc.mean_ms <= 1.10 * sim.oracle().metrics(CFG.deadline_ms).mean_ms
     assert acc.accuracy > mpc.accuracy and acc.miss_rate <= 0.05
+
+
+class _Pinger:
+    """Runs everything locally and asks for a ping beside every request; keeps each ping's outcome."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self.pongs: list[tuple[float, ProbeResult]] = []
+
+    def decide(self, *, deadline_ms: float | None = None, remote_budget_ms: float | None = None) -> SplitDecision:
+        return SplitDecision("local", None, None, 0.0, 0.0, "test", LOCAL_ID, probe_bytes=0)
+
+    def observe(self, obs: Observation) -> None:
+        pass
+
+    def observe_probe(self, result: ProbeResult) -> None:
+        self.pongs.append((self.clock(), result))
+
+
+@pytest.mark.parametrize("reports", [True, False])
+def test_a_ping_carries_the_queue_it_finds_at_the_endpoint(example: Profile, reports: bool) -> None:
+    trace = queueing_trace(hold_s=2.0)
+    pingers: list[_Pinger] = []
+
+    def build(clock: Callable[[], float]) -> _Pinger:
+        pingers.append(_Pinger(clock))
+        return pingers[0]
+
+    sim = Simulation(trace, example, SimConfig(server_reports=reports))
+    sim.orchestrate("ping", build)
+    (pinger,) = pingers
+    assert len(pinger.pongs) > 0.9 * len(sim.t_s)
+    for replied_s, pong in pinger.pongs:
+        reached_s = replied_s - float(trace.rtt_ms[0]) / 2000.0  # the reply's half of the round trip
+        expected = float(trace.queue_ms[trace.index(reached_s)]) if reports else None
+        assert pong.queue_ms == expected
+
+
+def test_queue_reports_stop_the_thrash_on_a_queue_cycle(example: Profile) -> None:
+    """Targets of issue 17 on a short queue cycle (0/30/120 ms, 5 s each) over a steady link."""
+    sim = Simulation(with_queue_cycle(constant_trace(duration_s=60.0)), example, CFG)
+    run, oracle = sim.orchestrate("o", factory(example)), sim.oracle()
+    meets = oracle.latency_ms <= CFG.deadline_ms
+    assert run.metrics(CFG.deadline_ms).mean_ms <= 1.05 * oracle.metrics(CFG.deadline_ms).mean_ms
+    assert np.mean(run.latency_ms[meets] > CFG.deadline_ms) <= 0.02
+    assert 10.0 * run.switches_per_100 <= 20.0
