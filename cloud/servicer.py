@@ -276,7 +276,7 @@ class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
         except SplitServeError as exc:
             await context.abort(grpc.StatusCode[exc.status], exc.message)
             raise  # unreachable: abort raises
-        return _compact_reply(reply, 0, timings=True)
+        return _compact_reply(reply, 0, timings=not isinstance(request, MalformedMessage) and request.timings_every > 0)
 
     async def RunStream(
         self,
@@ -338,6 +338,8 @@ class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
             state.bundle = run.bundle
         if run.top_k:
             state.top_k = run.top_k
+        if run.deadline_ms:
+            state.deadline_ms = run.deadline_ms
         if not state.bundle:
             raise RequestError("bundle is required (in a stream, on its first message)")
         served = self._registry.by_wire_id(state.bundle)
@@ -360,7 +362,7 @@ class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
             level=option.level,
             tensor=tensor,
             top_k=state.top_k,
-            deadline_ms=run.deadline_ms,
+            deadline_ms=state.deadline_ms,
         )
 
     def _queue_now_ms(self) -> float:
@@ -712,6 +714,7 @@ class _CompactState:
 
     bundle: int = 0
     top_k: int = 0
+    deadline_ms: int = 0
     timings_every: int = 0
 
 

@@ -9,8 +9,8 @@ What a request costs on the wire beyond its payload (TCP payload bytes, measured
 counters by ``splitserve bench wire``; plaintext HTTP/2 as grpcio 1.85 writes it)::
 
     RunStream item   message + 5 (gRPC prefix) + 9 (DATA frame) + 26 (two WINDOW_UPDATE frames)
-    Run (unary)      the same + a HEADERS frame (``UNARY_HEADERS_BYTES`` once the connection's HPACK
-                     table holds the call's headers) + an empty END_STREAM DATA frame (9)
+    Run (unary)      the same + its HEADERS frame (``UNARY_HEADERS_BYTES`` once the connection's HPACK
+                     table holds the call's headers: all indexed but the literal ``grpc-timeout``)
 
 The two WINDOW_UPDATEs (connection and stream, 13 B each) are gRPC core's: each side returns the flow-control
 window for the bytes it received with its next write, so every request carries them for the previous reply,
@@ -34,8 +34,11 @@ __all__ = [
     "DEFAULT_TOP_K",
     "GRPC_PREFIX_BYTES",
     "SEQ_MODULUS",
+    "UNARY_HEADERS_BYTES",
+    "WINDOW_UPDATES_BYTES",
     "WireOption",
     "offload_codecs",
+    "option_index",
     "stream_item_bytes",
     "top_k",
     "unary_request_bytes",
@@ -53,9 +56,9 @@ FRAME_HEADER_BYTES = 9
 """An HTTP/2 frame header."""
 WINDOW_UPDATES_BYTES = 2 * (FRAME_HEADER_BYTES + 4)
 """The connection and stream WINDOW_UPDATE frames gRPC core sends with each write after receiving data."""
-UNARY_HEADERS_BYTES = 40
+UNARY_HEADERS_BYTES = 18
 """A unary call's HEADERS frame once its headers are in the connection's HPACK table: frame header,
-indexed fields and the literal ``grpc-timeout`` (measured by ``splitserve bench wire``)."""
+indexed fields and the literal ``grpc-timeout`` (17-18 B measured by ``splitserve bench wire``)."""
 
 
 @dataclass(frozen=True)
@@ -110,7 +113,7 @@ def stream_item_bytes(message_bytes: int) -> int:
 
 def unary_request_bytes(message_bytes: int) -> int:
     """TCP payload bytes of one ``Run`` call's request of ``message_bytes`` (steady state, plaintext)."""
-    return stream_item_bytes(message_bytes) + UNARY_HEADERS_BYTES + FRAME_HEADER_BYTES
+    return stream_item_bytes(message_bytes) + UNARY_HEADERS_BYTES
 
 
 def option_index(options: Sequence[WireOption], split: str, level: int) -> int:

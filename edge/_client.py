@@ -106,7 +106,7 @@ class Timings:
         head_ms: the head on the device (split).
         encode_ms: entropy coding (split) or PNG encoding (offload).
         rtt_ms: from sending the request to its reply (network plus the endpoint's total).
-        server_receive_ms: the endpoint reading the request (``None`` in a streamed reply without full
+        server_receive_ms: the endpoint reading the request (``None`` for a compact reply without full
             timings: see ``EdgeConfig.timings_every``).
         server_decode_ms: the endpoint decoding the payload (``None`` likewise).
         server_queue_ms: waiting for the tail.

@@ -105,9 +105,10 @@ class EdgeConfig:
             an index, ~13 bytes of message around a payload) or ``v1`` (``Infer``/``InferStream``, every
             name spelled out: ~70 bytes more per request; what endpoints before the compact wire speak).
             A compact client falls back to v1 by itself when the endpoint answers UNIMPLEMENTED.
-        timings_every: every n-th reply of a stream carries the endpoint's full stage timings (decode,
-            queue, tail); the others only its total and queueing (``0``: none, so those stages of a
-            streamed result are ``None``). Unary replies always carry them.
+        timings_every: every n-th reply of a stream, and every unary reply when not 0, carries the
+            endpoint's full stage timings (receive, decode, tail); the others only its total and queueing
+            (``0``: none, so those stages of a result are ``None``). Compact wire only: v1 replies carry
+            them always.
     """
 
     endpoint: str = ""

@@ -3,7 +3,8 @@
 
 A ``RunRequest`` names the bundle by its wire id and the split and level by an option index
 (``splitserve.core.wire``); in a stream only the first message names the bundle, ``top_k`` and
-``timings_every``. Stage timings a reply did not carry come back as NaN (the client reports them as
+``timings_every``, and an item carries its deadline only when it differs from the last one sent by more
+than ``DEADLINE_SLACK`` (budgets of one client barely move: the same timeout less a few ms of device work). Stage timings a reply did not carry come back as NaN (the client reports them as
 ``None``).
 """
 
@@ -23,9 +24,16 @@ from splitserve.core.wire import (
 )
 from splitserve.protos.v1 import inference_pb2 as pb
 
-__all__ = ["CompactWire", "v1_request_bytes"]
+__all__ = ["DEADLINE_SLACK", "CompactWire", "deadline_to_send", "v1_request_bytes"]
 
 _UNKNOWN = math.nan
+DEADLINE_SLACK = 0.1
+"""A stream item's deadline is sent when it differs from the last one sent by more than this share."""
+
+
+def deadline_to_send(deadline_ms: int, last_ms: int) -> int:
+    """The deadline a stream item carries: ``deadline_ms``, or 0 (keep ``last_ms``) when close to it."""
+    return 0 if last_ms and abs(deadline_ms - last_ms) <= DEADLINE_SLACK * last_ms else deadline_ms
 
 
 class CompactWire:
@@ -42,8 +50,11 @@ class CompactWire:
         self.timings_every = timings_every
         self._index = {(o.split, o.level): i for i, o in enumerate(wire_options(manifest))}
 
-    def request(self, request: pb.InferRequest, *, stream: bool, opening: bool = True) -> pb.RunRequest:
-        """The compact form of ``request``; ``opening``: the first message of a stream (or a unary call).
+    def request(
+        self, request: pb.InferRequest, *, stream: bool, opening: bool = True, deadline_ms: int | None = None
+    ) -> pb.RunRequest:
+        """The compact form of ``request``; ``opening``: the first message of a stream (or a unary call);
+        ``deadline_ms``: the stream deadline to send (default: ``request``'s own, ``0`` keeps the last).
 
         Raises:
             RequestError: the bundle has no such split and level.
@@ -60,9 +71,9 @@ class CompactWire:
             option=option,
             data=request.tensor.data,
             check=request.tensor.symbols_crc32,
-            deadline_ms=request.deadline_ms if stream else 0,
+            deadline_ms=(request.deadline_ms if deadline_ms is None else deadline_ms) if stream else 0,
             top_k=top_k if opening else 0,
-            timings_every=self.timings_every if stream and opening else 0,
+            timings_every=self.timings_every if opening else 0,
         )
 
     def reply(self, reply: pb.RunReply, request_id: str) -> pb.InferResponse:
@@ -91,7 +102,7 @@ class CompactWire:
     def request_bytes(self, request: pb.InferRequest, *, stream: bool) -> int:
         """TCP payload bytes ``request`` costs in its compact form (steady state: a stream item after the
         first, a unary call on a warm connection)."""
-        size = self.request(request, stream=stream, opening=not stream).ByteSize()
+        size = self.request(request, stream=stream, opening=not stream, deadline_ms=0).ByteSize()
         return stream_item_bytes(size) if stream else unary_request_bytes(size)
 
 

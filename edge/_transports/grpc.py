@@ -32,7 +32,7 @@ from splitserve.protos.v1 import inference_pb2_grpc as pb_grpc
 
 from .._config import Credentials, EdgeConfig
 from .base import AsyncBaseTransport, AsyncStreamCall, BaseTransport, ServerLoad, StreamCall
-from .compact import CompactWire, v1_request_bytes
+from .compact import CompactWire, deadline_to_send, v1_request_bytes
 
 __all__ = ["AsyncGrpcTransport", "GrpcTransport", "channel_options", "service_config"]
 
@@ -189,12 +189,15 @@ class _Numbering:
         self.wire = wire
         self._next = 0
         self._opened = False
+        self._deadline_ms = 0
         self._ids: dict[int, str] = {}
 
     def outgoing(self, request: pb.InferRequest) -> pb.RunRequest:
         """The next item's message (the first names the bundle); call in write order."""
-        run = self.wire.request(request, stream=True, opening=not self._opened)
+        deadline_ms = deadline_to_send(request.deadline_ms, self._deadline_ms)
+        run = self.wire.request(request, stream=True, opening=not self._opened, deadline_ms=deadline_ms)
         self._opened = True
+        self._deadline_ms = deadline_ms or self._deadline_ms
         self._ids[self._next] = request.request_id
         self._next = (self._next + 1) % SEQ_MODULUS
         return run
