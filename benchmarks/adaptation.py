@@ -398,7 +398,7 @@ def _plot_queue(
 
 # -- measured profile ----------------------------------------------------------------------------------
 
-_HTTP2_TCPIP_BYTES = 9 + 30 + 66  # HTTP/2 DATA frame header, HPACK HEADERS frame (warm table), TCP/IP
+_TCPIP_BYTES = 14 + 20 + 32  # Ethernet, IPv4 and TCP (with timestamps) headers of the request's segment
 
 
 def measure_profile(
@@ -416,8 +416,9 @@ def measure_profile(
     per option, each loads only what its option needs). Server times are the median ``total_ms`` the real endpoint (embedded ONNX Runtime, its own
     process on loopback) reports for ``requests`` inputs per remote option: ``images`` (anything the edge
     client takes, e.g. photo bytes), by default Fashion-MNIST test images. Framing
-    is the measured request bytes beyond the payload (protobuf + gRPC prefix) plus HTTP/2 frame headers
-    and TCP/IP headers (``_HTTP2_TCPIP_BYTES``).
+    is what the client reports beyond the payload (``Result.bytes_sent``: the TCP payload, HTTP/2 and gRPC
+    framing included, checked against the kernel's counters by ``bench wire``) plus the Ethernet and
+    TCP/IP headers (``_TCPIP_BYTES``).
     """
     from splitserve.core.bundle import Bundle
     from splitserve.core.datasets import load_fashion_mnist
@@ -465,15 +466,15 @@ def measure_profile(
         manifest,
         device,
         server_ms,
-        framing_bytes=float(np.median(framing)) + _HTTP2_TCPIP_BYTES,
+        framing_bytes=float(np.median(framing)) + _TCPIP_BYTES,
         name=f"{manifest.name}:{manifest.version} @ {platform.node() or 'this machine'}",
         description=(
             f"Measured {time.strftime('%Y-%m-%d')} from bundle {bundle_path}: bytes and accuracy from its "
             f"manifest; device times from the edge client's start-up measurement on this CPU "
             f"({platform.processor() or platform.machine()}, {os.cpu_count()} cores, shared); server times "
             f"the median endpoint total over {requests} requests per option (embedded "
-            "ONNX Runtime endpoint on loopback); framing = measured message framing + "
-            f"{_HTTP2_TCPIP_BYTES} B HTTP/2 + TCP/IP headers."
+            "ONNX Runtime endpoint on loopback); framing = the client's TCP payload beyond the payload + "
+            f"{_TCPIP_BYTES} B Ethernet + TCP/IP headers."
         ),
     )
 

@@ -18,7 +18,7 @@ import json
 import re
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -70,23 +70,26 @@ def _policy(split: str, level: int, offload: bool) -> str:
     return f"{split}@{level}"
 
 
-def _measure(
-    port: int, client: EdgeClient, send: Callable[[list[np.ndarray]], list[Any]], images: np.ndarray, warmup: int
-) -> dict[str, float]:
-    """Bytes per request of ``send`` over ``images`` (after ``warmup`` of them), kernel and client."""
-    send(list(images[:warmup]))
-    time.sleep(0.05)
-    up0, down0 = kernel_bytes(port)
-    results = send(list(images[warmup:]))
-    time.sleep(0.05)
-    up1, down1 = kernel_bytes(port)
-    n = len(results)
-    remote = [r for r in results if r.remote]
-    if len(remote) != n:
-        raise RuntimeError(f"{n - len(remote)} of {n} requests were answered on the device")
+def _measure(port: int, results: Iterator[Any], total: int, warmup: int) -> dict[str, float]:
+    """Bytes per request of the requests behind ``results`` after the first ``warmup`` of ``total``, kernel
+    and client. The counters are read between results, so a stream's opening and closing are not counted."""
+    measured = []
+    up0 = down0 = up1 = down1 = 0
+    for i, result in enumerate(results):
+        if not result.remote:
+            raise RuntimeError(f"request {i} was answered on the device: {result.fallback_reason}")
+        if i >= warmup:
+            measured.append(result)
+        if i in (warmup - 1, total - 1):
+            time.sleep(0.05)
+            if i == warmup - 1:
+                up0, down0 = kernel_bytes(port)
+            else:
+                up1, down1 = kernel_bytes(port)
+    n = len(measured)
     up, down = (up1 - up0) / n, (down1 - down0) / n
-    payload = float(np.mean([r.payload_bytes for r in results]))
-    client_b = float(np.mean([r.bytes_sent for r in results]))
+    payload = float(np.mean([r.payload_bytes for r in measured]))
+    client_b = float(np.mean([r.bytes_sent for r in measured]))
     return {
         "payload_B": round(payload, 1),
         "up_B": round(up, 1),
@@ -127,10 +130,8 @@ def run(out: Path, bundle_path: Path, *, requests: int = 200, warmup: int = 20, 
                     wire=wire, top_k=top_k, fallback=False, timeout_s=10.0, remeasure_s=0.0, retry_attempts=1
                 )
                 with EdgeClient(bundle_path, target, policy=policy, config=config) as client:
-                    unary = _measure(port, client, lambda xs: [client.infer(x) for x in xs], images, warmup)
-                    stream = _measure(
-                        port, client, lambda xs: list(client.stream(xs, max_inflight=1)), images, warmup
-                    )
+                    unary = _measure(port, (client.infer(x) for x in images), len(images), warmup)
+                    stream = _measure(port, client.stream(images, max_inflight=1), len(images), warmup)
                     if wire not in pings:
                         pings[wire] = _pings(port, client, requests)
                 rows.append({"option": policy, "wire": wire, "unary": unary, "stream": stream})

@@ -281,6 +281,27 @@ def bench_hostile(recipe: str, bundle_path: Path | None, phase_s: float, out: Pa
                f"{'met' if result['met'] else 'not met'}")
 
 
+@bench.command("wire")
+@click.option("--recipe", default="fmnist_resnet", show_default=True)
+@_bundle_option
+@click.option("--requests", default=200, show_default=True, help="Measured requests per option, wire and call kind.")
+@click.option("--top-k", default=1, show_default=True, help="Classes per reply.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("results"), show_default=True)
+def bench_wire(recipe: str, bundle_path: Path | None, requests: int, top_k: int, out: Path) -> None:
+    """Bytes per request up and down, counted by the kernel, for every option, wire (v1, compact) and call
+    kind, against the payload and the client's own figure."""
+    from splitserve.benchmarks.wire import run
+
+    result = run(out, _bundle_for(bundle_path, recipe), requests=requests, top_k=top_k)
+    worst = result["worst_compact"]
+    click.echo(
+        f"compact, worst option: stream up payload + {worst['stream_up_over_payload_B']:.1f} B, down "
+        f"{worst['stream_down_B']:.1f} B; unary up payload + {worst['unary_up_over_payload_B']:.1f} B; client "
+        f"figures within {100 * worst['client_vs_kernel_max_error']:.1f}% of the kernel's "
+        f"(gRPC's WINDOW_UPDATEs: {result['window_updates_B']} B each way)"
+    )
+
+
 @bench.command("device-map")
 @click.option("--bundle", "bundle_path", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Bundle to map (default: the natural Lite0 bundle, built from the committed weights).")

@@ -640,7 +640,7 @@ class BaseEdgeClient:
             self.breaker.record_success()
         queue_ms = load.queue_ms if load is not None else None
         if reply is not None:
-            queue_ms = max(reply.timings.queue_ms, reply.timings.queue_delay_ms)
+            queue_ms = reply.timings.queue_delay_ms
         with self._policy_lock:
             self.policy.observe_probe(ProbeResult(probe.wire_bytes, rtt_ms, failed, queue_ms=None if failed else queue_ms))
 

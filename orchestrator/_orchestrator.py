@@ -67,7 +67,9 @@ class OrchestratorConfig:
     """Estimator and probing settings (defaults suit a request every 50-500 ms).
 
     Attributes:
-        framing_bytes: prior for request bytes beyond the payload (learned from observations).
+        framing_bytes: prior for request bytes beyond the payload, in the units of ``Observation.wire_bytes``
+            (learned from observations): the edge client reports TCP payload, and a compact unary call's
+            framing is 76 B of it (``splitserve bench wire``).
         prior_rtt_ms: base RTT before the first measurement.
         prior_bps: throughput before the first measurement.
         server_full_ms: endpoint time of the whole model, to derive per-option priors from tail shares
@@ -87,7 +89,7 @@ class OrchestratorConfig:
         pending_timeout_s: forget a decision never observed after this long.
     """
 
-    framing_bytes: float = 120.0
+    framing_bytes: float = 76.0
     prior_rtt_ms: float = 50.0
     prior_bps: float = 1e6
     server_full_ms: float = 5.0
