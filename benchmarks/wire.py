@@ -30,7 +30,7 @@ from splitserve.core.bundle import Bundle
 from splitserve.core.wire import WINDOW_UPDATES_BYTES, wire_options
 from splitserve.edge import EdgeClient, EdgeConfig
 
-__all__ = ["TARGETS", "run"]
+__all__ = ["TARGETS", "kernel_bytes", "measure_bytes", "run"]
 
 TARGETS = {
     "stream_up_over_payload_max": 24,
@@ -70,7 +70,7 @@ def _policy(split: str, level: int, offload: bool) -> str:
     return f"{split}@{level}"
 
 
-def _measure(port: int, results: Iterator[Any], total: int, warmup: int) -> dict[str, float]:
+def measure_bytes(port: int, results: Iterator[Any], total: int, warmup: int) -> dict[str, float]:
     """Bytes per request of the requests behind ``results`` after the first ``warmup`` of ``total``, kernel
     and client. The counters are read between results, so a stream's opening and closing are not counted."""
     measured = []
@@ -130,8 +130,8 @@ def run(out: Path, bundle_path: Path, *, requests: int = 200, warmup: int = 20, 
                     wire=wire, top_k=top_k, fallback=False, timeout_s=10.0, remeasure_s=0.0, retry_attempts=1
                 )
                 with EdgeClient(bundle_path, target, policy=policy, config=config) as client:
-                    unary = _measure(port, (client.infer(x) for x in images), len(images), warmup)
-                    stream = _measure(port, client.stream(images, max_inflight=1), len(images), warmup)
+                    unary = measure_bytes(port, (client.infer(x) for x in images), len(images), warmup)
+                    stream = measure_bytes(port, client.stream(images, max_inflight=1), len(images), warmup)
                     if wire not in pings:
                         pings[wire] = _pings(port, client, requests)
                 rows.append({"option": policy, "wire": wire, "unary": unary, "stream": stream})

@@ -99,17 +99,17 @@ class CompactWire:
             timings=timings,
         )
 
-    def request_bytes(self, request: pb.InferRequest, *, stream: bool) -> int:
+    def request_bytes(self, request: pb.InferRequest, *, stream: bool, tls: bool = False) -> int:
         """TCP payload bytes ``request`` costs in its compact form (steady state: a stream item after the
         first, a unary call on a warm connection)."""
         size = self.request(request, stream=stream, opening=not stream, deadline_ms=0).ByteSize()
-        return stream_item_bytes(size) if stream else unary_request_bytes(size)
+        return stream_item_bytes(size, tls=tls) if stream else unary_request_bytes(size, tls=tls)
 
 
-def v1_request_bytes(request: pb.InferRequest, *, stream: bool) -> int:
+def v1_request_bytes(request: pb.InferRequest, *, stream: bool, tls: bool = False) -> int:
     """TCP payload bytes ``request`` costs as an ``Infer`` / ``InferStream`` message."""
     size = request.ByteSize()
-    return stream_item_bytes(size) if stream else unary_request_bytes(size)
+    return stream_item_bytes(size, tls=tls) if stream else unary_request_bytes(size, tls=tls)
 
 
 def message_bytes(request: pb.InferRequest) -> int:

@@ -95,9 +95,10 @@ def _unimplemented(exc: grpc.RpcError) -> bool:
 class _WireChoice:
     """The wire a transport speaks: compact once it knows the bundle (unless configured ``v1``)."""
 
-    def __init__(self, endpoint: str, config: EdgeConfig) -> None:
+    def __init__(self, endpoint: str, config: EdgeConfig, tls: bool) -> None:
         self.endpoint = endpoint
         self._config = config
+        self._tls = tls
         self._compact: CompactWire | None = None
 
     @property
@@ -111,8 +112,8 @@ class _WireChoice:
 
     def request_bytes(self, request: pb.InferRequest, *, stream: bool) -> int:
         if self._compact is not None:
-            return self._compact.request_bytes(request, stream=stream)
-        return v1_request_bytes(request, stream=stream)
+            return self._compact.request_bytes(request, stream=stream, tls=self._tls)
+        return v1_request_bytes(request, stream=stream, tls=self._tls)
 
     def _old_endpoint(self) -> None:
         """The endpoint answered UNIMPLEMENTED to a compact call: speak v1 from now on."""
@@ -133,8 +134,8 @@ class GrpcTransport(_WireChoice, BaseTransport):
     def __init__(
         self, endpoint: str, *, credentials: Credentials | None = None, config: EdgeConfig | None = None
     ) -> None:
-        super().__init__(endpoint, config or EdgeConfig())
         creds = credentials or Credentials()
+        super().__init__(endpoint, config or EdgeConfig(), creds.uses_tls)
         options = channel_options(self._config, creds)
         if creds.uses_tls:
             self._channel = grpc.secure_channel(endpoint, _channel_credentials(creds), options=options)
@@ -272,8 +273,8 @@ class AsyncGrpcTransport(_WireChoice, AsyncBaseTransport):
     def __init__(
         self, endpoint: str, *, credentials: Credentials | None = None, config: EdgeConfig | None = None
     ) -> None:
-        super().__init__(endpoint, config or EdgeConfig())
         self._creds = credentials or Credentials()
+        super().__init__(endpoint, config or EdgeConfig(), self._creds.uses_tls)
         self._options = channel_options(self._config, self._creds)
         self._channel: grpc.aio.Channel | None = None
         self._stub_: pb_grpc.SplitInferenceStub | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -11,8 +12,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from splitserve.benchmarks.wire import measure_bytes
 from splitserve.core.bundle import Bundle
 from splitserve.core.errors import AuthenticationError
+from splitserve.core.wire import TLS_RECORD_BYTES, WINDOW_UPDATES_BYTES
 from splitserve.edge import AsyncEdgeClient, Credentials, EdgeClient, EdgeConfig
 from splitserve.edge.cli import edge
 from splitserve.orchestrator import options_from_manifest
@@ -217,6 +220,21 @@ def test_mutual_tls_with_token(start_endpoint, pki: Path, bundle: Bundle, eval_s
     no_client_cert = Credentials(token="edge-token", root_certificates=(pki / "ca.pem").read_bytes())
     with EdgeClient(bundle, endpoint.target, credentials=no_client_cert, policy="offload") as c:
         assert c.infer(image).computed == "local"
+
+
+@pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss (Debian package iproute2)")
+def test_client_bytes_over_tls_match_the_kernel(start_endpoint, pki: Path, bundle: Bundle, eval_set: tuple) -> None:  # noqa: ANN001
+    """Each request is one TLS record more (22 B): the client's figure still matches the kernel's count."""
+    endpoint: EndpointThread = start_endpoint(tls_cert=str(pki / "server.pem"), tls_key=str(pki / "server.key"))
+    config = EdgeConfig(tls_ca=str(pki / "ca.pem"), tls_server_name="cloud.test", fallback=False, remeasure_s=0)
+    port = int(endpoint.target.rsplit(":", 1)[1])
+    images = list(eval_set[0][:50])
+    with EdgeClient(bundle, endpoint.target, policy="stem@1", config=config) as c:
+        unary = measure_bytes(port, (c.infer(x) for x in images), len(images), warmup=10)
+        stream = measure_bytes(port, c.stream(images, max_inflight=1), len(images), warmup=10)
+    for measured in (unary, stream):
+        assert abs(measured["client_vs_kernel"] - 1) <= 0.05, measured
+    assert stream["up_over_payload_B"] > TLS_RECORD_BYTES + WINDOW_UPDATES_BYTES
 
 
 def test_cli_against_the_endpoint(
