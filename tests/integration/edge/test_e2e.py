@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import shutil
 import subprocess
 import time
@@ -71,7 +72,13 @@ def test_unary_stream_and_async_agree(embedded: EndpointThread, bundle: Bundle, 
     t = r.timings
     assert r.bytes_sent > r.payload_bytes > 0
     assert t.server_total_ms is not None and t.rtt_ms is not None and t.rtt_ms >= t.server_total_ms > 0
+    assert t.server_decode_ms is None and t.server_tail_ms is None  # compact replies: total and queue only
+    timed = dataclasses.replace(PATIENT, timings_every=2)
+    with EdgeClient(bundle, embedded.target, policy="layer1@1", config=timed) as client:
+        t = client.infer(images[0]).timings
+        every_other = [r.timings.server_decode_ms is not None for r in client.stream(images[:6], max_inflight=1)]
     assert t.server_decode_ms is not None and t.server_decode_ms > 0 and t.server_tail_ms is not None
+    assert every_other == [True, False] * 3
 
 
 @pytest.mark.parametrize("backend", ["embedded", pytest.param("triton", marks=pytest.mark.triton)])

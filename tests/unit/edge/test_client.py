@@ -377,6 +377,26 @@ class TestFallback:
         assert (probe_request.split, probe_request.level) == (smallest.split, smallest.level)
         assert not sized.failed and sized.rtt_ms >= 0
 
+    def test_probes_carry_the_load_the_endpoint_reports(
+        self, bundle: Bundle, images: np.ndarray, tail: TailHandler
+    ) -> None:
+        def loaded(request):  # noqa: ANN001, ANN202
+            if isinstance(request, pb.ListModelsRequest):
+                return pb.Load(queue_dms=1234, tail_dms=50)
+            reply = tail(request)
+            reply.timings.queue_delay_ms = 42.0
+            return reply
+
+        policy = ScriptedPolicy(bundle, ["local"], probe_bytes=[0, None, 300], also=("stem@1",))
+        with EdgeClient(bundle, transport=MockTransport(loaded), policy=policy, config=FAST) as c:
+            c.infer(images[0])
+            assert _wait_for(lambda: len(policy.probes) == 1)
+            c.infer(images[1])
+            c.infer(images[2])
+            assert _wait_for(lambda: len(policy.probes) == 2)
+        ping, sized = policy.probes
+        assert ping.queue_ms == pytest.approx(123.4) and sized.queue_ms == pytest.approx(42.0)
+
     def test_a_probe_is_the_option_the_policy_names(
         self, bundle: Bundle, images: np.ndarray, tail: TailHandler
     ) -> None:
