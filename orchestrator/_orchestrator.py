@@ -23,18 +23,17 @@ A remote request still in flight longer than its option's expected device and se
 network time of every remote option from below (the link is slower than believed; with a pipelined
 client this reacts before the late reply arrives). While the device runs locally, nothing measures the
 link's throughput, so decisions then ask for a sized background probe when no transfer (pings do not
-count) has been seen for ``probe_interval_s`` (while the link is down,
-as soon as the previous probe has failed; after a probe much faster than expected, at once, since the
-throughput estimate moves on two such samples in a row, but only once in a row, so that the due ping is
-not starved); a bare ping every ``ping_interval_s`` keeps the base RTT apart from the transfer time. One
-probe is in flight at a time. A sized probe is a real request of the remote option quickest to run now
-(device time plus transfer at the current estimate: on a slow device the PNG of offload, on a slow link
-the smallest split payload), named in ``SplitDecision.probe_option``.
+count) has been seen for ``probe_interval_s`` (while the link is down, as soon as the previous probe has
+failed; after a probe much faster than expected, at once, since the throughput estimate moves on two such
+samples in a row, but only once in a row, so that the due ping is not starved); a bare ping every
+``ping_interval_s`` keeps the base RTT apart from the transfer time. One probe is in flight at a time: the
+:class:`~._probing.Prober` state machine says when and what kind. A sized probe is a real request of the
+remote option quickest to run now (device time plus transfer at the current estimate: on a slow device
+the PNG of offload, on a slow link the smallest split payload), named in ``SplitDecision.probe_option``.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -53,13 +52,12 @@ from ._estimators import (
     ThroughputEstimator,
 )
 from ._options import options_from_manifest
+from ._probing import ProbeKind, Prober
 from ._typing import FloatArray
 from .policies import DecisionState, Policy, create_policy
 from .types import DeviceLatency, Estimates, Observation, Option, ProbeResult, SplitDecision
 
 __all__ = ["Orchestrator", "OrchestratorConfig"]
-
-_RISE_RATIO = 1.5  # a sized probe this many times faster than expected is confirmed at once
 
 
 @dataclass(frozen=True)
@@ -173,12 +171,12 @@ class Orchestrator:
         self._current: int | None = None
         self._held = 0
         self._pending: deque[tuple[float, str]] = deque()
-        self._probe_since: float | None = None
-        self._probe_is_ping = False
-        self._ping_contended = False  # the ping in flight shares the link with a remote request
-        self._confirm = False  # the last sized probe beat its expected time: probe again at once
-        self._confirming = False  # the sized probe in flight is that second probe
-        self._last_ping_s = -math.inf
+        self._prober = Prober(
+            self._link,
+            probe_interval_s=cfg.probe_interval_s,
+            ping_interval_s=cfg.ping_interval_s,
+            timeout_s=cfg.probe_timeout_s,
+        )
 
     @classmethod
     def from_manifest(cls, manifest: Manifest, device: DeviceLatency, **kwargs: object) -> Orchestrator:
@@ -219,7 +217,7 @@ class Orchestrator:
         option = self.options[choice.index]
         if option.remote:
             self._pending.append((now, option.id))
-            self._ping_contended |= self._probe_is_ping and self._probe_since is not None
+            self._prober.remote_sent()
         probe_bytes, probe_option = self._probe(now, option)
         return SplitDecision(
             kind=option.kind,
@@ -260,21 +258,9 @@ class Orchestrator:
     def observe_probe(self, result: ProbeResult) -> None:
         """Feed back a background probe's outcome (and the endpoint's queue report it carries, if any)."""
         now = self._clock()
-        ping, self._probe_since, self._probe_is_ping = self._probe_is_ping, None, False
-        confirming, self._confirming = self._confirming, False
-        if result.failed:
-            self._link.observe_failure(now, sent_s=now - result.rtt_ms / 1e3)
-        else:
-            expected = float(self._link.network_ms(np.array(float(result.wire_bytes))))
-            contended = ping and self._ping_contended
-            self._link.observe(now, result.wire_bytes, result.rtt_ms, ping=ping, contended=contended)
-            if result.queue_ms is not None:
-                self._server.report_queue(now, result.queue_ms)
-            # Once per rise: a confirming probe that beats its expected time again is not confirmed
-            # by a third, so a due ping goes out next. Otherwise, after a slow first ping (a cold
-            # connection), every sized probe beats the stale reference, each is "confirmed" by another,
-            # no ping ever refreshes the reference, and the device stays local for good.
-            self._confirm = not ping and not confirming and result.rtt_ms * _RISE_RATIO < expected
+        self._prober.observe(now, result)
+        if not result.failed and result.queue_ms is not None:
+            self._server.report_queue(now, result.queue_ms)
 
     def update_device(self, device: DeviceLatency) -> None:
         """Replace the device measurements with fresh ones (the client re-measured its heads).
@@ -374,27 +360,22 @@ class Orchestrator:
     def _expire(self, now: float) -> None:
         while self._pending and now - self._pending[0][0] > self.config.pending_timeout_s:
             self._pending.popleft()
-        if self._probe_since is not None and now - self._probe_since > self.config.probe_timeout_s:
-            self._probe_since, self._confirming = None, False
+        self._prober.expire(now)
 
     def _probe(self, now: float, chosen: Option) -> tuple[int | None, str | None]:
-        """The probe to send beside this request: (wire bytes, option id of a sized probe)."""
-        if self._probe_since is not None or not self._remote.any():
+        """The probe to send beside this request: (wire bytes, option id of a sized probe); (0, None) is a
+        ping."""
+        if not self._remote.any():
             return None, None
-        quiet = not self._link.up or now - self._link.last_transfer_s >= self.config.probe_interval_s
-        if not chosen.remote and (quiet or self._confirm):
-            self._confirming = self._confirm and not quiet
-            self._probe_since, self._probe_is_ping, self._confirm = now, False, False
-            # The remote request quickest to run now: on a slow device a head costs more than the
-            # bytes it saves, on a slow link the bytes cost more than the head.
-            remote = np.flatnonzero(self._remote)
-            wire = self._payload[remote] + self._framing_bytes()
-            cost = self._device_base[remote] * self._device.slowdown + 8000.0 * wire / self._link.bps()
-            best = int(np.argmin(cost))
-            return round(float(wire[best])), self.options[remote[best]].id
-        if now - self._last_ping_s >= self.config.ping_interval_s:
-            self._probe_since = self._last_ping_s = now
-            self._probe_is_ping = True
-            self._ping_contended = bool(self._pending)  # a remote request in flight, or this one
+        kind = self._prober.next(now, local=not chosen.remote, remote_in_flight=bool(self._pending))
+        if kind is None:
+            return None, None
+        if kind is ProbeKind.PING:
             return 0, None
-        return None, None
+        # The remote request quickest to run now: on a slow device a head costs more than the bytes it
+        # saves, on a slow link the bytes cost more than the head.
+        remote = np.flatnonzero(self._remote)
+        wire = self._payload[remote] + self._framing_bytes()
+        cost = self._device_base[remote] * self._device.slowdown + 8000.0 * wire / self._link.bps()
+        best = int(np.argmin(cost))
+        return round(float(wire[best])), self.options[remote[best]].id
