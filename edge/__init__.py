@@ -38,11 +38,15 @@ from ._policy import EdgePolicy as EdgePolicy
 from ._policy import FixedPolicy as FixedPolicy
 from ._runtime import EdgeRuntime as EdgeRuntime
 from ._runtime import ImageLike as ImageLike
+from ._runtime import load_session as load_session
+from ._runtime import session_options as session_options
 from ._transports import AsyncBaseTransport as AsyncBaseTransport
 from ._transports import AsyncGrpcTransport as AsyncGrpcTransport
 from ._transports import BaseTransport as BaseTransport
 from ._transports import GrpcTransport as GrpcTransport
 from ._transports import MockTransport as MockTransport
+from ._transports import StreamCall as StreamCall
+from ._transports.base import status_name as status_name
 
 __all__ = [
     "AsyncBaseTransport",
@@ -68,5 +72,9 @@ __all__ = [
     "ImageLike",
     "MockTransport",
     "Result",
+    "StreamCall",
     "Timings",
+    "load_session",
+    "session_options",
+    "status_name",
 ]
