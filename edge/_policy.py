@@ -15,6 +15,7 @@ from typing import Protocol, Union, runtime_checkable
 from splitserve.core.bundle import Manifest
 from splitserve.core.errors import ConfigError
 from splitserve.orchestrator import (
+    Decider,
     Observation,
     Option,
     ProbeResult,
@@ -29,22 +30,15 @@ __all__ = ["EdgePolicy", "FixedPolicy", "PolicyLike", "plan_policy"]
 
 
 @runtime_checkable
-class EdgePolicy(Protocol):
-    """What the client needs from a policy (the orchestrator has exactly this).
+class EdgePolicy(Decider, Protocol):
+    """What the client needs from a policy: a :class:`~splitserve.orchestrator.Decider` (the orchestrator
+    is one) that also lists its options.
 
     Attributes:
         options: every option the policy may pick; the client loads their heads at start.
     """
 
     options: tuple[Option, ...]
-
-    def decide(
-        self, *, deadline_ms: float | None = None, remote_budget_ms: float | None = None
-    ) -> SplitDecision: ...
-
-    def observe(self, obs: Observation) -> None: ...
-
-    def observe_probe(self, result: ProbeResult) -> None: ...
 
 
 @dataclass(frozen=True)

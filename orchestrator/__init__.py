@@ -29,6 +29,7 @@ from .simulate import SimConfig as SimConfig
 from .simulate import Simulation as Simulation
 from .traces import Trace as Trace
 from .traces import trace_set as trace_set
+from .types import Decider as Decider
 from .types import DeviceLatency as DeviceLatency
 from .types import Estimates as Estimates
 from .types import Observation as Observation
@@ -41,6 +42,7 @@ __all__ = [
     "DEVICE_CLASSES",
     "Choice",
     "DecisionState",
+    "Decider",
     "DeviceClass",
     "DeviceLatency",
     "Estimates",

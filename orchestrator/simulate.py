@@ -33,30 +33,18 @@ from __future__ import annotations
 import heapq
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+
 
 import numpy as np
 
 from ._typing import BoolArray, FloatArray, IntArray
 from .profile import Profile
 from .traces import Trace
-from .types import Observation, ProbeResult, ServerTimings, SplitDecision
+from .types import Decider, Observation, ProbeResult, ServerTimings
 
-__all__ = ["Metrics", "OrchestratorLike", "Run", "SimConfig", "Simulation", "metrics_of"]
+__all__ = ["Metrics", "Run", "SimConfig", "Simulation", "metrics_of"]
 
 _DECODE_SHARE = 0.25  # share of server time reported as decode_ms (the rest as tail_ms)
-
-
-class OrchestratorLike(Protocol):
-    """The part of :class:`~splitserve.orchestrator.Orchestrator` the simulator drives."""
-
-    def decide(
-        self, *, deadline_ms: float | None = None, remote_budget_ms: float | None = None
-    ) -> SplitDecision: ...
-
-    def observe(self, obs: Observation) -> None: ...
-
-    def observe_probe(self, result: ProbeResult) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -231,7 +219,7 @@ class Simulation:
         means = np.where(pool, self.latency_ms.mean(axis=0), np.inf)
         return self.ids[int(np.argmin(means))]
 
-    def orchestrate(self, policy: str, factory: Callable[[Callable[[], float]], OrchestratorLike]) -> Run:
+    def orchestrate(self, policy: str, factory: Callable[[Callable[[], float]], Decider]) -> Run:
         """Drive an orchestrator built by ``factory(clock)`` through the trace.
 
         Observations and probe results are delivered at the simulated time the client would get them.

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol, runtime_checkable
 
 __all__ = [
     "LOCAL_ID",
     "OFFLOAD_ID",
+    "Decider",
     "DeviceLatency",
     "Estimates",
     "Observation",
@@ -238,3 +239,19 @@ class Estimates:
     device_slowdown: float
     framing_bytes: float
     expected_ms: Mapping[str, float]
+
+
+@runtime_checkable
+class Decider(Protocol):
+    """What a client (the edge client, the simulator) drives: ask before each request, report after it.
+
+    :class:`~splitserve.orchestrator.Orchestrator` is one; so is the edge's ``FixedPolicy``.
+    """
+
+    def decide(
+        self, *, deadline_ms: float | None = None, remote_budget_ms: float | None = None
+    ) -> SplitDecision: ...
+
+    def observe(self, obs: Observation) -> None: ...
+
+    def observe_probe(self, result: ProbeResult) -> None: ...
