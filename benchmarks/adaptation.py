@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from splitserve.benchmarks._process import stop_process
+from splitserve.benchmarks.stack import Endpoint
 from splitserve.orchestrator import (
     Observation,
     Orchestrator,
@@ -425,7 +425,7 @@ def measure_profile(
     from splitserve.edge import EdgeClient, EdgeConfig
     from splitserve.orchestrator import DeviceLatency, options_from_manifest
 
-    from .cloud import _serving
+    from .cloud import endpoint
 
     if images is None:
         images = list(load_fashion_mnist("test")[0])
@@ -435,7 +435,8 @@ def measure_profile(
     measured: list[DeviceLatency] = []
     server_ms: dict[str, float] = {}
     framing: list[int] = []
-    with _serving(Path(bundle_path), "embedded", "auto") as (target, _):
+    with endpoint(Path(bundle_path), "embedded", "auto") as server:
+        target = server.target
         for option in options_from_manifest(manifest):
             config = EdgeConfig(timeout_s=5.0, fallback=False)
             with EdgeClient(bundle_path, target, policy=option.id, config=config) as client:
@@ -718,24 +719,19 @@ class EdgeClientRunner:
 
     @contextlib.contextmanager
     def endpoint(self, lab: Netlab, profile: Profile) -> Iterator[tuple[str, int]]:
-        port = _LIVE_ENDPOINT_PORT
-        argv = [sys.executable, "-m", "splitserve.cloud", "serve", "--bundle", str(self.bundle)]
-        argv += ["--address", f"127.0.0.1:{port}", "--metrics-port", "-1", "--log-level", "WARNING"]
-        proc = lab.popen("cloud", [*argv, "--grace-s", "1"], stdout=subprocess.DEVNULL)
-        try:
-            deadline = time.monotonic() + 120.0
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"the endpoint exited with {proc.returncode} before serving")
-                with contextlib.closing(lab.socket("cloud")) as sock:
-                    if sock.connect_ex(("127.0.0.1", port)) == 0:
-                        break
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the endpoint did not listen within 120 s")
-                time.sleep(0.2)
-            yield ("127.0.0.1", port)
-        finally:
-            stop_process(proc, 30)
+        """The endpoint in the lab's cloud namespace on a fixed port, ready when its ``/readyz`` says so."""
+        server = Endpoint(
+            self.bundle,
+            address=f"127.0.0.1:{_LIVE_ENDPOINT_PORT}",
+            metrics_port=_LIVE_METRICS_PORT,
+            grace_s=1,
+            readiness="metrics",
+            startup_timeout_s=120.0,
+            launcher=lab.exec_prefix("cloud"),
+            place=lambda: lab.inside("cloud"),
+        )
+        with server:
+            yield ("127.0.0.1", server.port)
 
     def client(self, lab: Netlab, job: LiveJob) -> list[RequestRecord]:
         return self.prepare(lab, job)(job.start_s)
@@ -788,6 +784,7 @@ class EdgeClientRunner:
 
 
 _LIVE_ENDPOINT_PORT = 50051
+_LIVE_METRICS_PORT = 9464  # the lab's cloud namespace is the endpoint's alone: fixed ports are free
 
 
 def _stand_in_device(runtime: Any, profile: Profile) -> None:

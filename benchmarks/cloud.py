@@ -20,35 +20,28 @@ Writes ``<out_dir>/cloud.json`` and ``<out_dir>/cloud.png``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import platform
-import socket
-import subprocess
-import sys
-import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
 import psutil
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from splitserve.benchmarks._process import stop_process
+from splitserve.benchmarks.stack import Endpoint
 from splitserve.core import codec
 from splitserve.core.bundle import Bundle
 from splitserve.protos.v1 import inference_pb2 as pb
 from splitserve.protos.v1 import inference_pb2_grpc as pb_grpc
 
-__all__ = ["run", "sample_requests"]
+__all__ = ["endpoint", "run", "sample_requests"]
 
 CLIENTS = (1, 8, 64)
 BACKENDS = ("embedded", "triton")
 _CHANNELS = 8
-_STARTUP_TIMEOUT_S = 180.0
 
 
 def sample_requests(bundle: Bundle, split: str, level: int, n: int, seed: int = 0) -> list[pb.InferRequest]:
@@ -132,9 +125,10 @@ def run(
     runs = []
     for backend in backends:
         for mode in decode_modes:
-            with _serving(Path(bundle_path), backend, mode) as (target, process):
+            with endpoint(Path(bundle_path), backend, mode) as server:
+                process = psutil.Process(server.pid)
                 for n in clients:
-                    result = asyncio.run(_load(target, process, requests, n, duration_s, warmup_s))
+                    result = asyncio.run(_load(server.target, process, requests, n, duration_s, warmup_s))
                     result.update(backend=backend, decode_mode=mode, clients=n)
                     runs.append(result)
                     print(
@@ -176,31 +170,16 @@ def run(
     return report
 
 
-@contextlib.contextmanager
-def _serving(
-    bundle: Path, backend: str, decode_mode: str, metrics_port: int = -1
-) -> Iterator[tuple[str, psutil.Process]]:
-    """``python -m splitserve.cloud serve`` as a child process on a free loopback port, until it answers
-    health checks: (target, process). ``metrics_port`` -1 leaves the metrics port off."""
+def endpoint(bundle: Path, backend: str, decode_mode: str, metrics_port: int = -1) -> Endpoint:
+    """The endpoint these benchmarks measure (not started): ``backend`` ``embedded`` or ``triton`` (a local
+    tritonserver), ``decode_mode`` as ``--decode-mode``, 2 s grace, 60 s to stop; ``metrics_port`` -1 leaves
+    the metrics port off."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r} (one of {BACKENDS})")
-    target = f"127.0.0.1:{_free_port()}"
-    args = [sys.executable, "-m", "splitserve.cloud", "serve", "--bundle", str(bundle), "--address", target]
-    args += ["--metrics-port", str(metrics_port), "--metrics-host", "127.0.0.1"]
-    args += ["--decode-mode", decode_mode, "--log-level", "WARNING", "--grace-s", "2"]
-    if backend == "triton":
-        args += ["--triton", "local"]
-    with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            asyncio.run(_wait_serving(target, proc))
-            yield target, psutil.Process(proc.pid)
-        except RuntimeError:
-            log.seek(0)
-            print(log.read().decode(errors="replace")[-4000:], file=sys.stderr)
-            raise
-        finally:
-            stop_process(proc, 60)
+    triton = "local" if backend == "triton" else None
+    return Endpoint(
+        bundle, triton=triton, decode_mode=decode_mode, metrics_port=metrics_port, stop_timeout_s=60
+    )
 
 
 def _cpu_s(process: psutil.Process) -> float:
@@ -213,23 +192,6 @@ def _cpu_s(process: psutil.Process) -> float:
             continue
         total += t.user + t.system
     return total
-
-
-async def _wait_serving(target: str, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + _STARTUP_TIMEOUT_S
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the endpoint exited with {proc.returncode} before serving")
-            try:
-                reply = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.aio.AioRpcError:
-                pass
-            await asyncio.sleep(0.2)
-    raise RuntimeError(f"the endpoint at {target} was not serving after {_STARTUP_TIMEOUT_S:.0f} s")
 
 
 async def _load(
@@ -295,12 +257,6 @@ async def _load(
         "overhead_p50_ms": float(np.percentile(overhead, 50)),
         "overhead_share": float(overhead.sum() / s[:, 0].sum()),
     }
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _plot(report: dict[str, Any], path: Path) -> None:

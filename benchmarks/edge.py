@@ -45,9 +45,17 @@ from splitserve.core import codec
 from splitserve.core.bundle import Bundle
 from splitserve.core.datasets import load_fashion_mnist
 from splitserve.core.offload import offload_levels
-from splitserve.edge import EdgeClient, EdgeConfig, EdgeRuntime, FixedPolicy
-from splitserve.edge._runtime import load_session, png_bytes, session_options
-from splitserve.edge._transports.base import BaseTransport, StreamCall
+from splitserve.core.png import png_bytes
+from splitserve.edge import (
+    BaseTransport,
+    EdgeClient,
+    EdgeConfig,
+    EdgeRuntime,
+    FixedPolicy,
+    StreamCall,
+    load_session,
+    session_options,
+)
 from splitserve.orchestrator import DeviceLatency, Observation, Orchestrator, ServerTimings
 from splitserve.protos.v1 import inference_pb2 as pb
 

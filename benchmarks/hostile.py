@@ -47,8 +47,8 @@ import numpy as np
 import psutil
 
 from splitserve.benchmarks._machine import machine_info
-from splitserve.benchmarks._process import stop_process
-from splitserve.benchmarks.cloud import _free_port, _serving, sample_requests
+from splitserve.benchmarks.cloud import endpoint, sample_requests
+from splitserve.benchmarks.stack import free_port, stop_process
 from splitserve.core.bundle import OFFLOAD_SPLIT, Bundle
 from splitserve.core.offload import offload_levels
 from splitserve.protos.v1 import inference_pb2 as pb
@@ -77,10 +77,11 @@ def run(
         each_kind: also measure beside each hostile kind alone (before all of them together).
     """
     out.mkdir(parents=True, exist_ok=True)
-    metrics_port = _free_port()
+    metrics_port = free_port()
     spec_path = out / "hostile_spec.json"
     phases: dict[str, Any] = {}
-    with _serving(bundle_path, "embedded", "auto", metrics_port) as (target, endpoint):
+    with endpoint(bundle_path, "embedded", "auto", metrics_port) as server:
+        target, process = server.target, psutil.Process(server.pid)
         spec_path.write_text(json.dumps(
             {"target": target, "metrics_port": metrics_port, "bundle": str(bundle_path), "rate": hostile_rate,
              "stream_rate": stream_rate}
@@ -94,9 +95,9 @@ def run(
                 name = "all" if len(kinds) > 1 else kinds[0]
                 log(f"hostile ({name}): the same normal clients beside {', '.join(kinds)} for {phase_s:g} s")
                 phases[name] = _hostile_phase(kinds, spec_path, target, requests, phase_s, normal_rate)
-                if not _alive(endpoint):
+                if not _alive(process):
                     break
-            alive = _alive(endpoint)
+            alive = _alive(process)
         finally:
             spec_path.unlink(missing_ok=True)
     loaded = phases["all"]["normal"] if "all" in phases else {"p99_ms": None, "failed": None}  # the endpoint died

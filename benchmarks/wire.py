@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from splitserve.benchmarks._machine import machine_info
-from splitserve.benchmarks.cloud import _serving
+from splitserve.benchmarks.cloud import endpoint
 from splitserve.core.bundle import Bundle
 from splitserve.core.wire import WINDOW_UPDATES_BYTES, wire_options
 from splitserve.edge import EdgeClient, EdgeConfig
@@ -121,8 +121,8 @@ def run(out: Path, bundle_path: Path, *, requests: int = 200, warmup: int = 20, 
     bundle.close()
     rows: list[dict[str, Any]] = []
     pings: dict[str, dict[str, float]] = {}
-    with _serving(bundle_path, "embedded", "inline") as (target, _):
-        port = int(target.rsplit(":", 1)[1])
+    with endpoint(bundle_path, "embedded", "inline") as server:
+        target, port = server.target, server.port
         for option in options:
             policy = _policy(option.split, option.level, option.offload)
             for wire in WIRES:

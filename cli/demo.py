@@ -18,13 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -53,50 +48,19 @@ def _option_names(manifest: Any, every_level: bool = True) -> list[str]:
     return ["local", *offload, *splits]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _endpoint(bundle: Path, **options: Any) -> Any:
+    """The demo's endpoint (a :class:`~splitserve.benchmarks.stack.Endpoint`, not started): embedded tail,
+    its own process group, output on this terminal, metrics on 127.0.0.1 (``/readyz`` tells when it serves)."""
+    from splitserve.benchmarks.stack import Endpoint
 
-
-def _endpoint_argv(bundle: Path, port: int, metrics_port: int) -> list[str]:
-    return [sys.executable, "-m", "splitserve.cloud", "serve", "--bundle", str(bundle),
-            "--address", f"127.0.0.1:{port}", "--metrics-port", str(metrics_port), "--metrics-host", "127.0.0.1",
-            "--log-level", "WARNING"]
-
-
-def _wait_listening(connect: Any, port: int, proc: subprocess.Popen[Any], timeout_s: float = 120.0) -> None:
-    """Wait until ``connect()`` (a fresh socket) reaches 127.0.0.1:``port``, or the process exits."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the endpoint exited with code {proc.returncode} before it was ready")
-        with contextlib.closing(connect()) as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    raise RuntimeError(f"the endpoint was not ready within {timeout_s:.0f} s")
-
-
-def _stop(proc: subprocess.Popen[Any]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    return Endpoint(bundle, metrics_port=0, grace_s=None, readiness="metrics", startup_timeout_s=120.0,
+                    output="inherit", new_session=True, **options)
 
 
 @contextlib.contextmanager
 def _loopback_endpoint(bundle: Path) -> Iterator[str]:
-    port, metrics_port = _free_port(), _free_port()
-    proc = subprocess.Popen(_endpoint_argv(bundle, port, metrics_port), start_new_session=True)
-    try:
-        _wait_listening(socket.socket, port, proc)
-        yield f"127.0.0.1:{port}"
-    finally:
-        _stop(proc)
+    with _endpoint(bundle) as endpoint:
+        yield endpoint.target
 
 
 def _median(results: list[Any], field: str) -> float | None:
@@ -265,13 +229,13 @@ def _run_shaped(plan: dict[str, Any], rate_bps: float, rtt_ms: float) -> dict[st
     """The endpoint in the lab's cloud namespace behind tbf + delay relay; the client phase in the edge one."""
     from splitserve.benchmarks.netlab import DelayRelay, Filler, Netlab
 
-    port = 50051
     with contextlib.ExitStack() as stack, tempfile.TemporaryDirectory() as tmp:
         lab = stack.enter_context(Netlab(rate_bps=rate_bps, tag="ssvdemo"))
-        proc = lab.popen("cloud", _endpoint_argv(Path(plan["bundle"]), port, -1), start_new_session=True)
-        stack.callback(_stop, proc)
-        _wait_listening(lambda: lab.socket("cloud"), port, proc)
-        relay = stack.enter_context(DelayRelay(lab, ("127.0.0.1", port), one_way_ms=rtt_ms / 2))
+        endpoint = stack.enter_context(_endpoint(
+            Path(plan["bundle"]), address="127.0.0.1:50051", launcher=lab.exec_prefix("cloud"),
+            place=lambda: lab.inside("cloud"),
+        ))
+        relay = stack.enter_context(DelayRelay(lab, ("127.0.0.1", endpoint.port), one_way_ms=rtt_ms / 2))
         stack.enter_context(Filler(lab))
         spec, result = Path(tmp) / "plan.json", Path(tmp) / "result.json"
         spec.write_text(json.dumps({**plan, "address": f"{relay.address[0]}:{relay.address[1]}", "out": str(result)}))

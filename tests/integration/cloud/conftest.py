@@ -9,11 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import io
-import socket
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +21,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from PIL import Image
+from splitserve.benchmarks.stack import Endpoint, free_port
 from splitserve.cloud import CloudConfig, CloudServer, create_server
 from splitserve.core import codec
 from splitserve.core.bundle import OFFLOAD_SPLIT, Bundle
@@ -168,12 +165,6 @@ def assert_answers(reply: pb.InferResponse, sample: Sample) -> None:
     np.testing.assert_allclose(reply.scores, sample.scores, rtol=1e-4, atol=1e-5)
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def config(bundles: list[Path], **overrides: Any) -> CloudConfig:
     """A loopback test configuration: free ports, inline decoding, short drain."""
     values: dict[str, Any] = {
@@ -185,64 +176,6 @@ def config(bundles: list[Path], **overrides: Any) -> CloudConfig:
     }
     values.update(overrides)
     return CloudConfig(**values)
-
-
-class ServerProcess:
-    """``python -m splitserve.cloud serve`` as a child process (for signals, memory and liveness)."""
-
-    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
-        self.metrics_port = free_port()
-        self.target = f"127.0.0.1:{self.port}"
-        cmd = [
-            sys.executable,
-            "-m",
-            "splitserve.cloud",
-            "serve",
-            "--address",
-            self.target,
-            "--metrics-host",
-            "127.0.0.1",
-            "--metrics-port",
-            str(self.metrics_port),
-            "--log-level",
-            "WARNING",
-            *args,
-        ]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-
-    def wait_ready(self, timeout_s: float = 120.0) -> None:
-        import urllib.error
-        import urllib.request
-
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited with {self.proc.returncode}: {self.output()}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/readyz", timeout=1) as r:
-                    if r.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"server not ready after {timeout_s} s")
-
-    def output(self) -> str:
-        if self.proc.poll() is None:
-            return ""
-        return self.proc.stdout.read().decode(errors="replace") if self.proc.stdout else ""
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc.stdout:
-            self.proc.stdout.close()
 
 
 @pytest.fixture(scope="session")
@@ -282,18 +215,22 @@ def start_server() -> Iterator[Callable[[CloudConfig], ServerThread]]:
 
 
 @pytest.fixture
-def start_process() -> Iterator[Callable[..., ServerProcess]]:
-    """Factory of endpoint processes; each is terminated (and reaped) at the end of the test."""
-    started: list[ServerProcess] = []
+def start_process() -> Iterator[Callable[..., Endpoint]]:
+    """Factory of endpoint processes (``python -m splitserve.cloud serve ARGS`` on free loopback ports, the
+    metrics port included), started but not waited for (:meth:`Endpoint.wait_ready` waits for ``/readyz``);
+    each is terminated (and reaped) at the end of the test."""
+    started: list[Endpoint] = []
 
-    def start(args: list[str], env: dict[str, str] | None = None) -> ServerProcess:
-        proc = ServerProcess(args, env)
-        started.append(proc)
-        return proc
+    def start(args: list[str], env: dict[str, str] | None = None) -> Endpoint:
+        endpoint = Endpoint(
+            extra_args=args, env=env, metrics_port=0, grace_s=None, readiness="metrics", startup_timeout_s=120.0
+        )
+        started.append(endpoint)
+        return endpoint.start(wait=False)
 
     yield start
-    for proc in started:
-        proc.stop()
+    for endpoint in started:
+        endpoint.stop()
 
 
 @pytest.fixture(scope="session")

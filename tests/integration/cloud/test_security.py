@@ -2,69 +2,24 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from splitserve.benchmarks.stack import make_pki
 from splitserve.protos.v1 import inference_pb2 as pb
 from splitserve.protos.v1 import inference_pb2_grpc as pb_grpc
 
 TOKENS = ("s3cret-edge-token", "second-token")
 
 
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
-def _issue(ca: str, name: str, cwd: Path) -> None:
-    """A P-256 key and a certificate for 127.0.0.1 / localhost signed by ``ca``."""
-    _openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", f"{name}.key", cwd=cwd)
-    _openssl("req", "-new", "-key", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=cwd)
-    (cwd / f"{name}.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    _openssl(
-        "x509",
-        "-req",
-        "-in",
-        f"{name}.csr",
-        "-CA",
-        f"{ca}.pem",
-        "-CAkey",
-        f"{ca}.key",
-        "-CAcreateserial",
-        "-out",
-        f"{name}.pem",
-        "-days",
-        "2",
-        "-extfile",
-        f"{name}.ext",
-        cwd=cwd,
-    )
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory) -> Path:
+    """A CA with a server and a client certificate for 127.0.0.1 / localhost, and a rogue CA's client."""
     d = tmp_path_factory.mktemp("pki")
-    for ca in ("ca", "rogue-ca"):
-        _openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", f"{ca}.key", cwd=d)
-        _openssl(
-            "req",
-            "-x509",
-            "-new",
-            "-key",
-            f"{ca}.key",
-            "-out",
-            f"{ca}.pem",
-            "-days",
-            "2",
-            "-subj",
-            f"/CN={ca}",
-            cwd=d,
-        )
-    _issue("ca", "server", d)
-    _issue("ca", "client", d)
-    _issue("rogue-ca", "rogue-client", d)
+    make_pki(d, ("server", "client"), hosts=("localhost",))
+    make_pki(d, ("rogue-client",), hosts=("localhost",), ca="rogue-ca")
     return d
 
 

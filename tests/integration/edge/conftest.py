@@ -2,33 +2,26 @@
 
 - :class:`EndpointThread`: ``splitserve.cloud.create_server`` on its own event loop (embedded ONNX Runtime
   tails, or a local ``tritonserver``);
-- :class:`EndpointProcess`: ``python -m splitserve.cloud serve`` in its own process group, so a test can
-  SIGKILL it (and everything it started) mid-stream, and start it again on the same port.
+- :class:`EndpointProcess`: ``python -m splitserve.cloud serve`` (the stack harness's
+  :class:`~splitserve.benchmarks.stack.Endpoint`) in its own process group, so a test can SIGKILL it (and
+  everything it started) mid-stream, and start it again on the same port.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
-import grpc
 import numpy as np
 import pytest
 
+from splitserve.benchmarks.stack import Endpoint
 from splitserve.cloud import CloudConfig, create_server
 from splitserve.core.bundle import Bundle
 from splitserve.core.datasets import load_fashion_mnist
-from splitserve.protos.v1 import inference_pb2 as pb
-from splitserve.protos.v1 import inference_pb2_grpc as pb_grpc
 
 _T = TypeVar("_T")
 _SHM = Path("/dev/shm")
@@ -51,32 +44,6 @@ def _mapped_triton_shm_regions() -> set[str]:
             if _TRITON_SHM in line:
                 mapped.add(line.rsplit("/", 1)[-1].split()[0])
     return mapped
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_serving(
-    target: str, timeout_s: float = 120.0, credentials: grpc.ChannelCredentials | None = None
-) -> None:
-    """Poll ``ListModels`` until the endpoint answers (any answer, even UNAUTHENTICATED, means it is up)."""
-    deadline = time.monotonic() + timeout_s
-    channel = grpc.secure_channel(target, credentials) if credentials else grpc.insecure_channel(target)
-    with channel:
-        stub = pb_grpc.SplitInferenceStub(channel)
-        while True:
-            try:
-                stub.ListModels(pb.ListModelsRequest(), timeout=1.0)
-                return
-            except grpc.RpcError as exc:
-                if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
-                    return
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"endpoint {target} not serving after {timeout_s} s: {exc}") from exc
-            time.sleep(0.1)
 
 
 class EndpointThread:
@@ -106,59 +73,25 @@ class EndpointThread:
         self.loop.close()
 
 
-class EndpointProcess:
-    """``python -m splitserve.cloud serve`` in a new process group on a fixed loopback port."""
+class EndpointProcess(Endpoint):
+    """An :class:`Endpoint` in its own process group on a fixed loopback port: a test may SIGKILL it (and
+    everything it started) mid-stream and start it again on the same port."""
 
-    def __init__(self, bundle: Path, port: int | None = None) -> None:
-        self.bundle = bundle
-        self.args: list[str] = []
+    def __init__(self, bundle: Path) -> None:
+        super().__init__(bundle, grace_s=0, new_session=True, startup_timeout_s=120.0)
         self._shm_before: set[str] = set()
-        self.port = port or free_port()
-        self.target = f"127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> EndpointProcess:
+    def start(self, *, wait: bool = True) -> Self:
         self._shm_before = _triton_shm_regions()
-        cmd = [
-            sys.executable,
-            "-m",
-            "splitserve.cloud",
-            "serve",
-            "--bundle",
-            str(self.bundle),
-            "--address",
-            self.target,
-            "--metrics-port",
-            "-1",
-            "--log-level",
-            "WARNING",
-            "--grace-s",
-            "0",
-            *self.args,
-        ]
-        self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-        )
-        try:
-            wait_serving(self.target)
-        except AssertionError:
-            self.kill()
-            raise
-        return self
+        return super().start(wait=wait)
 
     def kill(self) -> None:
         """SIGKILL the endpoint and everything it started (its process group), then reap it."""
-        if self.proc is not None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.proc.wait(30)
-            self.proc = None
-            # A killed tritonserver leaves its python-backend shared memory behind: remove what this
-            # endpoint created (new since its start, and mapped by no live process).
-            for name in _triton_shm_regions() - self._shm_before - _mapped_triton_shm_regions():
-                (_SHM / name).unlink(missing_ok=True)
+        super().kill()
+        # A killed tritonserver leaves its python-backend shared memory behind: remove what this
+        # endpoint created (new since its start, and mapped by no live process).
+        for name in _triton_shm_regions() - self._shm_before - _mapped_triton_shm_regions():
+            (_SHM / name).unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="session")

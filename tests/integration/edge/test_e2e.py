@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from splitserve.benchmarks.stack import make_pki
 from splitserve.benchmarks.wire import measure_bytes
 from splitserve.core.bundle import Bundle
 from splitserve.core.errors import AuthenticationError
@@ -88,7 +88,7 @@ def test_killing_the_endpoint_mid_stream_loses_no_input(
     images = eval_set[0][:300]
     kill_at, window = 100, 8
     if backend == "triton":
-        endpoint_process.args = ["--triton", "local"]
+        endpoint_process.triton = "local"
     endpoint_process.start()
     config = EdgeConfig(timeout_s=2.0, breaker_failures=3, breaker_reset_s=0.5, reconnect_max_s=0.5)
 
@@ -158,52 +158,10 @@ def test_bearer_token(start_endpoint, tmp_path: Path, bundle: Bundle, eval_set: 
             c.infer(image)
 
 
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A throwaway CA with a server certificate for 127.0.0.1 and a client certificate."""
-    d = tmp_path_factory.mktemp("pki")
-    _openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "ca.key", cwd=d)
-    _openssl(
-        "req",
-        "-x509",
-        "-new",
-        "-key",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=edge-test-ca",
-        cwd=d,
-    )
-    (d / "ext").write_text("subjectAltName=IP:127.0.0.1,DNS:cloud.test\n")
-    for name in ("server", "client"):
-        _openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", f"{name}.key", cwd=d)
-        _openssl("req", "-new", "-key", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=d)
-        _openssl(
-            "x509",
-            "-req",
-            "-in",
-            f"{name}.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            f"{name}.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "ext",
-            cwd=d,
-        )
-    return d
+    """A throwaway CA with a server certificate for 127.0.0.1 and cloud.test, and a client certificate."""
+    return make_pki(tmp_path_factory.mktemp("pki"), hosts=("cloud.test",)).directory
 
 
 def test_mutual_tls_with_token(start_endpoint, pki: Path, bundle: Bundle, eval_set: tuple) -> None:  # noqa: ANN001
