@@ -57,14 +57,11 @@ import math
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 import uuid
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterator
@@ -74,14 +71,14 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
-from splitserve.benchmarks._process import stop_process
+from splitserve.benchmarks.stack import SERVER_NAME, Endpoint, free_port, http_get, make_pki
+from splitserve.benchmarks.stack import stop_process, wait_until
 from splitserve.core.bundle import OFFLOAD_SPLIT, Bundle
 from splitserve.core.errors import SplitServeError
 from splitserve.protos.v1 import inference_pb2 as pb
 
 __all__ = ["SoakConfig", "check", "run", "run_soak"]
 
-SERVER_NAME = "splitserve.test"
 # Unary statuses that only the servicer produces: the endpoint counted the request with that status.
 _DEFINITE = frozenset({"INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION", "RESOURCE_EXHAUSTED"})
 _PROMETHEUS = "/usr/bin/prometheus"
@@ -142,81 +139,6 @@ def _die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
-_HANDED_OUT: set[int] = set()
-
-
-def _free_port() -> int:
-    """A free loopback port, never one this process handed out before: the kernel can give the same
-    ephemeral port to two binds in a row once the first socket is closed (a CI run got both endpoint
-    incarnations on one metrics port, and Prometheus counted the second one's requests twice)."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port not in _HANDED_OUT:
-            _HANDED_OUT.add(port)
-            return port
-
-
-def _http_get(url: str, timeout_s: float = 5.0) -> tuple[int, str]:
-    """GET ``url``: (status, body); status 0 when nothing listens (yet)."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-    except (urllib.error.URLError, OSError) as exc:
-        return 0, str(exc)
-
-
-def _wait(
-    what: str, ok: Callable[[], bool], timeout_s: float, alive: Callable[[], bool] = lambda: True
-) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not ok():
-        if not alive():
-            raise RuntimeError(f"{what}: the process exited")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{what}: not within {timeout_s:.0f} s")
-        time.sleep(0.2)
-
-
-def make_pki(directory: Path) -> tuple[Path, Path, Path]:
-    """A throwaway CA and a server certificate for ``splitserve.test`` and 127.0.0.1 (openssl).
-
-    Returns:
-        (CA certificate, server certificate, server key) paths.
-    """
-    directory.mkdir(parents=True, exist_ok=True)
-
-    def openssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True, timeout=60)
-
-    openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "ca.key")
-    openssl("req", "-x509", "-new", "-key", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=soak-ca")
-    (directory / "ext").write_text(f"subjectAltName=DNS:{SERVER_NAME},IP:127.0.0.1\n")
-    openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "server.key")
-    openssl("req", "-new", "-key", "server.key", "-out", "server.csr", "-subj", f"/CN={SERVER_NAME}")
-    openssl(
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "ext",
-    )
-    return directory / "ca.pem", directory / "server.pem", directory / "server.key"
-
-
 def _quantile_ms(values: list[float], q: float) -> float | None:
     return round(float(np.quantile(values, q)), 2) if values else None
 
@@ -228,8 +150,7 @@ def _quantile_ms(values: list[float], q: float) -> float | None:
 
 def _counting_transport(inner: Any) -> Any:
     """``inner`` (a ``GrpcTransport``) wrapped to count every request that leaves, by its wire outcome."""
-    from splitserve.edge import BaseTransport
-    from splitserve.edge._transports.base import StreamCall, status_name
+    from splitserve.edge import BaseTransport, StreamCall, status_name
 
     class CountingTransport(BaseTransport):
         def __init__(self) -> None:
@@ -325,8 +246,6 @@ def _client_main(config_path: str) -> None:
             images, labels = saved["images"], saved["labels"]
     else:
         images, labels = load_fashion_mnist("test")
-    n_eval = min(int(cfg["eval_size"]), len(images))
-    rng = np.random.default_rng(cfg["seed"])
     econf = EdgeConfig(timeout_s=cfg["timeout_s"], max_inflight=4)
     creds = Credentials(
         token=cfg["token"], tls=True, root_certificates=Path(cfg["ca"]).read_bytes(), server_name=SERVER_NAME
@@ -351,29 +270,49 @@ def _client_main(config_path: str) -> None:
     threading.Thread(target=control, daemon=True).start()
     print("ready", flush=True)
     go.wait()
-    period = 1.0 / cfg["rate_hz"]
-    issued: deque[tuple[int, int, float]] = deque()
-    seq = [0]
-    errors = 0
-    out = open(cfg["results"], "w", buffering=1)  # noqa: SIM115 - closed below
+    with open(cfg["results"], "w", buffering=1) as out:
+        paced = _PacedInputs(cfg, images, labels, stop, out)
+        with client:
+            errors = paced.stream(client) if cfg["mode"] == "stream" else paced.unary(client)
+        summary = {  # after the client closed: a stream's unanswered inputs are counted then
+            "issued": paced.seq,
+            "errors": errors,
+            "counts": {k: dict(v) for k, v in transport.counts.items()},
+        }
+        out.write(json.dumps({"summary": summary}) + "\n")
 
-    def frames() -> Iterator[np.ndarray]:
+
+class _PacedInputs:
+    """A client's inputs at ``rate_hz`` until ``stop``, drawn from the first ``eval_size`` images, and its
+    results: one JSON line each in ``out`` (an input without a result is written as lost)."""
+
+    def __init__(
+        self, cfg: dict[str, Any], images: np.ndarray, labels: np.ndarray, stop: threading.Event, out: IO[str]
+    ) -> None:
+        self.images, self.labels, self.stop, self.out = images, labels, stop, out
+        self.n_eval = min(int(cfg["eval_size"]), len(images))
+        self.rng = np.random.default_rng(cfg["seed"])
+        self.period = 1.0 / cfg["rate_hz"]
+        self.issued: deque[tuple[int, int, float]] = deque()
+        self.seq = 0
+
+    def frames(self) -> Iterator[np.ndarray]:
         due = time.monotonic()
-        while not stop.is_set():
-            due = max(due + period, time.monotonic())
-            if stop.wait(max(due - time.monotonic(), 0.0)):
+        while not self.stop.is_set():
+            due = max(due + self.period, time.monotonic())
+            if self.stop.wait(max(due - time.monotonic(), 0.0)):
                 return
-            img = int(rng.integers(n_eval))
-            issued.append((seq[0], img, time.monotonic()))
-            seq[0] += 1
-            yield images[img]
+            img = int(self.rng.integers(self.n_eval))
+            self.issued.append((self.seq, img, time.monotonic()))
+            self.seq += 1
+            yield self.images[img]
 
-    def record(result: Any) -> None:
-        i, img, t0 = issued.popleft()
+    def record(self, result: Any) -> None:
+        i, img, t0 = self.issued.popleft()
         line = {
             "i": i,
             "img": img,
-            "label": int(labels[img]),
+            "label": int(self.labels[img]),
             "top1": result.top1,
             "computed": result.computed,
             "chosen": result.chosen,
@@ -384,33 +323,34 @@ def _client_main(config_path: str) -> None:
             "t": round(time.time(), 3),
             "reason": (result.fallback_reason or "")[:80] or None,
         }
-        out.write(json.dumps(line) + "\n")
+        self.out.write(json.dumps(line) + "\n")
 
-    with client:
-        if cfg["mode"] == "stream":
-            while not stop.is_set():
-                try:
-                    for result in client.stream(frames()):
-                        record(result)
-                except Exception as exc:  # noqa: BLE001 - an input without a result: reported as lost
-                    errors += len(issued)
-                    out.write(json.dumps({"error": repr(exc)[:300], "lost": len(issued)}) + "\n")
-                    issued.clear()
-        else:
-            for frame in frames():
-                try:
-                    record(client.infer(frame))
-                except Exception as exc:  # noqa: BLE001
-                    errors += 1
-                    issued.clear()
-                    out.write(json.dumps({"error": repr(exc)[:300], "lost": 1}) + "\n")
-    summary = {
-        "issued": seq[0],
-        "errors": errors,
-        "counts": {k: dict(v) for k, v in transport.counts.items()},
-    }
-    out.write(json.dumps({"summary": summary}) + "\n")
-    out.close()
+    def lost(self, exc: Exception, n: int) -> None:
+        self.out.write(json.dumps({"error": repr(exc)[:300], "lost": n}) + "\n")
+        self.issued.clear()
+
+    def stream(self, client: Any) -> int:
+        """``client.stream`` over the paced inputs (a new stream after one breaks); the inputs lost."""
+        errors = 0
+        while not self.stop.is_set():
+            try:
+                for result in client.stream(self.frames()):
+                    self.record(result)
+            except Exception as exc:  # noqa: BLE001 - an input without a result: reported as lost
+                errors += len(self.issued)
+                self.lost(exc, len(self.issued))
+        return errors
+
+    def unary(self, client: Any) -> int:
+        """``client.infer`` for each paced input; the inputs lost."""
+        errors = 0
+        for frame in self.frames():
+            try:
+                self.record(client.infer(frame))
+            except Exception as exc:  # noqa: BLE001
+                errors += 1
+                self.lost(exc, 1)
+        return errors
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -605,7 +545,7 @@ class _Stack:
 
     def get(self, url: str) -> tuple[int, str]:
         with self.cloud():
-            return _http_get(url)
+            return http_get(url)
 
     # -- processes ------------------------------------------------------------------------------------
 
@@ -705,10 +645,12 @@ def _stage_triton_repository(bundle: Path, repository: Path) -> list[str]:
 
 
 class _Endpoint:
-    """The cloud endpoint's incarnations: same gRPC port, a metrics port each."""
+    """The cloud endpoint's incarnations (:class:`~splitserve.benchmarks.stack.Endpoint`, started through
+    the stack so it is sampled and marked): same gRPC port, a metrics port each."""
 
-    def __init__(self, stack: _Stack, args: list[str], grpc_port: int, metrics_ports: list[int]) -> None:
-        self.stack, self.args, self.grpc_port, self.metrics_ports = stack, args, grpc_port, metrics_ports
+    def __init__(self, stack: _Stack, grpc_port: int, metrics_ports: list[int], **options: Any) -> None:
+        self.stack, self.grpc_port, self.metrics_ports = stack, grpc_port, metrics_ports
+        self.options = options
         self.incarnations: list[_Proc] = []
         self.final_metrics: list[str] = []
 
@@ -717,34 +659,22 @@ class _Endpoint:
         return self.incarnations[-1]
 
     def start(self) -> None:
-        n = len(self.incarnations)
-        port = self.metrics_ports[n]
-        address = f"{'0.0.0.0' if self.stack.lab is not None else '127.0.0.1'}:{self.grpc_port}"
-        proc = self.stack.spawn(
-            f"endpoint-{n + 1}",
-            [
-                sys.executable,
-                "-m",
-                "splitserve.cloud",
-                "serve",
-                "--address",
-                address,
-                "--metrics-host",
-                "127.0.0.1",
-                "--metrics-port",
-                str(port),
-                *self.args,
-            ],
-            log=f"endpoint-{n + 1}.log",
-        )
-        self.incarnations.append(proc)
-        _wait(
-            f"endpoint {n + 1} ready",
-            lambda: self.stack.get(f"http://127.0.0.1:{port}/readyz")[0] == 200,
-            180,
-            lambda: proc.popen.poll() is None,
-        )
-        self.stack.event("endpoint ready", incarnation=n + 1, pid=proc.pid)
+        n = len(self.incarnations) + 1
+
+        def spawn(argv: list[str]) -> subprocess.Popen[Any]:
+            self.incarnations.append(self.stack.spawn(f"endpoint-{n}", argv, log=f"endpoint-{n}.log"))
+            return self.current.popen
+
+        host = "0.0.0.0" if self.stack.lab is not None else "127.0.0.1"
+        Endpoint(
+            address=f"{host}:{self.grpc_port}",
+            metrics_port=self.metrics_ports[n - 1],
+            readiness="metrics",
+            place=self.stack.cloud,
+            spawn=spawn,
+            **self.options,
+        ).start()
+        self.stack.event("endpoint ready", incarnation=n, pid=self.current.pid)
 
     def stop(self) -> None:
         """SIGTERM; while it drains and lingers, keep its last ``/metrics`` (its final counts)."""
@@ -785,132 +715,109 @@ def _query(stack: _Stack, base: str, expr: str) -> list[dict[str, Any]]:
     return list(json.loads(body)["data"]["result"])
 
 
-def run_soak(
-    cfg: SoakConfig, bundle_path: Path, workdir: Path, log: Callable[[str], None] = print
-) -> dict[str, Any]:
-    """Start the stack, drive it with clients and faults for ``cfg.duration_s``, stop it; return the report.
+class _Soak:
+    """One run's parts in the order :func:`run_soak` uses them: ports, PKI and tokens (made here), then
+    Triton, Prometheus, the endpoint and the clients started, driven through the faults, and read back."""
 
-    Raises:
-        RuntimeError: a part of the stack did not start.
-    """
-    from splitserve.cloud._triton import LocalTriton
-
-    from .netlab import Netlab, TraceFollower, unavailable_reason
-
-    workdir.mkdir(parents=True, exist_ok=True)
-    reason = unavailable_reason()
-    shaped = cfg.shaped if cfg.shaped is not None else reason is None
-    if shaped and reason is not None:
-        raise RuntimeError(f"a shaped run needs the network lab: {reason}")
-    if not Path(_PROMETHEUS).is_file():
-        raise RuntimeError(f"{_PROMETHEUS} is missing: apt-get install -y prometheus")
-    bundle = Bundle.open(bundle_path)
-    manifest = bundle.manifest
-    bundle.close()
-    stack = _Stack(cfg, bundle_path, workdir)
-    report: dict[str, Any] = {"shaped": shaped, "unshaped_reason": None if shaped else reason}
-    old_mark = os.environ.get(_MARK)
-    os.environ[_MARK] = stack.run_id  # tritonserver (started by LocalTriton) and its stubs inherit it
-    try:
-        if shaped:
-            stack.lab = Netlab(rate_bps=_TRACE_BPS[0], tag="ssk").__enter__()
+    def __init__(self, stack: _Stack, manifest: Any) -> None:
+        cfg, workdir = stack.cfg, stack.workdir
+        self.stack, self.cfg, self.workdir, self.manifest = stack, cfg, workdir, manifest
         with stack.cloud():
-            triton_ports = (_free_port(), _free_port(), _free_port())
-            grpc_port, prom_port = _free_port(), _free_port()
-            metrics_ports = [_free_port(), _free_port()]
-        ca, cert, key = make_pki(workdir / "pki")
-        tokens = [f"edge-{i}-{uuid.uuid4().hex}" for i in range(cfg.clients)] + [f"bad-{uuid.uuid4().hex}"]
-        (workdir / "tokens").write_text("\n".join(tokens) + "\n")
-
-        # Triton: a stand-alone server on fixed ports with every model loaded at start
-        stack.triton = LocalTriton(
-            workdir / "triton", ports=triton_ports, load_all=True, launcher=stack.exec_prefix("cloud")
+            self.triton_ports = (free_port(), free_port(), free_port())
+            self.grpc_port, prom_port = free_port(), free_port()
+            metrics_ports = [free_port(), free_port()]
+        self.pki = make_pki(workdir / "pki", ("server",))
+        self.tokens = [f"edge-{i}-{uuid.uuid4().hex}" for i in range(cfg.clients)]
+        self.tokens.append(f"bad-{uuid.uuid4().hex}")
+        (workdir / "tokens").write_text("\n".join(self.tokens) + "\n")
+        self.prom_base = f"http://127.0.0.1:{prom_port}"
+        self.endpoint = _Endpoint(
+            stack,
+            self.grpc_port,
+            metrics_ports,
+            bundles=stack.bundle,
+            triton=f"127.0.0.1:{self.triton_ports[0]}",
+            tls=self.pki,
+            tokens_file=workdir / "tokens",
+            grace_s=2,
+            extra_args=["--metrics-linger-s", str(3 * cfg.scrape_s)],
         )
-        models = _stage_triton_repository(bundle_path, stack.triton.repository)
-        triton_ready = f"http://127.0.0.1:{triton_ports[1]}/v2/health/ready"
+        self.clients: list[tuple[_Proc, dict[str, Any]]] = []
+        self.start_s = 0.0
 
-        def start_triton() -> None:
-            stack.triton.start()
-            with stack._lock:
-                stack.tracked.append(
-                    _Tracked(f"tritonserver-{len(stack.tracked) + 1}", stack.triton.pid, stack.now())
-                )
-            _wait(
-                "tritonserver ready",
-                lambda: stack.get(triton_ready)[0] == 200,
-                180,
-                lambda: stack.triton.running,
+    # -- starting -------------------------------------------------------------------------------------
+
+    def start_triton(self) -> list[str]:
+        """A stand-alone tritonserver on fixed ports with every model loaded at start; its model names."""
+        from splitserve.cloud import LocalTriton
+
+        stack = self.stack
+        stack.triton = LocalTriton(
+            self.workdir / "triton",
+            ports=self.triton_ports,
+            load_all=True,
+            launcher=stack.exec_prefix("cloud"),
+        )
+        models = _stage_triton_repository(stack.bundle, stack.triton.repository)
+        self.restart_triton()
+        return models
+
+    def restart_triton(self) -> None:
+        """Start tritonserver (again, on the same ports) and wait until it is ready."""
+        stack = self.stack
+        stack.triton.start()
+        with stack._lock:
+            stack.tracked.append(
+                _Tracked(f"tritonserver-{len(stack.tracked) + 1}", stack.triton.pid, stack.now())
             )
-            stack.event("triton ready", pid=stack.triton.pid)
+        ready = f"http://127.0.0.1:{self.triton_ports[1]}/v2/health/ready"
+        wait_until(
+            "tritonserver ready", lambda: stack.get(ready)[0] == 200, 180, lambda: stack.triton.running
+        )
+        stack.event("triton ready", pid=stack.triton.pid)
 
-        start_triton()
-        report["triton_models"] = models
-
-        # Prometheus scrapes both endpoint incarnations (one is down at any time) and Triton
-        prom_cfg = workdir / "prometheus.yml"
+    def start_prometheus(self) -> None:
+        """Prometheus scraping both endpoint incarnations (one is down at any time) and Triton."""
+        prom_cfg = self.workdir / "prometheus.yml"
+        scrape_ms = int(self.cfg.scrape_s * 1000)
         prom_cfg.write_text(
-            f"global:\n  scrape_interval: {int(cfg.scrape_s * 1000)}ms\n  scrape_timeout: {int(cfg.scrape_s * 1000)}ms\n"
+            f"global:\n  scrape_interval: {scrape_ms}ms\n  scrape_timeout: {scrape_ms}ms\n"
             "scrape_configs:\n  - job_name: splitserve\n    static_configs:\n"
             + "".join(
                 f"      - targets: ['127.0.0.1:{p}']\n        labels: {{incarnation: '{i + 1}'}}\n"
-                for i, p in enumerate(metrics_ports)
+                for i, p in enumerate(self.endpoint.metrics_ports)
             )
-            + f"  - job_name: triton\n    static_configs:\n      - targets: ['127.0.0.1:{triton_ports[2]}']\n"
+            + f"  - job_name: triton\n    static_configs:\n      - targets: ['127.0.0.1:{self.triton_ports[2]}']\n"
         )
-        prom_base = f"http://127.0.0.1:{prom_port}"
-        prom = stack.spawn(
+        prom = self.stack.spawn(
             "prometheus",
             [
                 _PROMETHEUS,
                 f"--config.file={prom_cfg}",
-                f"--web.listen-address=127.0.0.1:{prom_port}",
-                f"--storage.tsdb.path={workdir / 'tsdb'}",
+                f"--web.listen-address={self.prom_base.removeprefix('http://')}",
+                f"--storage.tsdb.path={self.workdir / 'tsdb'}",
             ],
             log="prometheus.log",
         )
-        _wait(
-            "prometheus ready",
-            lambda: stack.get(f"{prom_base}/-/ready")[0] == 200,
-            60,
-            lambda: prom.popen.poll() is None,
+        ready = f"{self.prom_base}/-/ready"
+        wait_until(
+            "prometheus ready", lambda: self.stack.get(ready)[0] == 200, 60, lambda: prom.popen.poll() is None
         )
 
-        endpoint = _Endpoint(
-            stack,
-            [
-                "--bundle",
-                str(bundle_path),
-                "--triton",
-                f"127.0.0.1:{triton_ports[0]}",
-                "--tls-cert",
-                str(cert),
-                "--tls-key",
-                str(key),
-                "--tokens-file",
-                str(workdir / "tokens"),
-                "--grace-s",
-                "2",
-                "--metrics-linger-s",
-                str(3 * cfg.scrape_s),
-                "--log-level",
-                "WARNING",
-            ],
-            grpc_port,
-            metrics_ports,
+    def start_clients(self) -> None:
+        """The edge client processes (in the edge namespace, each with its own token), until each is ready."""
+        manifest, workdir, cfg = self.manifest, self.workdir, self.cfg
+        inputs = (
+            _photo_inputs(self.stack.bundle, workdir) if tuple(manifest.input_shape) != (1, 28, 28) else None
         )
-        endpoint.start()
-
-        # edge clients: processes in the edge namespace, each with its own token
-        inputs = _photo_inputs(bundle_path, workdir) if tuple(manifest.input_shape) != (1, 28, 28) else None
-        clients = []
         fixed = [f"{sp.name}@{lv.level}" for sp in manifest.splits for lv in sp.levels]
         for i in range(cfg.clients):
             policy = ("max_accuracy", fixed[(i // 3) % len(fixed)], "min_latency")[i % 3]
             conf = {
-                "endpoint": f"{stack.cloud_host}:{grpc_port}",
-                "bundle": str(bundle_path),
-                "ca": str(ca),
-                "token": tokens[i],
+                "endpoint": f"{self.stack.cloud_host}:{self.grpc_port}",
+                "bundle": str(self.stack.bundle),
+                "ca": str(self.pki.ca),
+                "token": self.tokens[i],
                 "seed": cfg.seed * 1000 + i,
                 "rate_hz": cfg.rate_hz,
                 "timeout_s": cfg.timeout_s,
@@ -922,7 +829,7 @@ def run_soak(
             }
             path = workdir / f"client-{i}.json"
             path.write_text(json.dumps(conf))
-            proc = stack.spawn(
+            proc = self.stack.spawn(
                 f"client-{i}",
                 [sys.executable, "-m", "splitserve.benchmarks.soak", "client", str(path)],
                 side="edge",
@@ -931,54 +838,88 @@ def run_soak(
                 stdout=subprocess.PIPE,
                 text=True,
             )
-            clients.append((proc, conf))
-        for proc, _ in clients:
+            self.clients.append((proc, conf))
+        for proc, _ in self.clients:
             line = proc.popen.stdout.readline() if proc.popen.stdout else ""
             if line.strip() != "ready":
                 raise RuntimeError(f"{proc.role} did not start (see {workdir / (proc.role + '.log')})")
+
+    # -- driving --------------------------------------------------------------------------------------
+
+    def drive(self, log: Callable[[str], None]) -> dict[str, Any]:
+        """Sampler and trace on, clients go, the three faults at their times, clients and endpoint stopped.
+
+        Returns:
+            the report's ``trace`` (when shaped).
+        """
+        stack, cfg = self.stack, self.cfg
         stack.start_sampler()
+        report: dict[str, Any] = {}
         if stack.lab is not None:
             from splitserve.orchestrator.traces import step_trace
 
+            from .netlab import TraceFollower
+
             steps = math.ceil(cfg.duration_s / cfg.hold_s) + 2
-            trace = step_trace(
-                levels_bps=tuple(_TRACE_BPS[k % len(_TRACE_BPS)] for k in range(steps)), hold_s=cfg.hold_s
-            )
-            stack.follower = TraceFollower(stack.lab, trace).__enter__()
+            levels = tuple(_TRACE_BPS[k % len(_TRACE_BPS)] for k in range(steps))
+            stack.follower = TraceFollower(
+                stack.lab, step_trace(levels_bps=levels, hold_s=cfg.hold_s)
+            ).__enter__()
             report["trace"] = {"levels_bps": list(_TRACE_BPS), "hold_s": cfg.hold_s}
-        start = time.monotonic()
-        for proc, _ in clients:
+        self.start_s = time.monotonic()
+        for proc, _ in self.clients:
             assert proc.popen.stdin is not None
             proc.popen.stdin.write("go\n")
             proc.popen.stdin.flush()
         stack.event("clients go", clients=cfg.clients)
-        log(f"soak: {cfg.clients} clients running for {cfg.duration_s:.0f} s (shaped: {shaped})")
+        log(
+            f"soak: {cfg.clients} clients running for {cfg.duration_s:.0f} s (shaped: {stack.lab is not None})"
+        )
+        self.kill_triton(log)
+        self.bad_burst()
+        self.at(cfg.endpoint_restart_at)  # fault 3: drain, linger, a new process on the same gRPC port
+        self.endpoint.stop()
+        self.endpoint.start()
+        log(f"soak: endpoint restarted at {stack.now():.0f} s")
+        self.at(1.0)
+        self.stop_clients()
+        if stack.follower is not None:
+            stack.follower.__exit__(None, None, None)
+            stack.follower = None
+            report["trace"]["tc_commands"] = stack.lab.commands
+        self.endpoint.stop()
+        return report
 
-        def at(fraction: float) -> None:
-            time.sleep(max(start + fraction * cfg.duration_s - time.monotonic(), 0.0))
+    def at(self, fraction: float) -> None:
+        """Sleep until ``fraction`` of the run has passed."""
+        time.sleep(max(self.start_s + fraction * self.cfg.duration_s - time.monotonic(), 0.0))
 
-        # fault 1: Triton SIGKILLed, restarted on the same ports
-        at(cfg.triton_kill_at)
+    def kill_triton(self, log: Callable[[str], None]) -> None:
+        """Fault 1: Triton SIGKILLed, restarted on the same ports."""
+        stack = self.stack
+        self.at(self.cfg.triton_kill_at)
         killed = stack.triton.pid
         os.kill(killed, signal.SIGKILL)
         stack.tracked[-1].stopped_s = stack.now()
         stack.event("triton SIGKILL", pid=killed)
         stack.triton.stop()  # reaps it, kills its orphaned python-backend stubs
-        time.sleep(cfg.triton_down_s)
-        start_triton()
+        time.sleep(self.cfg.triton_down_s)
+        self.restart_triton()
         log(f"soak: triton killed and restarted at {stack.now():.0f} s")
 
-        # fault 2: the bad client's burst (from the cloud side, unshaped: the oversized request is 4 MiB)
-        at(cfg.burst_at)
+    def bad_burst(self) -> None:
+        """Fault 2: the bad client's burst (from the cloud side, unshaped: the oversized request is 4 MiB)."""
+        stack, workdir = self.stack, self.workdir
+        self.at(self.cfg.burst_at)
         bad_conf = workdir / "bad.json"
         bad_conf.write_text(
             json.dumps(
                 {
-                    "endpoint": f"127.0.0.1:{grpc_port}",
-                    "bundle": str(bundle_path),
-                    "ca": str(ca),
-                    "token": tokens[-1],
-                    "repeats": cfg.burst_repeats,
+                    "endpoint": f"127.0.0.1:{self.grpc_port}",
+                    "bundle": str(stack.bundle),
+                    "ca": str(self.pki.ca),
+                    "token": self.tokens[-1],
+                    "repeats": self.cfg.burst_repeats,
                     "max_message_bytes": 4 * 1024 * 1024,
                     "out": str(workdir / "bad.out.json"),
                 }
@@ -995,73 +936,117 @@ def run_soak(
         bad.stopped_s = stack.now()
         stack.event("bad burst done")
 
-        # fault 3: the endpoint restarted (drain, linger, new process on the same gRPC port)
-        at(cfg.endpoint_restart_at)
-        endpoint.stop()
-        endpoint.start()
-        log(f"soak: endpoint restarted at {stack.now():.0f} s")
-
-        at(1.0)
-        for proc, _ in clients:
+    def stop_clients(self) -> None:
+        """``stop`` to every client, then wait for each to write its summary and exit."""
+        for proc, _ in self.clients:
             with contextlib.suppress(OSError, ValueError):
                 assert proc.popen.stdin is not None
                 proc.popen.stdin.write("stop\n")
                 proc.popen.stdin.close()
-        for proc, _ in clients:
+        for proc, _ in self.clients:
             try:
                 proc.popen.wait(60)
             except subprocess.TimeoutExpired:
-                stack.event("client did not stop", role=proc.role)
-            proc.stopped_s = stack.now()
-        stack.event("clients stopped")
-        if stack.follower is not None:
-            stack.follower.__exit__(None, None, None)
-            stack.follower = None
-            report["trace"]["tc_commands"] = stack.lab.commands
-        endpoint.stop()
+                self.stack.event("client did not stop", role=proc.role)
+            proc.stopped_s = self.stack.now()
+        self.stack.event("clients stopped")
 
-        span = f"{int(stack.now()) + 60}s"
-        report["prometheus"] = {
+    # -- reading back ---------------------------------------------------------------------------------
+
+    def collect(self) -> dict[str, Any]:
+        """What Prometheus, the endpoint's last /metrics and every client recorded."""
+        return {
+            "prometheus": self.prometheus(),
+            "endpoint_final_metrics": [_counts_from_exposition(t) for t in self.endpoint.final_metrics],
+            "clients": [
+                _read_client(Path(conf["results"])) | {"mode": conf["mode"], "policy": conf["policy"]}
+                for _, conf in self.clients
+            ],
+            "bad_client": json.loads((self.workdir / "bad.out.json").read_text()),
+        }
+
+    def prometheus(self) -> dict[str, Any]:
+        """Request counts per incarnation, the endpoint's and Triton's ``up``, Triton's successes."""
+        span = f"{int(self.stack.now()) + 60}s"
+
+        def query(expr: str) -> list[dict[str, Any]]:
+            return _query(self.stack, self.prom_base, expr)
+
+        counts = query(
+            f"sum by (incarnation, split, level, status) (last_over_time(splitserve_requests_total[{span}]))"
+        )
+        return {
             "by_incarnation": {
                 r["metric"].get("incarnation", "?")
                 + ":"
                 + "/".join(r["metric"].get(k, "") for k in ("split", "level", "status")): int(
                     float(r["value"][1])
                 )
-                for r in _query(
-                    stack,
-                    prom_base,
-                    f"sum by (incarnation, split, level, status) "
-                    f"(last_over_time(splitserve_requests_total[{span}]))",
-                )
+                for r in counts
             },
             "endpoint_up": {
                 r["metric"]["incarnation"]: float(r["value"][1])
-                for r in _query(stack, prom_base, f'max_over_time(up{{job="splitserve"}}[{span}])')
+                for r in query(f'max_over_time(up{{job="splitserve"}}[{span}])')
             },
             "triton_up_min_max": [
-                float(_query(stack, prom_base, f'{f}_over_time(up{{job="triton"}}[{span}])')[0]["value"][1])
+                float(query(f'{f}_over_time(up{{job="triton"}}[{span}])')[0]["value"][1])
                 for f in ("min", "max")
             ],
             "triton_success": sum(
-                float(r["value"][1])
-                for r in _query(stack, prom_base, f"last_over_time(nv_inference_request_success[{span}])")
+                float(r["value"][1]) for r in query(f"last_over_time(nv_inference_request_success[{span}])")
             ),
         }
-        report["endpoint_final_metrics"] = [_counts_from_exposition(t) for t in endpoint.final_metrics]
-        report["clients"] = [
-            _read_client(Path(conf["results"])) | {"mode": conf["mode"], "policy": conf["policy"]}
-            for _, conf in clients
-        ]
-        report["bad_client"] = json.loads((workdir / "bad.out.json").read_text())
+
+
+@contextlib.contextmanager
+def _marked(run_id: str) -> Iterator[None]:
+    """This process's environment carries the run's mark for the body: every child inherits it (tritonserver,
+    started by ``LocalTriton``, and its stubs too), so :meth:`_Stack.survivors` finds what outlived the run."""
+    old = os.environ.get(_MARK)
+    os.environ[_MARK] = run_id
+    try:
+        yield
     finally:
+        if old is None:
+            os.environ.pop(_MARK, None)
+        else:
+            os.environ[_MARK] = old
+
+
+def run_soak(
+    cfg: SoakConfig, bundle_path: Path, workdir: Path, log: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """Start the stack, drive it with clients and faults for ``cfg.duration_s``, stop it; return the report.
+
+    Raises:
+        RuntimeError: a part of the stack did not start.
+    """
+    from .netlab import Netlab, unavailable_reason
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    reason = unavailable_reason()
+    shaped = cfg.shaped if cfg.shaped is not None else reason is None
+    if shaped and reason is not None:
+        raise RuntimeError(f"a shaped run needs the network lab: {reason}")
+    if not Path(_PROMETHEUS).is_file():
+        raise RuntimeError(f"{_PROMETHEUS} is missing: apt-get install -y prometheus")
+    with contextlib.closing(Bundle.open(bundle_path)) as bundle:
+        manifest = bundle.manifest
+    stack = _Stack(cfg, bundle_path, workdir)
+    report: dict[str, Any] = {"shaped": shaped, "unshaped_reason": None if shaped else reason}
+    with _marked(stack.run_id):
         try:
-            stack.close()
+            if shaped:
+                stack.lab = Netlab(rate_bps=_TRACE_BPS[0], tag="ssk").__enter__()
+            soak = _Soak(stack, manifest)
+            report["triton_models"] = soak.start_triton()
+            soak.start_prometheus()
+            soak.endpoint.start()
+            soak.start_clients()
+            report |= soak.drive(log)
+            report |= soak.collect()
         finally:
-            if old_mark is None:
-                os.environ.pop(_MARK, None)
-            else:
-                os.environ[_MARK] = old_mark
+            stack.close()
     time.sleep(0.5)
     report["survivors"] = stack.survivors()
     report["events"] = stack.events
@@ -1108,129 +1093,32 @@ def _manifest_accuracy(manifest: Any) -> dict[str, float]:
 def summarize(cfg: SoakConfig, report: dict[str, Any]) -> dict[str, Any]:
     """The figures of a run (``results/soak.json``) from :func:`run_soak`'s report."""
     clients = report["clients"]
-    issued = sum((c["summary"] or {}).get("issued", 0) for c in clients)
     all_results = [r for c in clients for r in c["results"]]
-    seen = Counter((ci, r["i"]) for ci, c in enumerate(clients) for r in c["results"])
-    duplicates = sum(n - 1 for n in seen.values() if n > 1)
-    lost = issued - len(seen) + sum(1 for c in clients if c["summary"] is None)
-
-    places = Counter(r["computed"] for r in all_results)
-    by_option: dict[str, dict[str, Any]] = {}
-    for r in all_results:
-        option = (
-            "local"
-            if r["computed"] == "local"
-            else ("offload" if r["computed"] == "offload" else f"{r['split']}@{r['level']}")
-        )
-        o = by_option.setdefault(option, {"n": 0, "correct": 0})
-        o["n"] += 1
-        o["correct"] += int(r["top1"] == r["label"])
-    for option, o in by_option.items():
-        p = report["manifest"][option]
-        o["accuracy"] = round(o["correct"] / o["n"], 4)
-        o["manifest"] = p
-        o["tolerance"] = round(_ACCURACY_Z * math.sqrt(p * (1 - p) / o["n"]) + _ACCURACY_SLACK, 4)
-        o["ok"] = abs(o["accuracy"] - p) <= o["tolerance"]
-
     client_counts: defaultdict[str, Counter[str]] = defaultdict(Counter)
     for c in clients:
         for key, outcomes in ((c["summary"] or {}).get("counts") or {}).items():
             client_counts[key].update(outcomes)
-    server: Counter[str] = Counter()
+    server: Counter[str] = Counter()  # split/level/status -> the endpoint's count, over its incarnations
     for key, n in report["prometheus"]["by_incarnation"].items():
         server[key.split(":", 1)[1]] += n
-    accounting = {}
-    for key in sorted(set(client_counts) | {k.rsplit("/", 1)[0] for k in server if k.endswith("/OK")}):
-        outcomes = client_counts.get(key, Counter())
-        ok = outcomes.get("OK", 0)
-        unsure = sum(n for o, n in outcomes.items() if o.startswith("?"))
-        accounting[key] = {
-            "client_ok": ok,
-            "client_indeterminate": unsure,
-            "endpoint_ok": server.get(f"{key}/OK", 0),
-            "client_errors": {o: n for o, n in outcomes.items() if o != "OK"},
-        }
-        a = accounting[key]
-        a["ok"] = ok <= a["endpoint_ok"] <= ok + unsure
-
-    bad = report["bad_client"]
-    expected = {c["name"]: c for c in bad["cases"]}
-    bad_status: Counter[str] = Counter(status for _, status in bad["got"])
-    bad_wrong = [
-        f"{name}: got {status}, expected {expected[name]['expect']}"
-        for name, status in bad["got"]
-        if status != expected[name]["expect"]
-    ]
-    bad_counted: Counter[str] = Counter(
-        expected[name]["expect"] for name, _ in bad["got"] if expected[name]["counted"]
-    )
-    endpoint_by_status: Counter[str] = Counter()
-    for key, n in server.items():
-        endpoint_by_status[key.rsplit("/", 1)[1]] += n
-    valid_errors: Counter[str] = Counter()
-    for outcomes in client_counts.values():
-        for outcome, n in outcomes.items():
-            if outcome != "OK":
-                valid_errors[outcome.lstrip("?")] += n
-
-    prom_vs_final = {}
-    for i, final in enumerate(report["endpoint_final_metrics"]):
-        scraped = {
-            k.split(":", 1)[1]: n
-            for k, n in report["prometheus"]["by_incarnation"].items()
-            if k.startswith(f"{i + 1}:")
-        }
-        prom_vs_final[str(i + 1)] = {"equal": scraped == final, "prometheus": scraped, "endpoint": final}
-
-    unary_ms = [r["ms"] for c in clients if c["mode"] == "unary" for r in c["results"]]
-    remote_t = sorted(r["t"] for r in all_results if r["computed"] != "local")
-    recovery = {}
-    go = next(i for i, e in enumerate(report["events"]) if e["event"] == "clients go")
-    for e in report["events"][go:]:  # restarts: how long until the cloud answered again
-        if e["event"] in ("triton ready", "endpoint ready"):
-            after = [t for t in remote_t if t >= e["unix"]]
-            label = e["event"].split()[0] + (f" {e['incarnation']}" if "incarnation" in e else "")
-            recovery[label] = round(after[0] - e["unix"], 2) if after else None
+    places = Counter(r["computed"] for r in all_results)
     return {
         "minutes": round(cfg.duration_s / 60, 2),
         "clients": cfg.clients,
-        "requests": issued,
-        "results": len(seen),
-        "lost": lost,
-        "duplicates": duplicates,
-        "client_errors": [e for c in clients for e in c["errors"]][:20],
+        **_delivery(clients),
         "places": dict(places),
-        "by_option": by_option,
-        "errors_by_status": {
-            "edge_clients": dict(valid_errors),
-            "bad_client": dict(bad_status),
-            "endpoint_prometheus": {s: n for s, n in endpoint_by_status.items() if s != "OK"},
-        },
-        "p50_ms": _quantile_ms(unary_ms, 0.5),
-        "p99_ms": _quantile_ms(unary_ms, 0.99),
-        "p50_ms_by_place": {
-            place: _quantile_ms(
-                [
-                    r["ms"]
-                    for c in clients
-                    if c["mode"] == "unary"
-                    for r in c["results"]
-                    if r["computed"] == place
-                ],
-                0.5,
-            )
-            for place in places
-        },
+        "by_option": _by_option(all_results, report["manifest"]),
+        **_errors(report["bad_client"], client_counts, server),
+        **_latency(clients, places),
         "memory": _memory(report["processes"]),
-        "first_cloud_result_after_s": recovery,
+        "first_cloud_result_after_s": _recovery(report["events"], all_results),
         "by_policy": {
             pol: dict(Counter(r["computed"] for c in clients if c["policy"] == pol for r in c["results"]))
             for pol in sorted({c["policy"] for c in clients})
         },
-        "accounting": accounting,
-        "bad_client_wrong": bad_wrong,
-        "bad_counted_expected": dict(bad_counted),
-        "prometheus_vs_final_metrics": prom_vs_final,
+        "accounting": _accounting(client_counts, server),
+        **_bad_client(report["bad_client"]),
+        "prometheus_vs_final_metrics": _prometheus_vs_final(report),
         "prometheus": {k: v for k, v in report["prometheus"].items() if k != "by_incarnation"},
         "shaped": report["shaped"],
         "unshaped_reason": report["unshaped_reason"],
@@ -1239,6 +1127,127 @@ def summarize(cfg: SoakConfig, report: dict[str, Any]) -> dict[str, Any]:
         "survivors": report["survivors"],
         "config": asdict(cfg),
     }
+
+
+def _delivery(clients: list[dict[str, Any]]) -> dict[str, Any]:
+    """Inputs issued, answered, lost (a client without a summary lost what it did not report) and
+    answered twice; the first client errors."""
+    issued = sum((c["summary"] or {}).get("issued", 0) for c in clients)
+    seen = Counter((ci, r["i"]) for ci, c in enumerate(clients) for r in c["results"])
+    return {
+        "requests": issued,
+        "results": len(seen),
+        "lost": issued - len(seen) + sum(1 for c in clients if c["summary"] is None),
+        "duplicates": sum(n - 1 for n in seen.values() if n > 1),
+        "client_errors": [e for c in clients for e in c["errors"]][:20],
+    }
+
+
+def _by_option(results: list[dict[str, Any]], manifest: dict[str, float]) -> dict[str, dict[str, Any]]:
+    """Observed accuracy per option against the manifest's, within ``4 sigma + 0.01``."""
+    by_option: dict[str, dict[str, Any]] = {}
+    for r in results:
+        option = r["computed"] if r["computed"] in ("local", "offload") else f"{r['split']}@{r['level']}"
+        o = by_option.setdefault(option, {"n": 0, "correct": 0})
+        o["n"] += 1
+        o["correct"] += int(r["top1"] == r["label"])
+    for option, o in by_option.items():
+        p = manifest[option]
+        o["accuracy"] = round(o["correct"] / o["n"], 4)
+        o["manifest"] = p
+        o["tolerance"] = round(_ACCURACY_Z * math.sqrt(p * (1 - p) / o["n"]) + _ACCURACY_SLACK, 4)
+        o["ok"] = abs(o["accuracy"] - p) <= o["tolerance"]
+    return by_option
+
+
+def _accounting(client_counts: dict[str, Counter[str]], server: Counter[str]) -> dict[str, dict[str, Any]]:
+    """Per split/level: ``client OK <= endpoint OK <= client OK + client indeterminate``."""
+    accounting = {}
+    for key in sorted(set(client_counts) | {k.rsplit("/", 1)[0] for k in server if k.endswith("/OK")}):
+        outcomes = client_counts.get(key, Counter())
+        ok = outcomes.get("OK", 0)
+        unsure = sum(n for o, n in outcomes.items() if o.startswith("?"))
+        a = {
+            "client_ok": ok,
+            "client_indeterminate": unsure,
+            "endpoint_ok": server.get(f"{key}/OK", 0),
+            "client_errors": {o: n for o, n in outcomes.items() if o != "OK"},
+        }
+        a["ok"] = ok <= a["endpoint_ok"] <= ok + unsure
+        accounting[key] = a
+    return accounting
+
+
+def _errors(
+    bad: dict[str, Any], client_counts: dict[str, Counter[str]], server: Counter[str]
+) -> dict[str, Any]:
+    """Error statuses as the edge clients, the bad client and the endpoint (Prometheus) counted them."""
+    endpoint_by_status: Counter[str] = Counter()
+    for key, n in server.items():
+        endpoint_by_status[key.rsplit("/", 1)[1]] += n
+    valid_errors: Counter[str] = Counter()
+    for outcomes in client_counts.values():
+        for outcome, n in outcomes.items():
+            if outcome != "OK":
+                valid_errors[outcome.lstrip("?")] += n
+    return {
+        "errors_by_status": {
+            "edge_clients": dict(valid_errors),
+            "bad_client": dict(Counter(status for _, status in bad["got"])),
+            "endpoint_prometheus": {s: n for s, n in endpoint_by_status.items() if s != "OK"},
+        }
+    }
+
+
+def _bad_client(bad: dict[str, Any]) -> dict[str, Any]:
+    """The bad client's wrong statuses, and what it caused that the endpoint must have counted."""
+    expected = {c["name"]: c for c in bad["cases"]}
+    wrong = [
+        f"{name}: got {status}, expected {expected[name]['expect']}"
+        for name, status in bad["got"]
+        if status != expected[name]["expect"]
+    ]
+    counted = Counter(expected[name]["expect"] for name, _ in bad["got"] if expected[name]["counted"])
+    return {"bad_client_wrong": wrong, "bad_counted_expected": dict(counted)}
+
+
+def _prometheus_vs_final(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per incarnation: Prometheus's last counts against the endpoint's own last /metrics."""
+    out = {}
+    for i, final in enumerate(report["endpoint_final_metrics"]):
+        scraped = {
+            k.split(":", 1)[1]: n
+            for k, n in report["prometheus"]["by_incarnation"].items()
+            if k.startswith(f"{i + 1}:")
+        }
+        out[str(i + 1)] = {"equal": scraped == final, "prometheus": scraped, "endpoint": final}
+    return out
+
+
+def _latency(clients: list[dict[str, Any]], places: Counter[str]) -> dict[str, Any]:
+    """p50/p99 of the unary clients' total time, and p50 per place the result was computed."""
+    unary = [r for c in clients if c["mode"] == "unary" for r in c["results"]]
+    ms = [r["ms"] for r in unary]
+    return {
+        "p50_ms": _quantile_ms(ms, 0.5),
+        "p99_ms": _quantile_ms(ms, 0.99),
+        "p50_ms_by_place": {
+            place: _quantile_ms([r["ms"] for r in unary if r["computed"] == place], 0.5) for place in places
+        },
+    }
+
+
+def _recovery(events: list[dict[str, Any]], results: list[dict[str, Any]]) -> dict[str, float | None]:
+    """Per restart after the clients started: seconds until the cloud answered again."""
+    remote_t = sorted(r["t"] for r in results if r["computed"] != "local")
+    recovery = {}
+    go = next(i for i, e in enumerate(events) if e["event"] == "clients go")
+    for e in events[go:]:
+        if e["event"] in ("triton ready", "endpoint ready"):
+            after = [t for t in remote_t if t >= e["unix"]]
+            label = e["event"].split()[0] + (f" {e['incarnation']}" if "incarnation" in e else "")
+            recovery[label] = round(after[0] - e["unix"], 2) if after else None
+    return recovery
 
 
 def _memory(processes: list[dict[str, Any]], warmup_s: float = 20.0) -> dict[str, Any]:
