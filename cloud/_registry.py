@@ -1,5 +1,7 @@
 """The bundles an endpoint serves, and what each request needs from them.
 
+A request is checked against the bundle it names here (:class:`ServedBundle`: its split and level, codec
+and version, shape and payload bounds), before any work is done; the servicer only calls the checks.
 Several bundles (models, and versions of one model) are served at once. A request names a model and
 optionally a version; an empty version selects the newest one served (versions compare naturally:
 ``"1.10" > "1.9"``). Publishing a new version is one dictionary swap on the event loop, and a version
@@ -19,17 +21,25 @@ from typing import Any
 
 import numpy as np
 from splitserve.core.bundle import OFFLOAD_SPLIT, Bundle
-from splitserve.core.codec import STREAM_VERSION, EntropyTables
-from splitserve.core.errors import DuplicateRegistrationError, UnknownModelError
+from splitserve.core.codec import CODEC_NAME, STREAM_VERSION, EntropyTables
+from splitserve.core.errors import (
+    CodecVersionError,
+    DuplicateRegistrationError,
+    RequestError,
+    UnknownModelError,
+)
 from splitserve.core.wire import WireOption, offload_codecs, wire_id, wire_options
+from splitserve.protos.v1 import inference_pb2 as pb
 
 from ._decode import ImageLayout, TablesRef
 
-__all__ = ["ModelRegistry", "ServedBundle", "TailSpec", "version_key"]
+__all__ = ["MAX_NAME", "ModelRegistry", "ServedBundle", "TailSpec", "version_key"]
 
 TAIL_INPUT = "y_hat"
 FULL_INPUT = "image"
 OUTPUT = "logits"
+MAX_NAME = 128  # longest name a request may carry (and the most of one an error message repeats)
+_IMAGE_CODEC_VERSIONS = (0, 1)
 
 
 @dataclass(frozen=True)
@@ -178,6 +188,100 @@ class ServedBundle:
             raise UnknownModelError(
                 f"model {self.name!r} version {self.version!r} has no split {name!r} (splits: {known})"
             ) from None
+
+    def latent_level(self, split: _Split, level: int) -> _Level:
+        """Level ``level`` of the latent split ``split``.
+
+        Raises:
+            UnknownModelError: no such level (NOT_FOUND).
+        """
+        found = split.levels.get(level)
+        if found is None:
+            raise UnknownModelError(
+                f"split {split.name!r} of {self.name} {self.version} has no level {level} "
+                f"(levels: {sorted(split.levels)})"
+            )
+        return found
+
+    def check_latent(self, split: _Split, level: int, tensor: pb.CompressedTensor) -> None:
+        """Check a latent payload against the split and level it names (both served).
+
+        Raises:
+            RequestError: another codec, another shape than the split's latent, or a payload size no
+                stream of this level can have (INVALID_ARGUMENT).
+            CodecVersionError: the codec version of the level's tables differs.
+        """
+        tables, max_bytes = split.levels[level].tables, split.levels[level].max_bytes
+        if tensor.codec != CODEC_NAME:
+            raise RequestError(
+                f"split {split.name!r} takes codec {CODEC_NAME!r}, not {tensor.codec[:MAX_NAME]!r}"
+            )
+        if tensor.codec_version != tables.codec_version:
+            raise CodecVersionError(
+                f"codec {CODEC_NAME} version {tensor.codec_version} does not match split {split.name!r} level "
+                f"{level}, whose tables code with version {tables.codec_version}"
+            )
+        shape = tuple(tensor.shape)
+        if shape != split.latent_shape:
+            raise RequestError(
+                f"tensor shape {list(shape[:8])} does not match split {split.name!r}'s latent shape "
+                f"{list(split.latent_shape)}"
+            )
+        size = len(tensor.data)
+        if not 0 < size <= max_bytes:
+            raise RequestError(
+                f"payload of {size} bytes is outside the bounds of this latent (1 to {max_bytes} bytes)"
+            )
+
+    def offload_layout(self) -> ImageLayout:
+        """The input layout of the offload model.
+
+        Raises:
+            UnknownModelError: the bundle serves no offload model (NOT_FOUND).
+        """
+        if self.image is None:
+            raise UnknownModelError(
+                f"{self.name} {self.version} serves no offload model (split {OFFLOAD_SPLIT!r})"
+            )
+        return self.image
+
+    def offload_codec(self, level: int) -> str:
+        """The image codec of offload ``level``.
+
+        Raises:
+            UnknownModelError: no such offload level (NOT_FOUND).
+        """
+        image_codec = self.offload_codecs.get(level)
+        if image_codec is None:
+            raise UnknownModelError(
+                f"split {OFFLOAD_SPLIT!r} has no level {level} (levels: {sorted(self.offload_codecs)})"
+            )
+        return image_codec
+
+    def check_image(self, level: int, tensor: pb.CompressedTensor) -> None:
+        """Check an offload payload against the (served) offload level it names.
+
+        Raises:
+            RequestError: another codec than the level's, another shape than the input's, or no payload
+                (INVALID_ARGUMENT).
+            CodecVersionError: an image codec version other than 0 or 1.
+        """
+        image_codec, image = self.offload_codecs[level], self.offload_layout()
+        if tensor.codec != image_codec:
+            raise RequestError(
+                f"split {OFFLOAD_SPLIT!r} level {level} takes codec {image_codec!r}, "
+                f"not {tensor.codec[:MAX_NAME]!r}"
+            )
+        if tensor.codec_version not in _IMAGE_CODEC_VERSIONS:
+            raise CodecVersionError(
+                f"codec {image_codec} version {tensor.codec_version} is not supported (0 or 1)"
+            )
+        if tensor.shape and tuple(tensor.shape) != image.shape:
+            raise RequestError(
+                f"tensor shape {list(tensor.shape[:8])} does not match the input shape {list(image.shape)}"
+            )
+        if not tensor.data:
+            raise RequestError("payload is empty")
 
     def option(self, index: int) -> WireOption:
         """The split and level of compact option ``index``.

@@ -2,7 +2,7 @@
 
 ::
 
-    InferRequest --validate--> (bundle, split, level) --decode--> y_hat / image
+    InferRequest --validate (ServedBundle's checks)--> (bundle, split, level) --decode--> y_hat / image
                  --TailBackend.infer--> logits --softmax, top-k--> InferResponse{classes, scores, timings}
 
 Every field is checked before any work is done, and every failure is a :class:`SplitServeError` whose
@@ -36,16 +36,14 @@ from google.protobuf.message import DecodeError, Message
 from numpy.typing import NDArray
 from splitserve.core.bundle import OFFLOAD_SPLIT
 from splitserve.core.codec import CODEC_NAME
-from splitserve.core.wire import DEFAULT_TOP_K, SEQ_MODULUS, top_k
 from splitserve.core.errors import (
-    CodecVersionError,
     DeadlineExceededError,
     InferenceError,
     RequestError,
     ResourceExhaustedError,
     SplitServeError,
-    UnknownModelError,
 )
+from splitserve.core.wire import DEFAULT_TOP_K, SEQ_MODULUS, top_k
 from splitserve.protos.v1 import inference_pb2 as pb
 from splitserve.protos.v1 import inference_pb2_grpc as pb_grpc
 
@@ -54,7 +52,7 @@ from ._backends import TailBackend
 from ._decode import Decoder
 from ._fair import FairGate
 from ._metrics import UNKNOWN, Metrics
-from ._registry import ModelRegistry, ServedBundle
+from ._registry import MAX_NAME, ModelRegistry, ServedBundle
 
 __all__ = [
     "DEFAULT_TOP_K",
@@ -67,10 +65,8 @@ __all__ = [
 _LOG = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SplitInference"].full_name
-_IMAGE_CODEC_VERSIONS = (0, 1)
 STALLED_STREAM_S = 30.0
 _LOAD_FRESH_S = 1.0  # a Ping reports recent items' queueing for this long after the last one
-_MAX_NAME = 128
 
 
 @dataclass(frozen=True)
@@ -435,7 +431,7 @@ class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
             raise
         except Exception as exc:
             status = "INTERNAL"
-            _LOG.exception("internal error serving request %r", getattr(request, "request_id", "")[:_MAX_NAME])
+            _LOG.exception("internal error serving request %r", getattr(request, "request_id", "")[:MAX_NAME])
             raise InferenceError(f"internal error: {type(exc).__name__}") from exc
         finally:
             if acquired:
@@ -454,8 +450,8 @@ class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
         deadline: float | None,
     ) -> pb.InferResponse:
         for field in ("request_id", "model", "version", "split"):
-            if len(getattr(request, field)) > _MAX_NAME:
-                raise RequestError(f"{field} is longer than {_MAX_NAME} characters")
+            if len(getattr(request, field)) > MAX_NAME:
+                raise RequestError(f"{field} is longer than {MAX_NAME} characters")
         if not request.model:
             raise RequestError("model is required")
         served = self._registry.resolve(request.model, request.version)
@@ -520,70 +516,25 @@ class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
     async def _decode_latent(
         self, request: pb.InferRequest, served: ServedBundle, labels: _Labels
     ) -> NDArray[Any]:
+        """Check the latent against the bundle (labelling the split and level once found), decode it."""
         split = served.split(request.split)
         labels.split = split.name
-        level = split.levels.get(request.level)
-        if level is None:
-            raise UnknownModelError(
-                f"split {split.name!r} of {served.name} {served.version} has no level {request.level} "
-                f"(levels: {sorted(split.levels)})"
-            )
+        level = served.latent_level(split, request.level)
         labels.level = str(request.level)
         tensor = request.tensor
-        if tensor.codec != CODEC_NAME:
-            raise RequestError(
-                f"split {split.name!r} takes codec {CODEC_NAME!r}, not {tensor.codec[:_MAX_NAME]!r}"
-            )
-        if tensor.codec_version != level.tables.codec_version:
-            raise CodecVersionError(
-                f"codec {CODEC_NAME} version {tensor.codec_version} does not match split {split.name!r} level "
-                f"{request.level}, whose tables code with version {level.tables.codec_version}"
-            )
-        shape = tuple(tensor.shape)
-        if shape != split.latent_shape:
-            raise RequestError(
-                f"tensor shape {list(shape[:8])} does not match split {split.name!r}'s latent shape "
-                f"{list(split.latent_shape)}"
-            )
-        size = len(tensor.data)
-        if not 0 < size <= level.max_bytes:
-            raise RequestError(
-                f"payload of {size} bytes is outside the bounds of this latent (1 to {level.max_bytes} bytes)"
-            )
+        served.check_latent(split, request.level, tensor)
         return await self._decoder.latent(level.ref, tensor.data, split.latent_shape, tensor.symbols_crc32)
 
     async def _decode_image(
         self, request: pb.InferRequest, served: ServedBundle, labels: _Labels
     ) -> NDArray[Any]:
-        if served.image is None:
-            raise UnknownModelError(
-                f"{served.name} {served.version} serves no offload model (split {OFFLOAD_SPLIT!r})"
-            )
+        """Check the image against the bundle (labelling the split and level once found), decode it."""
+        layout = served.offload_layout()
         labels.split = OFFLOAD_SPLIT
-        image_codec = served.offload_codecs.get(request.level)
-        if image_codec is None:
-            raise UnknownModelError(
-                f"split {OFFLOAD_SPLIT!r} has no level {request.level} (levels: {sorted(served.offload_codecs)})"
-            )
+        image_codec = served.offload_codec(request.level)
         labels.level = str(request.level)
-        tensor = request.tensor
-        if tensor.codec != image_codec:
-            raise RequestError(
-                f"split {OFFLOAD_SPLIT!r} level {request.level} takes codec {image_codec!r}, "
-                f"not {tensor.codec[:_MAX_NAME]!r}"
-            )
-        if tensor.codec_version not in _IMAGE_CODEC_VERSIONS:
-            raise CodecVersionError(
-                f"codec {image_codec} version {tensor.codec_version} is not supported (0 or 1)"
-            )
-        if tensor.shape and tuple(tensor.shape) != served.image.shape:
-            raise RequestError(
-                f"tensor shape {list(tensor.shape[:8])} does not match the input shape "
-                f"{list(served.image.shape)}"
-            )
-        if not tensor.data:
-            raise RequestError("payload is empty")
-        return await self._decoder.image(tensor.data, served.image, image_codec)
+        served.check_image(request.level, request.tensor)
+        return await self._decoder.image(request.tensor.data, layout, image_codec)
 
 
 class _Stream:
@@ -646,7 +597,7 @@ class _Stream:
     def _admit(self, message: Message | MalformedMessage) -> _Admitted:
         """What to serve for ``message``, and how to address its reply (in arrival order)."""
         request = _checked(message)
-        key = request.request_id[:_MAX_NAME] if isinstance(request, pb.InferRequest) else ""
+        key = request.request_id[:MAX_NAME] if isinstance(request, pb.InferRequest) else ""
         return _Admitted(request, key)
 
     def _answered(self, admitted: _Admitted, reply: pb.InferResponse | SplitServeError) -> Message:
