@@ -1090,23 +1090,11 @@ def run(
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     measured = bundle is not None and profile_path is None
-    if measured:
-        log(f"measuring a profile of {bundle} (edge client start-up, embedded endpoint on loopback)")
-        profile_path = out_dir / "adaptation_profile.json"
-        measure_profile(bundle, log=log).save(profile_path)
-    elif bundle is not None and profile_path is not None:
-        _check_profile_fits(Profile.load(profile_path), bundle)
-    if profile_path is None:
-        profile_path = example_profile_path()
-        log(
-            f"WARNING: no profile given; using the EXAMPLE profile {profile_path} (illustrative numbers, "
-            "not measurements): pass a profile built from the real bundle and measured latencies."
-        )
+    profile_path = _profile_path(out_dir, profile_path, bundle, log)
     profile = Profile.load(profile_path).with_device_factor(device_factor)
     if mac_rate is not None:
         profile = profile.with_mac_rate(mac_rate)
     cfg = dataclasses.replace(config or SimConfig(), seed=seed)
-    chosen = [t for t in trace_set(seed) if traces is None or t.name in traces]
     source = f"--profile {profile_path}" if not measured else ""
     source += f" --bundle {bundle}" if bundle is not None else ""
     report: dict[str, Any] = {
@@ -1132,7 +1120,61 @@ def run(
         "traces": [],
     }
     started = time.perf_counter()
-    for trace in chosen:
+    _simulate(report, out_dir, profile, cfg, traces, queue_cycle=queue_cycle, plots=plots)
+    report["sim_seconds"] = time.perf_counter() - started
+    if live and live_runner is None and bundle is not None:
+        live_runner = EdgeClientRunner(bundle, stand_in=device_factor != 1.0 or mac_rate is not None)
+    if live:
+        report["live"] = _run_live(
+            out_dir,
+            profile,
+            cfg,
+            trace_set(seed),
+            live_runner,
+            live_traces,
+            live_duration_s,
+            live_fixed,
+            plots,
+            report,
+            log,
+        )
+    report["summary"] = _summary(report["traces"])
+    (out_dir / "adaptation.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _profile_path(out_dir: Path, profile_path: Path | None, bundle: Path | None, log: Callable[[str], None]) -> Path:
+    """The profile :func:`run` uses: measured from ``bundle`` when no profile is given (saved under
+    ``out_dir``), checked against ``bundle`` when both are, else the shipped example (with a warning)."""
+    if bundle is not None and profile_path is None:
+        log(f"measuring a profile of {bundle} (edge client start-up, embedded endpoint on loopback)")
+        profile_path = out_dir / "adaptation_profile.json"
+        measure_profile(bundle, log=log).save(profile_path)
+    elif bundle is not None and profile_path is not None:
+        _check_profile_fits(Profile.load(profile_path), bundle)
+    if profile_path is None:
+        profile_path = example_profile_path()
+        log(
+            f"WARNING: no profile given; using the EXAMPLE profile {profile_path} (illustrative numbers, "
+            "not measurements): pass a profile built from the real bundle and measured latencies."
+        )
+    return profile_path
+
+
+def _simulate(
+    report: dict[str, Any],
+    out_dir: Path,
+    profile: Profile,
+    cfg: SimConfig,
+    traces: Sequence[str] | None,
+    *,
+    queue_cycle: bool,
+    plots: bool,
+) -> None:
+    """The simulated traces (``traces``; ``None``: the whole set) into ``report["traces"]``, then the
+    queue-cycle scenario into ``report["queue_cycle"]``, each with its plots."""
+    seed = cfg.seed
+    for trace in [t for t in trace_set(seed) if traces is None or t.name in traces]:
         entry, runs = _sim_trace(trace, profile, cfg)
         report["traces"].append(entry)
         if plots:
@@ -1158,26 +1200,6 @@ def run(
                 profile.ids,
                 _device_label(report["profile"]),
             )
-    report["sim_seconds"] = time.perf_counter() - started
-    if live and live_runner is None and bundle is not None:
-        live_runner = EdgeClientRunner(bundle, stand_in=device_factor != 1.0 or mac_rate is not None)
-    if live:
-        report["live"] = _run_live(
-            out_dir,
-            profile,
-            cfg,
-            trace_set(seed),
-            live_runner,
-            live_traces,
-            live_duration_s,
-            live_fixed,
-            plots,
-            report,
-            log,
-        )
-    report["summary"] = _summary(report["traces"])
-    (out_dir / "adaptation.json").write_text(json.dumps(report, indent=2) + "\n")
-    return report
 
 
 def _check_profile_fits(profile: Profile, bundle: Path) -> None:
