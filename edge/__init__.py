@@ -26,20 +26,20 @@ from splitserve.core.errors import SplitServeError as SplitServeError
 from splitserve.core.errors import TransportError as TransportError
 from splitserve.core.errors import UnavailableError as UnavailableError
 
+from ._async import AsyncEdgeClient as AsyncEdgeClient
+from ._base import BaseEdgeClient as BaseEdgeClient
 from ._breaker import CircuitBreaker as CircuitBreaker
-from ._client import AsyncEdgeClient as AsyncEdgeClient
-from ._client import BaseEdgeClient as BaseEdgeClient
-from ._client import EdgeClient as EdgeClient
-from ._client import Result as Result
-from ._client import Timings as Timings
 from ._config import Credentials as Credentials
 from ._config import EdgeConfig as EdgeConfig
 from ._policy import EdgePolicy as EdgePolicy
 from ._policy import FixedPolicy as FixedPolicy
+from ._results import Result as Result
+from ._results import Timings as Timings
 from ._runtime import EdgeRuntime as EdgeRuntime
 from ._runtime import ImageLike as ImageLike
 from ._runtime import load_session as load_session
 from ._runtime import session_options as session_options
+from ._sync import EdgeClient as EdgeClient
 from ._transports import AsyncBaseTransport as AsyncBaseTransport
 from ._transports import AsyncGrpcTransport as AsyncGrpcTransport
 from ._transports import BaseTransport as BaseTransport

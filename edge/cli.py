@@ -24,13 +24,13 @@ from typing import Any
 
 import click
 import numpy as np
-
 from splitserve.core.bundle import Bundle
 from splitserve.core.cli_errors import ErrorLineGroup
 from splitserve.core.errors import SplitServeError
 
-from ._client import EdgeClient, Result
 from ._config import PRECISIONS, EdgeConfig
+from ._results import Result
+from ._sync import EdgeClient
 
 __all__ = ["IMAGE_SUFFIXES", "RAW_SUFFIXES", "edge", "iter_inputs"]
 
