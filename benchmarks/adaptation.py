@@ -840,7 +840,7 @@ def _live_client_main(spec_path: str) -> None:
             client.use_device_latency(client.runtime.measure())  # the start-up measurement, padded
         # SimConfig.timeout_ms is how long a remote request may take before the device answers; the
         # client's timeout also holds the reserve for that local run, so it gets the two together.
-        timeout_s = spec["timeout_ms"] / 1000.0 + client._local_reserve_s
+        timeout_s = spec["timeout_ms"] / 1000.0 + client.local_reserve_s
         print("ready", flush=True)
         start, i = float(sys.stdin.readline()), 0
         while (t := start + i * spec["interval_ms"] / 1000.0) < start + spec["duration_s"]:

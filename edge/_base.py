@@ -7,7 +7,7 @@ A request's path through the edge, and where each step lives::
       _prepare: local ──> the whole model on the device ──> Result           here (_local)
                 breaker open, or no time left ──> local fallback             here (_fail)
                 split / offload: device work ──> InferRequest              _request.py (+ _runtime.py)
-      transport: Infer, or InferStream (max_inflight in flight)              _transports/, _streams.py
+      transport: Run, or RunStream (max_inflight in flight); v1: Infer(Stream) _transports/, _streams.py
       _reply:   Result(computed="split"|"offload"); policy.observe           here, _results.py
                 failure or deadline ──> local fallback ──> Result(computed="local", fallback_reason=...)
       background: the probes the policy asks for; every remeasure_s the device times measured again
@@ -171,6 +171,11 @@ class BaseEdgeClient:
             self.device_latency: DeviceLatency = latency
             # The remote part of a request leaves this much of the deadline for a local run.
             self._local_reserve_s = (1.5 * latency.local_ms + 0.5) / 1e3
+
+    @property
+    def local_reserve_s(self) -> float:
+        """The part of every request's deadline kept for a local run (the remote part gets the rest)."""
+        return self._local_reserve_s
 
     def _schedule_remeasure(self) -> None:
         """Start a background re-measurement of the device times when one is due."""
