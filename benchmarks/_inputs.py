@@ -18,7 +18,7 @@ def photo_eval_set(bundle: Any) -> tuple[np.ndarray, np.ndarray]:
     from splitserve.models.natural import heldout_views
 
     images = heldout_views(2)[0]
-    session = ort.InferenceSession(str(bundle.path(bundle.manifest.local["fp32"])), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(bundle.path(bundle.manifest.local.fp32)), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     labels = np.concatenate([session.run(None, {name: images[i : i + 32]})[0].argmax(1) for i in range(0, len(images), 32)])
     return images, labels

@@ -148,7 +148,7 @@ def run(
             "name": bundle.manifest.name,
             "version": bundle.manifest.version,
             "path": str(bundle_path),
-            "created": bundle.manifest.extra.get("created"),
+            "created": bundle.manifest.extra.created,
         },
         "split": info.name,
         "level": lvl,

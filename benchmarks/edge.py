@@ -44,7 +44,6 @@ import onnxruntime as ort
 from splitserve.core import codec
 from splitserve.core.bundle import Bundle
 from splitserve.core.datasets import load_fashion_mnist
-from splitserve.core.offload import offload_levels
 from splitserve.core.png import png_bytes
 from splitserve.edge import (
     BaseTransport,
@@ -99,7 +98,7 @@ def run(
     bundle = Bundle.open(bundle_path)
     try:
         m = bundle.manifest
-        n_eval = int(eval_size or m.extra.get("eval_size", 1000))
+        n_eval = int(eval_size or m.extra.eval_size or 1000)
         images, labels, inputs = _eval_inputs(bundle, n_eval)
         splits = [_split_figures(bundle, s.name, images, labels, repeats, threads) for s in m.splits]
         local = _local_figures(bundle, images, labels, repeats, threads)
@@ -333,7 +332,7 @@ def _local_figures(
     bundle: Bundle, images: np.ndarray, labels: np.ndarray, repeats: int, threads: int
 ) -> dict[str, Any]:
     local = bundle.manifest.local
-    sessions = {p: load_session(bundle.path(local[p]), threads) for p in ("fp32", "int8")}
+    sessions = {p: load_session(bundle.path(rel), threads) for p, rel in local.files.items()}
     lat = _latencies(sessions, images, repeats)
     acc = {p: float((_run_all(s, images).argmax(1) == labels).mean()) for p, s in sessions.items()}
     return {
@@ -360,7 +359,7 @@ def _orchestrator_ms(bundle: Bundle, repeats: int) -> dict[str, float]:
     With a :class:`FixedPolicy`, as in ``client_overhead_ms``, neither is paid.
     """
     m = bundle.manifest
-    lossy = {lv.level: 0.1 for lv in offload_levels(m.offload) if lv.level}
+    lossy = {lv.level: 0.1 for lv in m.offload.levels if lv.level}
     orch = Orchestrator.from_manifest(m, DeviceLatency({s.name: 0.5 for s in m.splits}, 0.5, 0.1, lossy))
     server = ServerTimings(decode_ms=0.4, queue_ms=0.1, tail_ms=0.5, total_ms=1.2)
     remote = f"{m.splits[0].name}@{m.splits[0].levels[0].level}"

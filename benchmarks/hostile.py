@@ -50,7 +50,6 @@ from splitserve.benchmarks._machine import machine_info
 from splitserve.benchmarks.cloud import endpoint, sample_requests
 from splitserve.benchmarks.stack import free_port, stop_process
 from splitserve.core.bundle import OFFLOAD_SPLIT, Bundle
-from splitserve.core.offload import offload_levels
 from splitserve.protos.v1 import inference_pb2 as pb
 
 __all__ = ["HOSTILE_KINDS", "run"]
@@ -248,7 +247,7 @@ def _payloads(bundle_path: Path) -> list[tuple[str, bytes]]:
         level = split.levels[0].level
         tables = bundle.tables(split.name, level)
         c, h, w = m.input_shape
-        levels = offload_levels(m.offload)
+        levels = m.offload.levels
 
     def request(tensor: pb.CompressedTensor, split_name: str, lv: int) -> bytes:
         return pb.InferRequest(request_id="hostile", model=m.name, version=m.version, split=split_name, level=lv,

@@ -99,17 +99,17 @@ def run(out_dir: Path, bundle_path: Path, *, progress: bool = True) -> dict[str,
     calib = np.stack([views[i].numpy() for i in range(128)])
     images, _, _, centre = heldout_views(1)
     x1 = images[:1]
-    full32 = ort_session(bundle.path(m.local["fp32"]))
+    full32 = ort_session(bundle.path(m.local.fp32))
     ref = run_batched(full32, images, 50).argmax(1)
     rows: list[dict[str, Any]] = []
     bar = tqdm(total=len(SETTINGS) * (1 + len(m.splits)), desc="int8", disable=not progress)
-    fp32_ms = {"local": _median_ms(ort_session(bundle.path(m.local["fp32"]), threads=1), x1)}
+    fp32_ms = {"local": _median_ms(ort_session(bundle.path(m.local.fp32), threads=1), x1)}
     for s in m.splits:
         fp32_ms[s.name] = _median_ms(ort_session(bundle.path(s.head_fp32), threads=1), x1)
     with tempfile.TemporaryDirectory() as tmp:
         for setting in SETTINGS:
             path = Path(tmp) / f"local-{setting.name}.onnx"
-            quantize(bundle.path(m.local["fp32"]), path, calib, setting)
+            quantize(bundle.path(m.local.fp32), path, calib, setting)
             pred = run_batched(ort_session(path), images, 50).argmax(1)
             ms = _median_ms(ort_session(path, threads=1), x1)
             rows.append(_row("local", setting, pred, ref, centre, ms, fp32_ms["local"]))

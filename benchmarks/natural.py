@@ -129,9 +129,9 @@ def run(
     codecs = [c for c in CODEC_QUALITIES if c != "avif" or features.check("avif")]
     steps = 3 + 2 * len(m.splits) + sum(len(CODEC_QUALITIES[c]) for c in codecs)
     bar = tqdm(total=steps, desc="natural", unit="step", disable=not progress)
-    full = ort_session(bundle.path(m.local["fp32"]))
+    full = ort_session(bundle.path(m.local.fp32))
     ref = run_batched(full, images, BATCH).argmax(1)
-    local_int8 = run_batched(ort_session(bundle.path(m.local["int8"])), images, BATCH).argmax(1)
+    local_int8 = run_batched(ort_session(bundle.path(m.local.int8)), images, BATCH).argmax(1)
     bar.update()
 
     points: list[dict[str, Any]] = []
@@ -181,7 +181,7 @@ def run(
             "note": "agreement = top-1 equal to the unsplit fp32 model on the same input; the target is on centre "
                     "crops; views of one photo are correlated, so the interval over views understates uncertainty",
         },
-        "bundle": {"name": m.name, "version": m.version, "recipe": recipe, "eval_set": m.extra.get("eval_set")},
+        "bundle": {"name": m.name, "version": m.version, "recipe": recipe, "eval_set": m.extra.eval_set},
         "recipe": _recipe_dict(NATURAL_RECIPES.get(recipe)),
         "unsplit_top1_labelled": float((ref == labels)[labelled].mean()),
         "labelled_n": int(labelled.sum()),
@@ -211,7 +211,7 @@ def _latency(bundle: Bundle, x: np.ndarray) -> dict[str, Any]:
     and decoding."""
     m = bundle.manifest
     out: dict[str, Any] = {
-        "local": {k: _median_ms(ort_session(bundle.path(m.local[k]), threads=1), x) for k in ("fp32", "int8")}
+        "local": {k: _median_ms(ort_session(bundle.path(rel), threads=1), x) for k, rel in m.local.files.items()}
     }
     for s in m.splits:
         heads = {"fp32": s.head_fp32, "int8": s.head_int8}

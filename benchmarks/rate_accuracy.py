@@ -94,7 +94,7 @@ def run(recipe: str, out_dir: Path, *, progress: bool = True) -> dict[str, Any]:
     images, labels = load_fashion_mnist("test")
     n = min(RECIPES[recipe].eval_size, len(labels))
     images, labels = images[:n], labels[:n]
-    full = ort_session(bundle.path(m.local["fp32"]))
+    full = ort_session(bundle.path(m.local.fp32))
     ref_pred = run_batched(full, images).argmax(1)
     unsplit_acc = float((ref_pred == labels).mean())
     teacher, _ = trained_backbone(RECIPES[recipe])
@@ -157,7 +157,7 @@ def run(recipe: str, out_dir: Path, *, progress: bool = True) -> dict[str, Any]:
         acc = float((run_batched(full, decoded).argmax(1) == labels).mean())
         baselines.append({"name": name, "bytes_per_sample": nbytes_c, "accuracy": acc})
     bar.update()
-    local_acc = float((run_batched(ort_session(bundle.path(m.local["int8"])), images).argmax(1) == labels).mean())
+    local_acc = float((run_batched(ort_session(bundle.path(m.local.int8)), images).argmax(1) == labels).mean())
     baselines.append({"name": "local-only (int8 whole model)", "bytes_per_sample": 0.0, "accuracy": local_acc})
     bar.update()
 

@@ -823,7 +823,7 @@ class _Soak:
                 "timeout_s": cfg.timeout_s,
                 "mode": "stream" if i % 4 == 1 else "unary",
                 "policy": policy,
-                "eval_size": int(manifest.extra["eval_size"]),
+                "eval_size": int(manifest.extra.eval_size),
                 "inputs": str(inputs) if inputs else "",
                 "results": str(workdir / f"client-{i}.jsonl"),
             }
@@ -1080,8 +1080,8 @@ def _read_client(path: Path) -> dict[str, Any]:
 
 def _manifest_accuracy(manifest: Any) -> dict[str, float]:
     acc = {f"{s.name}@{lv.level}": lv.accuracy for s in manifest.splits for lv in s.levels}
-    acc["offload"] = manifest.offload["accuracy"]
-    acc["local"] = manifest.local["accuracy"]
+    acc["offload"] = manifest.offload.level(0).accuracy
+    acc["local"] = manifest.local.accuracy
     return acc
 
 

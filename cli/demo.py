@@ -35,9 +35,7 @@ def _option_names(manifest: Any, every_level: bool = True) -> list[str]:
     """The options of ``manifest`` as the demo's rows name them: local, the offload levels (with their
     codec), then the split levels (all of them, or per split its fewest bytes, level 0 and its most
     accurate); the first word is the policy."""
-    from splitserve.core.offload import offload_levels
-
-    offload = [f"offload{'@' + str(o.level) if o.level else ''} ({o.label})" for o in offload_levels(manifest.offload)]
+    offload = [f"offload{'@' + str(o.level) if o.level else ''} ({o.label})" for o in manifest.offload.levels]
     splits = []
     for s in manifest.splits:
         shown = {lv.level for lv in s.levels} if every_level else {

@@ -188,11 +188,10 @@ def _floats(text: str, option: str) -> tuple[float, float, float]:
 def eval_bundle(bundle: Path) -> None:
     """Verify a bundle (every sha256) and print its measured figures."""
     from splitserve.core.bundle import Bundle
-    from splitserve.core.offload import offload_levels
 
     b = Bundle.open(bundle)
     m = b.manifest
-    click.echo(f"{m.name} v{m.version}: unsplit accuracy {m.unsplit_accuracy:.4f} on {m.extra.get('eval_set')}")
+    click.echo(f"{m.name} v{m.version}: unsplit accuracy {m.unsplit_accuracy:.4f} on {m.extra.eval_set}")
     click.echo(f"{'option':21s} {'bytes':>8s} {'acc int8':>9s} {'acc fp32':>9s} {'fidelity':>9s} {'head MACs':>10s}")
     for s in m.splits:
         for lv in s.levels:
@@ -200,8 +199,8 @@ def eval_bundle(bundle: Path) -> None:
                 f"{s.name + '/L' + str(lv.level):21s} {lv.bytes_per_sample:8.1f} {lv.accuracy:9.4f} "
                 f"{lv.accuracy_fp32:9.4f} {lv.fidelity:9.4f} {s.head_mac_share:9.1%}"
             )
-    click.echo(f"{'local':21s} {0:8.1f} {m.local['accuracy']:9.4f} {m.local['accuracy_fp32']:9.4f}")
-    for off in offload_levels(m.offload):
+    click.echo(f"{'local':21s} {0:8.1f} {m.local.accuracy:9.4f} {m.local.accuracy_fp32:9.4f}")
+    for off in m.offload.levels:
         name = "offload" + (f"@{off.level}" if off.level else "") + f" ({off.label})"
         click.echo(f"{name:21s} {off.bytes_per_sample:8.1f} {off.accuracy:9.4f}")
     b.close()

@@ -154,8 +154,8 @@ class ServedBundle:
             tails[OFFLOAD_SPLIT] = _spec(
                 bundle,
                 OFFLOAD_SPLIT,
-                m.offload["triton_model"],
-                m.offload["onnx"],
+                m.offload.triton_model,
+                m.offload.onnx,
                 FULL_INPUT,
                 np.uint8,
                 m.input_shape,

@@ -11,6 +11,10 @@ A bundle is a directory (or a ``.tar`` of one) written by ``splitserve export``:
     triton/python/<model>_tail_<split>/{config.pbtxt,1/model.onnx,1/model.py}  pytriton's binary
     triton/*/<model>_full/...           the whole model, for offload (compressed input image)
 
+``manifest.json`` is :class:`Manifest`, typed throughout (:class:`SplitInfo`, :class:`LocalInfo`,
+:class:`OffloadInfo`, :class:`ExportInfo`): the exporter writes :meth:`Manifest.to_dict` and every reader
+gets :meth:`Manifest.from_dict`, its exact inverse (format ``splitserve.bundle``, ``format_version`` 1).
+
 Opening a bundle checks the sha256 of every file, refuses files it does not list, and accepts only
 ONNX, JSON, Triton ``config.pbtxt`` and the python-backend ``model.py`` that this splitserve ships
 (byte-for-byte): never pickles.
@@ -25,22 +29,29 @@ import shutil
 import stat
 import tarfile
 import tempfile
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .codec import CODEC_NAME, CODEC_VERSIONS, EntropyTables, read_leb128
-from .offload import offload_levels
 from .errors import BundleError, IntegrityError, UnknownModelError
+from .offload import OffloadLevel
 
 __all__ = [
     "MANIFEST_FORMAT",
-    "Bundle",
-    "LevelInfo",
-    "Manifest",
+    "MANIFEST_VERSION",
     "OFFLOAD_SPLIT",
-    "SplitInfo",
     "TRITON_PYTHON_MODEL",
+    "Bundle",
+    "CodecInfo",
+    "ExportInfo",
+    "Int8Info",
+    "LevelInfo",
+    "LocalInfo",
+    "Manifest",
+    "OffloadInfo",
+    "SplitInfo",
     "sha256_file",
 ]
 
@@ -59,6 +70,45 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+_T = TypeVar("_T")
+
+
+def _typed(value: Any, kind: type[_T], what: str) -> _T:
+    """``value`` as a ``kind``: a string must be one, numbers go through ``int``/``float`` (as JSON holds them)."""
+    if kind is str:
+        if not isinstance(value, str):
+            raise BundleError(f"malformed manifest: {what} {value!r} is not a string")
+        return value  # type: ignore[return-value]
+    if isinstance(value, (bool, str)) or not isinstance(value, (int, float)):
+        raise BundleError(f"malformed manifest: {what} {value!r} is not a number")
+    try:
+        return kind(value)  # type: ignore[call-arg]
+    except OverflowError as exc:  # int(inf)
+        raise BundleError(f"malformed manifest: {what} {value!r} is not a finite number") from exc
+
+
+def _need(d: Mapping[str, Any], key: str, kind: type[_T], entry: str) -> _T:
+    """``d[key]`` as a ``kind`` (``KeyError`` where absent)."""
+    return _typed(d[key], kind, f"{entry}.{key}")
+
+
+def _optional(d: Mapping[str, Any], key: str, kind: type[_T], entry: str) -> _T | None:
+    """``d[key]`` as a ``kind``; ``None`` where it is absent or null."""
+    value = d.get(key)
+    return None if value is None else _typed(value, kind, f"{entry}.{key}")
+
+
+def _entry(d: Any, name: str) -> Mapping[str, Any]:
+    if not isinstance(d, Mapping):
+        raise BundleError(f"malformed manifest: {name} must be an object, not {type(d).__name__}")
+    return d
+
+
+def _present(**fields: Any) -> dict[str, Any]:
+    """``fields`` less the absent (``None``) ones, in order: how optional entries are written."""
+    return {k: v for k, v in fields.items() if v is not None}
+
+
 @dataclass(frozen=True)
 class LevelInfo:
     """One rate level of one split, with the figures measured at export."""
@@ -69,6 +119,21 @@ class LevelInfo:
     accuracy: float
     accuracy_fp32: float
     fidelity: float
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> LevelInfo:
+        what = f"split level {d.get('level')!r}"
+        return cls(
+            level=_need(d, "level", int, what),
+            tables=_need(d, "tables", str, what),
+            bytes_per_sample=_need(d, "bytes_per_sample", float, what),
+            accuracy=_need(d, "accuracy", float, what),
+            accuracy_fp32=_need(d, "accuracy_fp32", float, what),
+            fidelity=_need(d, "fidelity", float, what),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -92,24 +157,201 @@ class SplitInfo:
         known = [lv.level for lv in self.levels]
         raise UnknownModelError(f"split {self.name!r} has no level {level} (levels: {known})")
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> SplitInfo:
+        what = f"split {d.get('name')!r}"
+        return cls(
+            name=_need(d, "name", str, what),
+            latent_shape=tuple(_typed(v, int, f"{what}.latent_shape") for v in d["latent_shape"]),  # type: ignore[arg-type]
+            head_int8=_need(d, "head_int8", str, what),
+            head_fp32=_need(d, "head_fp32", str, what),
+            tail_model=_need(d, "tail_model", str, what),
+            tail_onnx=_need(d, "tail_onnx", str, what),
+            head_macs=_need(d, "head_macs", int, what),
+            head_mac_share=_need(d, "head_mac_share", float, what),
+            levels=tuple(LevelInfo.from_dict(_entry(lv, "a split level")) for lv in d["levels"]),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "latent_shape": list(self.latent_shape),
+            "head_int8": self.head_int8,
+            "head_fp32": self.head_fp32,
+            "tail_model": self.tail_model,
+            "tail_onnx": self.tail_onnx,
+            "head_macs": self.head_macs,
+            "head_mac_share": self.head_mac_share,
+            "levels": [lv.to_dict() for lv in self.levels],
+        }
+
+
+@dataclass(frozen=True)
+class LocalInfo:
+    """The whole model on the device, for local fallback (manifest entry ``local``; every field optional).
+
+    Attributes:
+        fp32, int8: its ONNX files in the bundle.
+        accuracy, accuracy_fp32: top-1 of the int8 and the fp32 model on the evaluation set; without
+            ``accuracy`` the orchestrator offers no ``local`` option.
+    """
+
+    fp32: str | None = None
+    int8: str | None = None
+    accuracy: float | None = None
+    accuracy_fp32: float | None = None
+
+    @property
+    def files(self) -> dict[str, str]:
+        """Its ONNX files by precision (``fp32``, ``int8``), those it has."""
+        return {k: v for k, v in (("fp32", self.fp32), ("int8", self.int8)) if v is not None}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> LocalInfo:
+        return cls(
+            fp32=_optional(d, "fp32", str, "local"),
+            int8=_optional(d, "int8", str, "local"),
+            accuracy=_optional(d, "accuracy", float, "local"),
+            accuracy_fp32=_optional(d, "accuracy_fp32", float, "local"),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return _present(**asdict(self))
+
+
+@dataclass(frozen=True)
+class OffloadInfo:
+    """The whole model in the cloud, sent the input image (manifest entry ``offload``).
+
+    In the JSON, level 0 (PNG) is the entry's own ``codec``, ``bytes_per_sample`` and ``accuracy``, and the
+    lossy levels are its ``levels`` list; here they are one tuple.
+
+    Attributes:
+        triton_model, onnx: the cloud's whole model (``""`` where the bundle serves no offload).
+        levels: PNG (level 0) where measured, then the lossy levels as listed (see ``core.offload``).
+    """
+
+    triton_model: str = ""
+    onnx: str = ""
+    levels: tuple[OffloadLevel, ...] = ()
+
+    def level(self, level: int) -> OffloadLevel:
+        for info in self.levels:
+            if info.level == level:
+                return info
+        raise UnknownModelError(f"no offload level {level} (levels: {[lv.level for lv in self.levels]})")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> OffloadInfo:
+        """Parse the ``offload`` entry.
+
+        Raises:
+            BundleError: a split other than ``input``, or levels that are not a list of at most 255 valid
+                (:meth:`OffloadLevel.from_dict`), distinct ones.
+        """
+        if d.get("split", OFFLOAD_SPLIT) != OFFLOAD_SPLIT:
+            raise BundleError(f"malformed manifest: offload split {d.get('split')!r} ({OFFLOAD_SPLIT!r} expected)")
+        levels = []
+        if {"bytes_per_sample", "accuracy"} <= d.keys():
+            levels.append(OffloadLevel.from_dict({**d, "level": 0, "codec": d.get("codec", "png"), "quality": None}))
+        raw = d.get("levels", [])
+        if not isinstance(raw, list) or len(raw) > 255:
+            raise BundleError("malformed manifest: offload levels must be a list of at most 255 entries")
+        levels += [OffloadLevel.from_dict(_entry(entry, "an offload level")) for entry in raw]
+        numbers = [lv.level for lv in levels]
+        if len(set(numbers)) != len(numbers):
+            raise BundleError(f"malformed manifest: offload levels {numbers} are not distinct")
+        return cls(
+            triton_model=_optional(d, "triton_model", str, "offload") or "",
+            onnx=_optional(d, "onnx", str, "offload") or "",
+            levels=tuple(levels),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        png = next((lv for lv in self.levels if lv.level == 0), None)
+        return _present(
+            split=OFFLOAD_SPLIT,
+            codec=None if png is None else png.codec,
+            triton_model=self.triton_model or None,
+            onnx=self.onnx or None,
+            bytes_per_sample=None if png is None else png.bytes_per_sample,
+            accuracy=None if png is None else png.accuracy,
+            levels=[lv.to_dict() for lv in self.levels if lv.level],
+        )
+
+
+@dataclass(frozen=True)
+class CodecInfo:
+    """The entropy codec the bundle's latents are coded with: its name and the newest version its tables need."""
+
+    name: str
+    version: int
+
+
+@dataclass(frozen=True)
+class Int8Info:
+    """How the int8 models were quantized."""
+
+    format: str
+    weight_bits: int
+
+
+@dataclass(frozen=True)
+class ExportInfo:
+    """What the exporter recorded about itself and its measurements (manifest entry ``extra``; all optional).
+
+    Attributes:
+        eval_set: the evaluation set every figure was measured on, in words.
+        eval_size: its number of samples.
+        created: when the bundle was written (ISO 8601, UTC).
+        codec: the latent codec; :meth:`Bundle.open` refuses one this build does not speak.
+        int8: the quantization of the int8 models.
+    """
+
+    eval_set: str | None = None
+    eval_size: int | None = None
+    created: str | None = None
+    codec: CodecInfo | None = None
+    int8: Int8Info | None = None
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ExportInfo:
+        codec, int8 = d.get("codec"), d.get("int8")
+        return cls(
+            eval_set=_optional(d, "eval_set", str, "extra"),
+            eval_size=_optional(d, "eval_size", int, "extra"),
+            created=_optional(d, "created", str, "extra"),
+            codec=None if codec is None else CodecInfo(
+                _typed(_entry(codec, "extra.codec")["name"], str, "extra.codec"),
+                _typed(codec["version"], int, "extra.codec"),
+            ),
+            int8=None if int8 is None else Int8Info(
+                _typed(_entry(int8, "extra.int8")["format"], str, "extra.int8"),
+                _typed(int8["weight_bits"], int, "extra.int8"),
+            ),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return _present(**asdict(self))
+
 
 @dataclass(frozen=True)
 class Manifest:
-    """The parsed ``manifest.json``."""
+    """The parsed ``manifest.json``: written by the exporter with :meth:`to_dict`, read with :meth:`from_dict`."""
 
     name: str
     version: str
     input_shape: tuple[int, ...]
     input_dtype: str
-    preprocess: dict[str, Any]
+    preprocess: dict[str, int]
     classes: tuple[str, ...]
     total_macs: int
     unsplit_accuracy: float
     splits: tuple[SplitInfo, ...]
-    local: dict[str, Any]
-    offload: dict[str, Any]
+    local: LocalInfo
+    offload: OffloadInfo
     files: dict[str, str]
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: ExportInfo = field(default_factory=ExportInfo)
 
     def split(self, name: str) -> SplitInfo:
         for s in self.splits:
@@ -122,7 +364,7 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Manifest:
-        """Parse and validate a manifest: every value typed and bounded, or one :class:`BundleError`."""
+        """Parse a manifest: every value typed, or one :class:`BundleError` (bounds: ``Bundle.open``)."""
         if not isinstance(d, dict):
             raise BundleError(f"malformed manifest: a JSON object is expected, not {type(d).__name__}")
         if d.get("format") != MANIFEST_FORMAT:
@@ -133,37 +375,44 @@ class Manifest:
                 f"{MANIFEST_VERSION})"
             )
         try:
-            splits = tuple(
-                SplitInfo(
-                    name=s["name"],
-                    latent_shape=tuple(int(v) for v in s["latent_shape"]),  # type: ignore[arg-type]
-                    head_int8=s["head_int8"],
-                    head_fp32=s["head_fp32"],
-                    tail_model=s["tail_model"],
-                    tail_onnx=s["tail_onnx"],
-                    head_macs=int(s["head_macs"]),
-                    head_mac_share=float(s["head_mac_share"]),
-                    levels=tuple(LevelInfo(**lv) for lv in s["levels"]),
-                )
-                for s in d["splits"]
-            )
+            spec = _entry(d["input"], "input")
+            preprocess = _entry(spec.get("preprocess", {}), "input.preprocess")
+            files = _entry(d["files"], "files")
             return cls(
-                name=d["name"],
+                name=_typed(d["name"], str, "name"),
                 version=str(d["version"]),
-                input_shape=tuple(int(v) for v in d["input"]["shape"]),
-                input_dtype=d["input"]["dtype"],
-                preprocess=dict(d["input"].get("preprocess", {})),
-                classes=tuple(d["classes"]),
-                total_macs=int(d["total_macs"]),
-                unsplit_accuracy=float(d["unsplit_accuracy"]),
-                splits=splits,
-                local=dict(d["local"]),
-                offload=dict(d["offload"]),
-                files=dict(d["files"]),
-                extra=dict(d.get("extra", {})),
+                input_shape=tuple(_typed(v, int, "input.shape") for v in spec["shape"]),
+                input_dtype=_typed(spec["dtype"], str, "input.dtype"),
+                preprocess={k: _typed(v, int, "input.preprocess") for k, v in preprocess.items()},
+                classes=tuple(_typed(c, str, "classes") for c in d["classes"]),
+                total_macs=_typed(d["total_macs"], int, "total_macs"),
+                unsplit_accuracy=_typed(d["unsplit_accuracy"], float, "unsplit_accuracy"),
+                splits=tuple(SplitInfo.from_dict(_entry(s, "a split")) for s in d["splits"]),
+                local=LocalInfo.from_dict(_entry(d["local"], "local")),
+                offload=OffloadInfo.from_dict(_entry(d["offload"], "offload")),
+                files={_typed(k, str, "files"): _typed(v, str, "files") for k, v in files.items()},
+                extra=ExportInfo.from_dict(_entry(d.get("extra", {}), "extra")),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise BundleError(f"malformed manifest: {exc!r}") from exc
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object of ``manifest.json``: :meth:`from_dict` reads it back to an equal manifest."""
+        return {
+            "format": MANIFEST_FORMAT,
+            "format_version": MANIFEST_VERSION,
+            "name": self.name,
+            "version": self.version,
+            "input": {"shape": list(self.input_shape), "dtype": self.input_dtype, "preprocess": dict(self.preprocess)},
+            "classes": list(self.classes),
+            "total_macs": self.total_macs,
+            "unsplit_accuracy": self.unsplit_accuracy,
+            "splits": [s.to_dict() for s in self.splits],
+            "local": self.local.to_dict(),
+            "offload": self.offload.to_dict(),
+            "files": dict(self.files),
+            "extra": self.extra.to_dict(),
+        }
 
 
 def _validate(m: Manifest) -> None:
@@ -202,7 +451,8 @@ def _validate(m: Manifest) -> None:
             need(lv.tables in m.files, f"tables {lv.tables!r} of {s.name!r} level {lv.level} are not a bundle file")
         for rel in (s.head_int8, s.head_fp32, s.tail_onnx):
             need(rel in m.files, f"{rel!r} of split {s.name!r} is not a bundle file")
-    offload_levels(m.offload)  # raises on a malformed level
+    need(all(a is None or 0.0 <= a <= 1.0 for a in (m.local.accuracy, m.local.accuracy_fp32)),
+         "local accuracy out of range")
 
 
 class Bundle:
@@ -254,10 +504,10 @@ class Bundle:
             raise BundleError(f"{manifest_path} nests too deeply to be a manifest") from exc
         manifest = Manifest.from_dict(raw)
         _validate(manifest)
-        coded = manifest.extra.get("codec", {})
-        if coded and (coded.get("name") != CODEC_NAME or coded.get("version") not in CODEC_VERSIONS):
+        coded = manifest.extra.codec
+        if coded is not None and (coded.name != CODEC_NAME or coded.version not in CODEC_VERSIONS):
             raise BundleError(
-                f"bundle {path} codes latents with {coded.get('name')} v{coded.get('version')}; this build speaks "
+                f"bundle {path} codes latents with {coded.name} v{coded.version}; this build speaks "
                 f"{CODEC_NAME} v{'/'.join(map(str, CODEC_VERSIONS))}: re-export it with `splitserve export`"
             )
         if trusted_keys is not None:

@@ -1,10 +1,10 @@
 """Offload options: the model input sent whole, as PNG (level 0) or as JPEG/WebP at a quality.
 
-A bundle's manifest lists its offload levels (``offload.levels``, beside the PNG fields of level 0);
-each names a codec and quality, and the bytes and accuracy the exporter measured by encoding its
-evaluation set with :func:`encode_image`: the function the edge client sends with, so the orchestrator
-prices an option with the bytes the client will send. The endpoint decodes what the level names and
-nothing else (``cloud/_decode.py``).
+A bundle's manifest lists its offload levels (``offload.levels``, beside the PNG fields of level 0;
+parsed whole by ``core.bundle.OffloadInfo``); each names a codec and quality, and the bytes and accuracy
+the exporter measured by encoding its evaluation set with :func:`encode_image`: the function the edge
+client sends with, so the orchestrator prices an option with the bytes the client will send. The
+endpoint decodes what the level names and nothing else (``cloud/_decode.py``).
 
 Pillow is imported where it runs: only the lossy levels need it (the edge and cloud extras have it).
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -22,7 +22,7 @@ import numpy as np
 from .errors import BundleError, RequestError
 from .png import png_bytes
 
-__all__ = ["LOSSY_CODECS", "OFFLOAD_CODECS", "OffloadLevel", "encode_image", "offload_levels"]
+__all__ = ["LOSSY_CODECS", "OFFLOAD_CODECS", "OffloadLevel", "encode_image"]
 
 OFFLOAD_CODECS = ("png", "jpeg", "webp")
 LOSSY_CODECS = ("jpeg", "webp")
@@ -56,6 +56,43 @@ class OffloadLevel:
         """The payload of this level for model input ``x`` (C, H, W) uint8."""
         return encode_image(x, self.codec, self.quality)
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> OffloadLevel:
+        """Parse one level as the manifest writes it (see :meth:`to_dict`).
+
+        Raises:
+            BundleError: level 0 that is not PNG, a level in 1..255 without a lossy codec and a quality in
+                1..100, or figures out of range.
+        """
+        try:
+            level = cls(
+                level=int(d["level"]),
+                codec=str(d["codec"]),
+                quality=None if d.get("quality") is None else int(d["quality"]),
+                bytes_per_sample=float(d["bytes_per_sample"]),
+                accuracy=float(d["accuracy"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BundleError(f"malformed manifest: offload level {dict(d)!r}: {exc}") from None
+        level._check()
+        return level
+
+    def to_dict(self) -> dict[str, Any]:
+        """A lossy level's entry of ``offload.levels``: exactly what :meth:`from_dict` reads."""
+        return asdict(self)
+
+    def _check(self) -> None:
+        lossy = self.codec in LOSSY_CODECS
+        ok = (
+            (self.level == 0 and self.codec == "png") or (1 <= self.level <= 255 and lossy)
+        ) and (not lossy or (self.quality is not None and 1 <= self.quality <= 100))
+        figures = math.isfinite(self.bytes_per_sample) and 0 <= self.bytes_per_sample < 1 << 30
+        if not (ok and figures and 0.0 <= self.accuracy <= 1.0):
+            raise BundleError(
+                f"malformed manifest: offload level {self.level} ({self.codec}, quality {self.quality}): level 0 "
+                "is png, levels 1-255 are jpeg or webp with a quality in 1..100, and figures must be in range"
+            )
+
 
 def encode_image(x: np.ndarray, codec: str, quality: int | None = None) -> bytes:
     """``x`` (C, H, W) uint8 with 1 or 3 channels as a PNG, or as a baseline JPEG or lossy WebP at
@@ -79,51 +116,3 @@ def encode_image(x: np.ndarray, codec: str, quality: int | None = None) -> bytes
     buf = io.BytesIO()
     image.save(buf, format=_PIL_FORMAT[codec], quality=int(quality))
     return buf.getvalue()
-
-
-def offload_levels(offload: Mapping[str, Any]) -> tuple[OffloadLevel, ...]:
-    """The offload levels a manifest's ``offload`` entry offers: PNG (level 0) where it has its bytes and
-    accuracy, then each entry of ``levels``.
-
-    Raises:
-        BundleError: a level that is not a distinct number in 1..255 with a lossy codec, a quality in
-            1..100 and finite figures.
-    """
-    levels = []
-    if {"bytes_per_sample", "accuracy"} <= offload.keys():
-        levels.append(_level({**offload, "level": 0, "codec": offload.get("codec", "png"), "quality": None}))
-    raw = offload.get("levels", [])
-    if not isinstance(raw, list) or len(raw) > 255:
-        raise BundleError("malformed manifest: offload levels must be a list of at most 255 entries")
-    for entry in raw:
-        if not isinstance(entry, Mapping):
-            raise BundleError("malformed manifest: an offload level is not an object")
-        levels.append(_level(entry))
-    numbers = [lv.level for lv in levels]
-    if len(set(numbers)) != len(numbers):
-        raise BundleError(f"malformed manifest: offload levels {numbers} are not distinct")
-    return tuple(levels)
-
-
-def _level(d: Mapping[str, Any]) -> OffloadLevel:
-    try:
-        level = OffloadLevel(
-            level=int(d["level"]),
-            codec=str(d["codec"]),
-            quality=None if d.get("quality") is None else int(d["quality"]),
-            bytes_per_sample=float(d["bytes_per_sample"]),
-            accuracy=float(d["accuracy"]),
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise BundleError(f"malformed manifest: offload level {dict(d)!r}: {exc}") from None
-    lossy = level.codec in LOSSY_CODECS
-    ok = (
-        (level.level == 0 and level.codec == "png") or (1 <= level.level <= 255 and lossy)
-    ) and (not lossy or (level.quality is not None and 1 <= level.quality <= 100))
-    figures = math.isfinite(level.bytes_per_sample) and 0 <= level.bytes_per_sample < 1 << 30
-    if not (ok and figures and 0.0 <= level.accuracy <= 1.0):
-        raise BundleError(
-            f"malformed manifest: offload level {level.level} ({level.codec}, quality {level.quality}): level 0 "
-            "is png, levels 1-255 are jpeg or webp with a quality in 1..100, and figures must be in range"
-        )
-    return level

@@ -31,7 +31,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from .bundle import OFFLOAD_SPLIT, Manifest
-from .offload import offload_levels
 
 __all__ = [
     "DEFAULT_TOP_K",
@@ -84,9 +83,9 @@ def offload_codecs(manifest: Manifest) -> dict[int, str]:
 
     A manifest without offload figures still serves PNG at level 0.
     """
-    if not (manifest.offload.get("onnx") and manifest.offload.get("triton_model")):
+    if not (manifest.offload.onnx and manifest.offload.triton_model):
         return {}
-    return {lv.level: lv.codec for lv in offload_levels(manifest.offload)} or {0: "png"}
+    return {lv.level: lv.codec for lv in manifest.offload.levels} or {0: "png"}
 
 
 def wire_options(manifest: Manifest) -> tuple[WireOption, ...]:

@@ -30,7 +30,7 @@ from splitserve.core import codec
 from splitserve.core.bundle import Bundle
 from splitserve.core.codec import EntropyTables
 from splitserve.core.errors import BundleError, RequestError, UnknownModelError
-from splitserve.core.offload import OffloadLevel, offload_levels
+from splitserve.core.offload import OffloadLevel
 from splitserve.core.png import png_bytes
 from splitserve.orchestrator import DeviceLatency
 
@@ -121,10 +121,10 @@ class EdgeRuntime:
             self.heads[name] = self._load(info.head_int8, info.head_fp32, precision)
             for lv in info.levels:
                 self.tables[(name, lv.level)] = bundle.tables(name, lv.level)
-        if "int8" not in m.local and "fp32" not in m.local:
+        if m.local.int8 is None and m.local.fp32 is None:
             raise BundleError(f"bundle {m.name!r} has no local model: the edge client needs one for fallback")
-        self.local_model = self._load(m.local.get("int8"), m.local.get("fp32"), precision)
-        self.offload_levels: dict[int, OffloadLevel] = {lv.level: lv for lv in offload_levels(m.offload) if lv.level}
+        self.local_model = self._load(m.local.int8, m.local.fp32, precision)
+        self.offload_levels: dict[int, OffloadLevel] = {lv.level: lv for lv in m.offload.levels if lv.level}
         self._measured_offload = set(offload) if offload is not None else {0, *self.offload_levels}
 
     @property

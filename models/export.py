@@ -18,23 +18,28 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import onnxruntime as ort
 import torch
-from torch import nn
-from tqdm.auto import tqdm
-
 from splitserve.core import codec
-from splitserve.core.offload import encode_image
-from splitserve.core.png import png_bytes as encode_png
 from splitserve.core.bundle import (
-    MANIFEST_FORMAT,
-    MANIFEST_VERSION,
-    OFFLOAD_SPLIT,
+    CodecInfo,
+    ExportInfo,
+    Int8Info,
+    LevelInfo,
+    LocalInfo,
+    Manifest,
+    OffloadInfo,
+    SplitInfo,
     copy_python_backend_model,
     sha256_file,
 )
+from splitserve.core.offload import OffloadLevel, encode_image
+from splitserve.core.png import png_bytes as encode_png
+from torch import nn
+from tqdm.auto import tqdm
 
 from ._split import SplitBackbone, count_macs
 from .split_model import SplitModel
@@ -207,13 +212,12 @@ def export_bundle(
     Every figure in the manifest is measured here on ``data``: bytes are the real entropy-coded
     payload of each sample, accuracies come from ONNX Runtime running the exported files.
     """
-    name = teacher.cfg.name
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        manifest = _write_bundle(work, teacher, split_models, data, name, version, progress, int8_weight_bits)
-        (work / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        manifest = _write_bundle(work, teacher, split_models, data, version, progress, int8_weight_bits)
+        (work / "manifest.json").write_text(json.dumps(manifest.to_dict(), indent=1))
         if out_dir.exists():
             shutil.rmtree(out_dir)
         work.rename(out_dir)
@@ -235,9 +239,123 @@ def export_key() -> str:
     return f"{codec.CODEC_NAME}{list(codec.CODEC_VERSIONS)}-offload{[list(x) for x in LOSSY_OFFLOAD]}"
 
 
+@dataclass(frozen=True)
+class _Target:
+    """What every part of one export shares: the folder being written, the evaluation data, the settings."""
+
+    root: Path
+    name: str
+    data: EvalData
+    example: torch.Tensor
+    int8_weight_bits: int
+    logits: tuple[str, str, tuple[int, ...]]
+    bar: tqdm
+
+    def onnx_pair(self, module: nn.Module, fp32: Path, int8: Path, output_name: str) -> None:
+        """``module`` (uint8 image in) exported to ``fp32`` and quantized to ``int8``."""
+        export_onnx(module, self.example, fp32, "image", output_name)
+        quantize_int8(fp32, int8, self.data.calib, weight_bits=self.int8_weight_bits)
+
+    def add_triton(self, model_name: str, onnx_path: Path, inp: tuple, out: tuple) -> None:
+        """``onnx_path`` as Triton model ``model_name`` in both repository flavours."""
+        for backend in ("onnxruntime", "python"):
+            d = self.root / "triton" / backend / model_name
+            (d / "1").mkdir(parents=True)
+            shutil.copyfile(onnx_path, d / "1" / "model.onnx")
+            (d / "config.pbtxt").write_text(triton_config(model_name, backend, inp, out))
+            if backend == "python":
+                copy_python_backend_model(d / "1" / "model.py")
+
+    def accuracy(self, pred: np.ndarray) -> float:
+        return float((pred == self.data.labels).mean())
+
+
+class _Whole(NamedTuple):
+    """The whole model as exported: its manifest entries and its predictions (the fidelity reference)."""
+
+    local: LocalInfo
+    offload: OffloadInfo
+    pred: np.ndarray
+    accuracy: float
+
+
+def _write_bundle(
+    root: Path,
+    teacher: SplitBackbone,
+    split_models: dict[str, SplitModel],
+    data: EvalData,
+    version: str,
+    progress: bool,
+    int8_weight_bits: int,
+) -> Manifest:
+    """Write every file of the bundle into ``root`` and return its manifest (not yet written)."""
+    cfg = teacher.cfg
+    example = torch.zeros((2, *cfg.input_shape), dtype=torch.uint8)
+    total_macs = count_macs(teacher, example[:1])
+    bar = tqdm(total=2 + 4 * len(split_models), desc=f"export {cfg.name}", unit="step", disable=not progress)
+    logits = ("logits", "TYPE_FP32", (len(cfg.classes),))
+    t = _Target(root, cfg.name, data, example, int8_weight_bits, logits, bar)
+    (root / "edge").mkdir()
+    whole = _export_whole(t, teacher)
+    splits = [_export_split(t, split, sm, whole.pred, total_macs) for split, sm in split_models.items()]
+    bar.close()
+    # the newest codec version any split's tables need
+    codec_version = max([codec.CODEC_VERSION, *(codec.codec_version_for(math.prod(s.latent_shape)) for s in splits)])
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    return Manifest(
+        name=cfg.name,
+        version=version,
+        input_shape=tuple(cfg.input_shape),
+        input_dtype="uint8",
+        preprocess=dict(cfg.preprocess),
+        classes=tuple(cfg.classes),
+        total_macs=total_macs,
+        unsplit_accuracy=whole.accuracy,
+        splits=tuple(splits),
+        local=whole.local,
+        offload=whole.offload,
+        files={p.relative_to(root).as_posix(): sha256_file(p) for p in files},
+        extra=ExportInfo(
+            eval_set=data.name,
+            eval_size=len(data.labels),
+            created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            codec=CodecInfo(codec.CODEC_NAME, codec_version),
+            int8=Int8Info("QDQ, per-channel weights, uint8 activations, MinMax", int8_weight_bits),
+        ),
+    )
+
+
+def _export_whole(t: _Target, teacher: SplitBackbone) -> _Whole:
+    """The whole model: local fallback on the device (fp32 + int8) and offload in the cloud, PNG and (for
+    colour inputs) the :data:`LOSSY_OFFLOAD` levels."""
+    cfg, data = teacher.cfg, t.data
+    full_fp32, full_int8 = t.root / "edge/full.fp32.onnx", t.root / "edge/full.int8.onnx"
+    t.onnx_pair(teacher, full_fp32, full_int8, "logits")
+    t.bar.update()
+    full_model = f"{t.name}_full"
+    t.add_triton(full_model, full_fp32, ("image", "TYPE_UINT8", cfg.input_shape), t.logits)
+    full_sess = ort_session(full_fp32)
+    ref_pred = run_batched(full_sess, data.images).argmax(1)
+    unsplit_acc = t.accuracy(ref_pred)
+    png = OffloadLevel(0, "png", None, float(np.mean([len(encode_png(im)) for im in data.images])), unsplit_acc)
+    lossy = [
+        _lossy_offload_level(level, codec_name, quality, data, full_sess)
+        for level, (codec_name, quality) in enumerate(LOSSY_OFFLOAD if cfg.input_shape[0] == 3 else (), start=1)
+    ]
+    t.bar.update()
+    local = LocalInfo(
+        fp32="edge/full.fp32.onnx",
+        int8="edge/full.int8.onnx",
+        accuracy=t.accuracy(run_batched(ort_session(full_int8), data.images).argmax(1)),
+        accuracy_fp32=unsplit_acc,
+    )
+    offload = OffloadInfo(full_model, f"triton/onnxruntime/{full_model}/1/model.onnx", (png, *lossy))
+    return _Whole(local, offload, ref_pred, unsplit_acc)
+
+
 def _lossy_offload_level(
     level: int, codec_name: str, quality: int, data: EvalData, full: ort.InferenceSession
-) -> dict:
+) -> OffloadLevel:
     """Offload ``level``: the evaluation images encoded as the client will send them, their mean bytes,
     and the whole model's accuracy on the decoded images."""
     from PIL import Image
@@ -249,162 +367,82 @@ def _lossy_offload_level(
         with Image.open(io.BytesIO(payload)) as img:
             decoded.append(np.asarray(img.convert("RGB")).transpose(2, 0, 1))
     pred = run_batched(full, np.ascontiguousarray(np.stack(decoded))).argmax(1)
-    return {
-        "level": level,
-        "codec": codec_name,
-        "quality": quality,
-        "bytes_per_sample": float(np.mean(sizes)),
-        "accuracy": float((pred == data.labels).mean()),
+    return OffloadLevel(level, codec_name, quality, float(np.mean(sizes)), float((pred == data.labels).mean()))
+
+
+def _export_split(t: _Target, split: str, sm: SplitModel, ref_pred: np.ndarray, total_macs: int) -> SplitInfo:
+    """One split: its int8 and fp32 heads, its tail in both Triton flavours, and its measured levels."""
+    d = t.root / "edge" / split
+    d.mkdir(parents=True)
+    head, tail = sm.edge_head().eval(), sm.cloud_tail().eval()
+    head_fp32, head_int8 = d / "head.fp32.onnx", d / "head.int8.onnx"
+    t.onnx_pair(head, head_fp32, head_int8, "y")
+    t.bar.update()
+    c, h, w = (int(v) for v in head(t.example[:1]).shape[1:])
+    latent_shape = (c, h, w)
+    tail_model = f"{t.name}_tail_{split}"
+    tmp_tail = t.root / f".tail_{split}.onnx"
+    export_onnx(tail, torch.zeros((2, *latent_shape)), tmp_tail, "y_hat", "logits")
+    t.add_triton(tail_model, tmp_tail, ("y_hat", "TYPE_FP32", latent_shape), t.logits)
+    tmp_tail.unlink()
+    tail_onnx = f"triton/onnxruntime/{tail_model}/1/model.onnx"
+    t.bar.update()
+    y = {
+        "int8": run_batched(ort_session(head_int8), t.data.images),
+        "fp32": run_batched(ort_session(head_fp32), t.data.images),
     }
+    tail_sess = ort_session(t.root / tail_onnx)
+    t.bar.update()
+    levels = tuple(
+        _export_level(t, split, sm, level, math.prod(latent_shape), y, tail_sess, ref_pred)
+        for level in range(sm.codec.num_levels)
+    )
+    head_macs = count_macs(head, t.example[:1])
+    t.bar.update()
+    return SplitInfo(
+        name=split,
+        latent_shape=latent_shape,
+        head_int8=f"edge/{split}/head.int8.onnx",
+        head_fp32=f"edge/{split}/head.fp32.onnx",
+        tail_model=tail_model,
+        tail_onnx=tail_onnx,
+        head_macs=head_macs,
+        head_mac_share=head_macs / total_macs,
+        levels=levels,
+    )
 
 
-def _write_bundle(
-    root: Path,
-    teacher: SplitBackbone,
-    split_models: dict[str, SplitModel],
-    data: EvalData,
-    name: str,
-    version: str,
-    progress: bool,
-    int8_weight_bits: int,
-) -> dict:
-    cfg = teacher.cfg
-    n_cls = len(cfg.classes)
-    example = torch.zeros((2, *cfg.input_shape), dtype=torch.uint8)
-    total_macs = count_macs(teacher, example[:1])
-    bar = tqdm(total=2 + 4 * len(split_models), desc=f"export {name}", unit="step", disable=not progress)
+def _export_level(
+    t: _Target,
+    split: str,
+    sm: SplitModel,
+    level: int,
+    symbols: int,
+    y: dict[str, np.ndarray],
+    tail_sess: ort.InferenceSession,
+    ref_pred: np.ndarray,
+) -> LevelInfo:
+    """Rate ``level`` of ``split``: its entropy tables, the mean coded bytes of the int8 head's latents, and
+    the accuracy (int8 and fp32 heads) and fidelity of the tail on the decoded latents."""
+    tables = dataclasses.replace(
+        sm.codec.export_tables(level),
+        chunk_symbols=codec.chunk_symbols_for(symbols),
+        codec_version=codec.codec_version_for(symbols),
+    )
+    tables_rel = f"edge/{split}/level{level}.json"
+    tables.save(t.root / tables_rel)
+    pred, nbytes = {}, 0.0
+    for kind, lat in y.items():
+        q = np.stack([codec.quantize(v, tables) for v in lat])
+        pred[kind] = run_batched(tail_sess, np.stack([codec.dequantize(v, tables) for v in q])).argmax(1)
+        if kind == "int8":
+            nbytes = float(np.mean([len(codec.encode_symbols(v, tables)) for v in q]))
+    return LevelInfo(
+        level=level,
+        tables=tables_rel,
+        bytes_per_sample=nbytes,
+        accuracy=t.accuracy(pred["int8"]),
+        accuracy_fp32=t.accuracy(pred["fp32"]),
+        fidelity=float((pred["int8"] == ref_pred).mean()),
+    )
 
-    def add_triton(model_name: str, onnx_path: Path, inp: tuple, out: tuple) -> None:
-        for backend in ("onnxruntime", "python"):
-            d = root / "triton" / backend / model_name
-            (d / "1").mkdir(parents=True)
-            shutil.copyfile(onnx_path, d / "1" / "model.onnx")
-            (d / "config.pbtxt").write_text(triton_config(model_name, backend, inp, out))
-            if backend == "python":
-                copy_python_backend_model(d / "1" / "model.py")
-
-    # Whole model: local fallback on the device (fp32 + int8) and offload in the cloud.
-    (root / "edge").mkdir()
-    full_fp32, full_int8 = root / "edge/full.fp32.onnx", root / "edge/full.int8.onnx"
-    export_onnx(teacher, example, full_fp32, "image", "logits")
-    quantize_int8(full_fp32, full_int8, data.calib, weight_bits=int8_weight_bits)
-    bar.update()
-    full_model = f"{name}_full"
-    add_triton(full_model, full_fp32, ("image", "TYPE_UINT8", cfg.input_shape), ("logits", "TYPE_FP32", (n_cls,)))
-    full_sess = ort_session(full_fp32)
-    ref_logits = run_batched(full_sess, data.images)
-    ref_pred = ref_logits.argmax(1)
-    unsplit_acc = float((ref_pred == data.labels).mean())
-    local_int8_acc = float((run_batched(ort_session(full_int8), data.images).argmax(1) == data.labels).mean())
-    png_bytes = float(np.mean([len(encode_png(im)) for im in data.images]))
-    lossy_levels = [
-        _lossy_offload_level(level, codec_name, quality, data, full_sess)
-        for level, (codec_name, quality) in enumerate(LOSSY_OFFLOAD if cfg.input_shape[0] == 3 else (), start=1)
-    ]
-    bar.update()
-
-    splits = []
-    codec_version = codec.CODEC_VERSION  # the newest version any split's tables need
-    for split, sm in split_models.items():
-        d = root / "edge" / split
-        d.mkdir(parents=True)
-        head, tail = sm.edge_head().eval(), sm.cloud_tail().eval()
-        head_fp32, head_int8 = d / "head.fp32.onnx", d / "head.int8.onnx"
-        export_onnx(head, example, head_fp32, "image", "y")
-        quantize_int8(head_fp32, head_int8, data.calib, weight_bits=int8_weight_bits)
-        bar.update()
-        latent_shape = tuple(int(v) for v in head(example[:1]).shape[1:])
-        tail_model = f"{name}_tail_{split}"
-        tmp_tail = root / f".tail_{split}.onnx"
-        export_onnx(tail, torch.zeros((2, *latent_shape)), tmp_tail, "y_hat", "logits")
-        add_triton(tail_model, tmp_tail, ("y_hat", "TYPE_FP32", latent_shape), ("logits", "TYPE_FP32", (n_cls,)))
-        tmp_tail.unlink()
-        tail_onnx = f"triton/onnxruntime/{tail_model}/1/model.onnx"
-        bar.update()
-
-        y = {
-            "int8": run_batched(ort_session(head_int8), data.images),
-            "fp32": run_batched(ort_session(head_fp32), data.images),
-        }
-        tail_sess = ort_session(root / tail_onnx)
-        bar.update()
-        levels = []
-        for level in range(sm.codec.num_levels):
-            symbols = math.prod(latent_shape)
-            tables = dataclasses.replace(
-                sm.codec.export_tables(level),
-                chunk_symbols=codec.chunk_symbols_for(symbols),
-                codec_version=codec.codec_version_for(symbols),
-            )
-            codec_version = max(codec_version, tables.codec_version)
-            tables_rel = f"edge/{split}/level{level}.json"
-            tables.save(root / tables_rel)
-            figures = {}
-            for kind, lat in y.items():
-                q = np.stack([codec.quantize(v, tables) for v in lat])
-                pred = run_batched(tail_sess, np.stack([codec.dequantize(v, tables) for v in q])).argmax(1)
-                figures[kind] = (float((pred == data.labels).mean()), float((pred == ref_pred).mean()))
-                if kind == "int8":
-                    nbytes = float(np.mean([len(codec.encode_symbols(v, tables)) for v in q]))
-            levels.append(
-                {
-                    "level": level,
-                    "tables": tables_rel,
-                    "bytes_per_sample": nbytes,
-                    "accuracy": figures["int8"][0],
-                    "accuracy_fp32": figures["fp32"][0],
-                    "fidelity": figures["int8"][1],
-                }
-            )
-        head_macs = count_macs(head, example[:1])
-        splits.append(
-            {
-                "name": split,
-                "latent_shape": list(latent_shape),
-                "head_int8": f"edge/{split}/head.int8.onnx",
-                "head_fp32": f"edge/{split}/head.fp32.onnx",
-                "tail_model": tail_model,
-                "tail_onnx": tail_onnx,
-                "head_macs": head_macs,
-                "head_mac_share": head_macs / total_macs,
-                "levels": levels,
-            }
-        )
-        bar.update()
-    bar.close()
-
-    files = sorted(p for p in root.rglob("*") if p.is_file())
-    return {
-        "format": MANIFEST_FORMAT,
-        "format_version": MANIFEST_VERSION,
-        "name": name,
-        "version": version,
-        "input": {"shape": list(cfg.input_shape), "dtype": "uint8", "preprocess": dict(cfg.preprocess)},
-        "classes": list(cfg.classes),
-        "total_macs": total_macs,
-        "unsplit_accuracy": unsplit_acc,
-        "splits": splits,
-        "local": {
-            "fp32": "edge/full.fp32.onnx",
-            "int8": "edge/full.int8.onnx",
-            "accuracy": local_int8_acc,
-            "accuracy_fp32": unsplit_acc,
-        },
-        "offload": {
-            "split": OFFLOAD_SPLIT,
-            "codec": "png",
-            "triton_model": full_model,
-            "onnx": f"triton/onnxruntime/{full_model}/1/model.onnx",
-            "bytes_per_sample": png_bytes,
-            "accuracy": unsplit_acc,
-            "levels": lossy_levels,
-        },
-        "files": {p.relative_to(root).as_posix(): sha256_file(p) for p in files},
-        "extra": {
-            "eval_set": data.name,
-            "eval_size": int(len(data.labels)),
-            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "codec": {"name": codec.CODEC_NAME, "version": codec_version},
-            "int8": {"format": "QDQ, per-channel weights, uint8 activations, MinMax", "weight_bits": int8_weight_bits},
-        },
-    }

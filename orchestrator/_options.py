@@ -6,7 +6,6 @@ from collections.abc import Mapping
 
 from splitserve.core.bundle import OFFLOAD_SPLIT, Manifest
 from splitserve.core.errors import BundleError
-from splitserve.core.offload import offload_levels
 
 from .types import Option
 
@@ -19,8 +18,8 @@ def options_from_manifest(
     """Every option a bundle offers, with the bytes and accuracy its manifest measured.
 
     ``local`` is included when the manifest's ``local`` entry has an ``accuracy``; ``offload`` (PNG) when its
-    ``offload`` entry has ``bytes_per_sample`` and ``accuracy``, and ``offload@<level>`` for each of its
-    JPEG/WebP ``levels`` (``core.offload``).
+    ``offload`` entry has level 0 (its ``bytes_per_sample`` and ``accuracy``), and ``offload@<level>`` for
+    each of its JPEG/WebP levels (``core.bundle.OffloadInfo``).
 
     Args:
         manifest: the bundle's manifest.
@@ -28,29 +27,21 @@ def options_from_manifest(
             ``fp32`` one is rated by the manifest's fp32 accuracy (default: int8 figures throughout).
 
     Raises:
-        BundleError: the manifest offers no option at all, or a figure is not a number.
+        BundleError: the manifest offers no option at all.
     """
     fp32 = {k for k, v in (precisions or {}).items() if v == "fp32"}
     options: list[Option] = []
-    try:
-        for split in manifest.splits:
-            tail_share = 1.0 - float(split.head_mac_share)
-            for lv in split.levels:
-                accuracy = lv.accuracy_fp32 if split.name in fp32 else lv.accuracy
-                options.append(
-                    Option(
-                        "split", split.name, int(lv.level), float(lv.bytes_per_sample), float(accuracy), tail_share
-                    )
-                )
-        if "accuracy" in manifest.local:
-            key = "accuracy_fp32" if "local" in fp32 and "accuracy_fp32" in manifest.local else "accuracy"
-            options.append(Option("local", None, None, 0.0, float(manifest.local[key]), 0.0))
-        for off in offload_levels(manifest.offload):
-            options.append(
-                Option("offload", OFFLOAD_SPLIT, off.level or None, off.bytes_per_sample, off.accuracy, 1.0)
-            )
-    except (TypeError, ValueError) as exc:
-        raise BundleError(f"manifest of {manifest.name!r} has a non-numeric option figure: {exc}") from exc
+    for split in manifest.splits:
+        tail_share = 1.0 - split.head_mac_share
+        for lv in split.levels:
+            accuracy = lv.accuracy_fp32 if split.name in fp32 else lv.accuracy
+            options.append(Option("split", split.name, lv.level, lv.bytes_per_sample, accuracy, tail_share))
+    local = manifest.local
+    if local.accuracy is not None:
+        accuracy = local.accuracy_fp32 if "local" in fp32 and local.accuracy_fp32 is not None else local.accuracy
+        options.append(Option("local", None, None, 0.0, accuracy, 0.0))
+    for off in manifest.offload.levels:
+        options.append(Option("offload", OFFLOAD_SPLIT, off.level or None, off.bytes_per_sample, off.accuracy, 1.0))
     if not options:
         raise BundleError(f"manifest of {manifest.name!r} offers no split, local or offload option")
     return tuple(options)

@@ -121,7 +121,7 @@ class Samples:
         """``n`` offload requests (the image as PNG) with the whole model's answers."""
         key = (OFFLOAD_SPLIT, 0, n, start)
         if key not in self._cache:
-            full = self._session(self.bundle.manifest.offload["onnx"])
+            full = self._session(self.bundle.manifest.offload.onnx)
             samples = []
             for i in range(start, start + n):
                 image = self.images[i]

@@ -105,7 +105,7 @@ def bundle(test_bundle: Path) -> Iterator[Bundle]:
 def eval_set(bundle: Bundle) -> tuple[np.ndarray, np.ndarray]:
     """The images and labels the manifest's accuracies were measured on."""
     images, labels = load_fashion_mnist("test")
-    n = int(bundle.manifest.extra["eval_size"])
+    n = int(bundle.manifest.extra.eval_size)
     return images[:n], labels[:n]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import textwrap
 from pathlib import Path
 
@@ -10,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from splitserve.core.bundle import Bundle
-from splitserve.core.offload import encode_image, offload_levels
+from splitserve.core.bundle import Bundle, Manifest
+from splitserve.core.offload import encode_image
 from splitserve.edge import EdgeClient, EdgeConfig
 from splitserve.models.custom import ModelSpec, export_user_model
 from splitserve.models.export import LOSSY_OFFLOAD, ort_session
@@ -48,20 +49,22 @@ def colour_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_the_exporter_lists_jpeg_and_webp_levels_priced_with_the_client_encoder(colour_bundle: Path) -> None:
-    levels = offload_levels(Bundle.open(colour_bundle).manifest.offload)
+    levels = Bundle.open(colour_bundle).manifest.offload.levels
     assert [(lv.level, lv.codec, lv.quality) for lv in levels] == [
         (0, "png", None), *((i, c, q) for i, (c, q) in enumerate(LOSSY_OFFLOAD, start=1))
     ]
     assert all(lv.bytes_per_sample > 0 and 0.0 <= lv.accuracy <= 1.0 for lv in levels)
+    text = (colour_bundle / "manifest.json").read_text()  # written through the typed manifest, read back whole
+    assert json.dumps(Manifest.from_dict(json.loads(text)).to_dict(), indent=1) == text
 
 
 def test_every_offload_level_is_served_and_answers_as_the_model_on_the_decoded_image(colour_bundle: Path) -> None:
     bundle = Bundle.open(colour_bundle)
-    full = ort_session(bundle.path(bundle.manifest.offload["onnx"]))
+    full = ort_session(bundle.path(bundle.manifest.offload.onnx))
     photos = np.random.default_rng(1).integers(0, 255, (5, 32, 32, 3), dtype=np.uint8)
     endpoint = EndpointThread(_config(colour_bundle))
     try:
-        for lv in offload_levels(bundle.manifest.offload):
+        for lv in bundle.manifest.offload.levels:
             policy = "offload" if lv.level == 0 else f"offload@{lv.level}"
             with EdgeClient(bundle, endpoint.target, policy=policy, config=EdgeConfig(timeout_s=10.0)) as client:
                 results = [client.infer(p) for p in photos]

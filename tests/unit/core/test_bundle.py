@@ -9,7 +9,7 @@ import tarfile
 
 import pytest
 
-from splitserve.core.bundle import Bundle, sha256_file
+from splitserve.core.bundle import Bundle, Manifest, sha256_file
 from splitserve.core.errors import BundleError, IntegrityError, UnknownModelError
 
 
@@ -42,6 +42,22 @@ def test_opens_and_exposes_manifest(test_bundle):
         m.split("nope")
     with pytest.raises(UnknownModelError, match="no level 9"):
         m.splits[0].level(9)
+
+
+def test_the_manifest_reads_back_exactly_as_the_exporter_wrote_it(test_bundle):
+    """``Manifest.to_dict`` inverts ``from_dict`` byte for byte on the test bundle and cached natural bundles."""
+    from splitserve.models.zoo import cache_dir
+
+    natural = sorted((cache_dir() / "bundles").glob("efficientnet_lite0-natural-*/manifest.json"))
+    for path in [test_bundle / "manifest.json", *natural]:
+        text = path.read_text()
+        raw = json.loads(text)
+        m = Manifest.from_dict(raw)
+        assert Manifest.from_dict(m.to_dict()) == m
+        if "levels" in raw["offload"]:
+            assert json.dumps(m.to_dict(), indent=1) == text, path
+        else:  # exported before offload levels existed: only the (empty) list is new
+            assert m.to_dict() == {**raw, "offload": {**raw["offload"], "levels": []}}, path
 
 
 def test_tampered_file_is_refused(bundle_copy):

@@ -10,7 +10,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from splitserve.core.bundle import MANIFEST_FORMAT, MANIFEST_VERSION, Bundle, sha256_file
+from splitserve.core.bundle import MANIFEST_FORMAT, MANIFEST_VERSION, Bundle, Manifest, sha256_file
 from splitserve.core.errors import BundleError
 
 ONNX = b"\x08\x08" + b"\x3a\x03\x12\x01g"  # ir_version 8, a graph named "g": the smallest ModelProto
@@ -43,8 +43,11 @@ def _bundle(root: Path, **changes) -> Path:
     return root
 
 
-def test_the_minimal_bundle_opens(tmp_path):
-    assert Bundle.open(_bundle(tmp_path)).manifest.splits[0].latent_shape == (4, 7, 7)
+def test_the_minimal_bundle_opens_and_its_manifest_reads_back_as_written(tmp_path):
+    m = Bundle.open(_bundle(tmp_path)).manifest
+    assert m.splits[0].latent_shape == (4, 7, 7) and m.local.fp32 == "edge/full.fp32.onnx" and m.local.int8 is None
+    assert m.offload.levels == () and m.extra.codec is None
+    assert Manifest.from_dict(m.to_dict()) == m
 
 
 @pytest.mark.parametrize(
@@ -60,6 +63,16 @@ def test_the_minimal_bundle_opens(tmp_path):
         ({"split_levels": []}, "levels"),
         ({"split_tail_onnx": "/etc/passwd"}, "is not a bundle file"),
         ({"input": {"shape": [1, 28], "dtype": "uint8"}}, "input shape"),
+        ({"split_head_macs": float("inf")}, "not a finite number"),
+        ({"split_tail_model": 7}, "tail_model 7 is not a string"),
+        ({"local": {"fp32": "edge/full.fp32.onnx", "accuracy": 1.5}}, "local accuracy"),
+        ({"local": {"fp32": ["edge/full.fp32.onnx"]}}, "local.fp32"),
+        ({"offload": {"split": "stem"}}, "offload split"),
+        ({"offload": {"bytes_per_sample": 9.0, "accuracy": "high"}}, "offload level"),
+        ({"extra": {"codec": {"version": 2}}}, "malformed manifest"),
+        ({"extra": {"codec": {"name": "bigrans", "version": 99}}}, "codes latents with bigrans v99"),
+        ({"extra": {"eval_size": "1000"}}, "extra.eval_size"),
+        ({"files": ["edge/s/level0.json"]}, "files must be an object"),
     ],
 )
 def test_bad_manifest_values_are_refused_at_open(tmp_path, changes, message):

@@ -1,4 +1,5 @@
-"""Offload levels: one encoder for the client and the exporter's prices, and a manifest entry checked whole."""
+"""Offload levels: one encoder for the client and the exporter's prices, and a manifest entry checked whole
+(``core.bundle.OffloadInfo``)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from splitserve.core.bundle import OffloadInfo
 from splitserve.core.errors import BundleError, RequestError
-from splitserve.core.offload import encode_image, offload_levels
+from splitserve.core.offload import encode_image
 from splitserve.core.png import png_bytes
 
 OFFLOAD = {"codec": "png", "bytes_per_sample": 86000.0, "accuracy": 1.0}
@@ -42,13 +44,20 @@ def test_bad_encoder_arguments_are_request_errors(codec_name, quality, shape, me
         encode_image(np.zeros(shape, np.uint8), codec_name, quality)
 
 
-def test_levels_are_png_then_the_listed_lossy_ones():
-    levels = offload_levels({**OFFLOAD, "levels": [
+def test_levels_are_png_then_the_listed_lossy_ones_and_are_written_back_as_read():
+    entry = {"split": "input", **OFFLOAD, "triton_model": "m_full", "onnx": "triton/m_full.onnx", "levels": [
         {"level": 1, "codec": "jpeg", "quality": 90, "bytes_per_sample": 16000.0, "accuracy": 0.84},
         {"level": 2, "codec": "webp", "quality": 90, "bytes_per_sample": 13000.0, "accuracy": 0.87},
-    ]})
-    assert [(lv.level, lv.label) for lv in levels] == [(0, "png"), (1, "jpeg q90"), (2, "webp q90")]
-    assert offload_levels({}) == () and [lv.level for lv in offload_levels(OFFLOAD)] == [0]
+    ]}
+    offload = OffloadInfo.from_dict(entry)
+    assert [(lv.level, lv.label) for lv in offload.levels] == [(0, "png"), (1, "jpeg q90"), (2, "webp q90")]
+    assert offload.level(2).bytes_per_sample == 13000.0 and offload.onnx == "triton/m_full.onnx"
+    assert OffloadInfo.from_dict(offload.to_dict()) == offload
+    written = offload.to_dict()
+    assert written == entry
+    assert list(written) == ["split", "codec", "triton_model", "onnx", "bytes_per_sample", "accuracy", "levels"]
+    assert OffloadInfo.from_dict({}) == OffloadInfo()
+    assert [lv.level for lv in OffloadInfo.from_dict(OFFLOAD).levels] == [0]
 
 
 @pytest.mark.parametrize(
@@ -61,11 +70,13 @@ def test_levels_are_png_then_the_listed_lossy_ones():
 def test_malformed_levels_are_bundle_errors(entry):
     full = {"bytes_per_sample": 100.0, "accuracy": 0.5, **entry}
     with pytest.raises(BundleError, match="malformed manifest"):
-        offload_levels({**OFFLOAD, "levels": [full]})
+        OffloadInfo.from_dict({**OFFLOAD, "levels": [full]})
 
 
 def test_duplicate_or_non_list_levels_are_bundle_errors():
     lv = {"level": 1, "codec": "jpeg", "quality": 90, "bytes_per_sample": 1.0, "accuracy": 0.5}
     for levels in ([lv, lv], {"level": 1}, ["jpeg"]):
         with pytest.raises(BundleError, match="malformed manifest"):
-            offload_levels({**OFFLOAD, "levels": levels})
+            OffloadInfo.from_dict({**OFFLOAD, "levels": levels})
+    with pytest.raises(BundleError, match="offload split"):
+        OffloadInfo.from_dict({**OFFLOAD, "split": "stem"})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from splitserve.core.bundle import OFFLOAD_SPLIT, Bundle
+from splitserve.core.bundle import OFFLOAD_SPLIT, Bundle, OffloadInfo
 from splitserve.core.wire import (
     GRPC_PREFIX_BYTES,
     UNARY_HEADERS_BYTES,
@@ -48,9 +48,9 @@ def test_options_are_each_splits_levels_then_the_offload_levels(manifest):
 
 
 def test_a_manifest_without_offload_figures_still_serves_png(manifest):
-    bare = {k: v for k, v in manifest.offload.items() if k in ("onnx", "triton_model")}
+    bare = OffloadInfo(manifest.offload.triton_model, manifest.offload.onnx)
     assert offload_codecs(dataclasses.replace(manifest, offload=bare)) == {0: "png"}
-    assert offload_codecs(dataclasses.replace(manifest, offload={})) == {}
+    assert offload_codecs(dataclasses.replace(manifest, offload=OffloadInfo())) == {}
 
 
 def test_framing_model():

@@ -71,7 +71,7 @@ class TailHandler:
         m = self.bundle.manifest
         if request.split == OFFLOAD_SPLIT:
             image = np.asarray(Image.open(io.BytesIO(request.tensor.data)), dtype=np.uint8)[None]
-            return self._run(m.offload["onnx"], "image", image)
+            return self._run(m.offload.onnx, "image", image)
         info = m.split(request.split)
         tables = self.bundle.tables(request.split, request.level)
         y_hat, q = codec.decode(request.tensor.data, tuple(request.tensor.shape), tables)  # type: ignore[arg-type]

@@ -44,9 +44,10 @@ def test_the_orchestrator_cost_is_measured_on_a_bundle_with_lossy_offload_levels
 
     from splitserve.benchmarks.edge import _orchestrator_ms
     from splitserve.core.bundle import Bundle
+    from splitserve.core.offload import OffloadLevel
 
     manifest = Bundle.open(test_bundle).manifest
-    lossy = {"level": 1, "codec": "jpeg", "quality": 90, "bytes_per_sample": 400.0, "accuracy": 0.9}
-    colour = SimpleNamespace(manifest=replace(manifest, offload={**manifest.offload, "levels": [lossy]}))
+    offload = replace(manifest.offload, levels=(*manifest.offload.levels, OffloadLevel(1, "jpeg", 90, 400.0, 0.9)))
+    colour = SimpleNamespace(manifest=replace(manifest, offload=offload))
     costs = _orchestrator_ms(colour, repeats=20)
     assert costs["decide"] > 0 and costs["observe"] > 0

@@ -49,7 +49,7 @@ def _head_stream(bundle: Bundle, split: str, level: int, image: np.ndarray) -> b
 
 def _local_top1(bundle: Bundle, images: np.ndarray) -> np.ndarray:
     sess = ort.InferenceSession(
-        str(bundle.path(bundle.manifest.local["int8"])), providers=["CPUExecutionProvider"]
+        str(bundle.path(bundle.manifest.local.int8)), providers=["CPUExecutionProvider"]
     )
     return sess.run(None, {"image": images})[0].argmax(1)
 
@@ -158,7 +158,7 @@ class TestInfer:
         self, bundle: Bundle, fmnist: tuple[np.ndarray, np.ndarray]
     ) -> None:
         images, labels = fmnist
-        n = int(bundle.manifest.extra["eval_size"])
+        n = int(bundle.manifest.extra.eval_size)
         with EdgeClient(bundle, policy="local") as c:
             assert c.transport is None
             results = [c.infer(im) for im in images[:n]]
@@ -166,7 +166,7 @@ class TestInfer:
         top1 = np.array([r.top1 for r in results])
         np.testing.assert_array_equal(top1, _local_top1(bundle, images[:n]))
         accuracy = float((top1 == labels[:n]).mean())
-        assert abs(accuracy - bundle.manifest.local["accuracy"]) <= 0.002
+        assert abs(accuracy - bundle.manifest.local.accuracy) <= 0.002
 
     @pytest.mark.parametrize("kind", ["array_hw", "array_hwc", "pil", "file"])
     def test_inputs_of_every_kind(
@@ -588,8 +588,8 @@ class TestDeviceMeasurement:
         m = bundle.manifest
         assert rated == {
             **{f"{s.name}@{lv.level}": lv.accuracy_fp32 for s in m.splits for lv in s.levels},
-            "local": m.local["accuracy_fp32"],
-            "offload": m.offload["accuracy"],
+            "local": m.local.accuracy_fp32,
+            "offload": m.offload.level(0).accuracy,
         }
 
     def test_zero_measures_at_start_only(self, bundle: Bundle, images: np.ndarray) -> None:

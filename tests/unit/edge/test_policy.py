@@ -26,12 +26,12 @@ def test_fixed_policy_forms() -> None:
 def test_offload_levels_are_options_of_their_own(bundle: Bundle) -> None:
     from dataclasses import replace
 
+    from splitserve.core.offload import OffloadLevel
     from splitserve.orchestrator import options_from_manifest
 
     base = bundle.manifest
-    m = replace(base, offload={**base.offload, "levels": [
-        {"level": 1, "codec": "jpeg", "quality": 90, "bytes_per_sample": 40.0, "accuracy": 0.8},
-    ]})
+    jpeg = OffloadLevel(1, "jpeg", 90, 40.0, 0.8)
+    m = replace(base, offload=replace(base.offload, levels=(*base.offload.levels, jpeg)))
     options = {o.id: o for o in options_from_manifest(m)}
     assert {"local", "offload", "offload@1"} <= set(options)
     lossy = options["offload@1"]

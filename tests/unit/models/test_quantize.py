@@ -21,7 +21,7 @@ def quantized(test_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> li
     calib = load_fashion_mnist("train")[0][:128]
     out = tmp_path_factory.mktemp("int8")
     pairs = []
-    for i, rel in enumerate([*(s.head_fp32 for s in b.manifest.splits), b.manifest.local["fp32"]]):
+    for i, rel in enumerate([*(s.head_fp32 for s in b.manifest.splits), b.manifest.local.fp32]):
         int8 = out / f"{i}.int8.onnx"
         quantize_int8(b.path(rel), int8, calib)
         pairs.append((b.path(rel), int8))
