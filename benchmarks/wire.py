@@ -110,7 +110,13 @@ def _pings(port: int, client: EdgeClient, n: int) -> dict[str, float]:
         client.ping()
     time.sleep(0.05)
     up1, down1 = kernel_bytes(port)
-    return {"up_B": round((up1 - up0) / n, 1), "down_B": round((down1 - down0) / n, 1)}
+    up = (up1 - up0) / n
+    return {
+        "up_B": round(up, 1),
+        "down_B": round((down1 - down0) / n, 1),
+        "client_B": client.transport.ping_bytes(),
+        "client_vs_kernel": round(client.transport.ping_bytes() / up, 4),
+    }
 
 
 def run(out: Path, bundle_path: Path, *, requests: int = 200, warmup: int = 20, top_k: int = 1) -> dict[str, Any]:

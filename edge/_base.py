@@ -445,14 +445,16 @@ class BaseEdgeClient:
         return Probe(x=job.x if n > 0 else None, option=option)
 
     def _build_probe(self, probe: Probe) -> None:
-        """Device work of a sized probe: a real request of the option the policy named (or the smallest)."""
+        """Device work of a sized probe: a real request of the option the policy named (or the smallest);
+        a ping costs only its own bytes."""
+        assert self.transport is not None
         if probe.x is None or probe.option is None:
+            probe.wire_bytes = self.transport.ping_bytes()
             return
         o = probe.option
         d = SplitDecision(o.kind, o.split, o.level, 0.0, o.accuracy, "probe", o.id)
         probe_id = f"{self._id_prefix}-probe-{next(self._ids)}"
         probe.request = build_request(self.runtime, probe_id, d, probe.x, top_k=self.config.top_k)[0]
-        assert self.transport is not None
         probe.wire_bytes = self.transport.request_bytes(probe.request, stream=False)
 
     def _probe_done(

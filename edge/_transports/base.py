@@ -12,6 +12,7 @@ device side and decides about retries and fallback. Every failure a transport re
     BaseTransport.ping(timeout_s)            -> ServerLoad | None   (a tiny call: a link probe)
     BaseTransport.use_bundle(manifest)                              (the bundle requests are for)
     BaseTransport.request_bytes(request, stream=...) -> int         (what a request costs on the wire)
+    BaseTransport.ping_bytes() -> int                               (what a ping costs)
 
 :class:`AsyncBaseTransport` has the same verbs with an ``_async`` suffix (``aclose`` for ``close``), so
 one class (the mock) can implement both.
@@ -155,6 +156,10 @@ class _Wire:
     def request_bytes(self, request: pb.InferRequest, *, stream: bool) -> int:
         """Bytes ``request`` puts on the wire (default: the message and gRPC's prefix)."""
         return message_bytes(request)
+
+    def ping_bytes(self) -> int:
+        """Bytes a ping puts on the wire (default: 0, none known)."""
+        return 0
 
 
 class BaseTransport(_Wire, ABC):

@@ -26,7 +26,7 @@ import grpc.aio
 
 from splitserve.core.bundle import Manifest
 from splitserve.core.errors import SplitServeError, UnavailableError, error_for_status
-from splitserve.core.wire import SEQ_MODULUS
+from splitserve.core.wire import SEQ_MODULUS, unary_request_bytes
 from splitserve.protos.v1 import inference_pb2 as pb
 from splitserve.protos.v1 import inference_pb2_grpc as pb_grpc
 
@@ -67,6 +67,9 @@ def channel_options(config: EdgeConfig, credentials: Credentials) -> list[tuple[
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.initial_reconnect_backoff_ms", min(100, reconnect_max_ms)),
         ("grpc.max_reconnect_backoff_ms", reconnect_max_ms),
+        # The client receives only small replies: probing the bandwidth-delay product of the downlink
+        # would grow a window they never fill, for a PING (17 B) up and its ack down now and then.
+        ("grpc.http2.bdp_probe", 0),
     ]
     if credentials.server_name:
         options.append(("grpc.ssl_target_name_override", credentials.server_name))
@@ -114,6 +117,10 @@ class _WireChoice:
         if self._compact is not None:
             return self._compact.request_bytes(request, stream=stream, tls=self._tls)
         return v1_request_bytes(request, stream=stream, tls=self._tls)
+
+    def ping_bytes(self) -> int:
+        """An empty unary call (``Ping``, or v1's ``ListModels``): headers, an empty message, the updates."""
+        return unary_request_bytes(0, tls=self._tls)
 
     def _old_endpoint(self) -> None:
         """The endpoint answered UNIMPLEMENTED to a compact call: speak v1 from now on."""
