@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+
 from splitserve.benchmarks.stack import Endpoint
 from splitserve.orchestrator import (
     Observation,

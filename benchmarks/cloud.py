@@ -31,6 +31,7 @@ from typing import Any
 import grpc
 import numpy as np
 import psutil
+
 from splitserve.benchmarks.stack import Endpoint
 from splitserve.core import codec
 from splitserve.core.bundle import Bundle

@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
+
 from splitserve.core import codec
 from splitserve.core.bundle import Bundle
 from splitserve.models.export import fp32_convs, ort_session, run_batched
-from tqdm.auto import tqdm
 
 from ._machine import machine_info
 from .natural import _median_ms
@@ -62,8 +63,15 @@ def _depthwise_convs(model_path: Path) -> list[str]:
 
 def quantize(fp32_path: Path, out_path: Path, calib: np.ndarray, setting: Setting, input_name: str = "image") -> None:
     """Quantize ``fp32_path`` with ``setting`` (the exporter's reader, pre-processing and exclusions)."""
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
+
     from splitserve.models.export import _Calibration
 
     class Reader(_Calibration, CalibrationDataReader):
@@ -86,7 +94,13 @@ def quantize(fp32_path: Path, out_path: Path, calib: np.ndarray, setting: Settin
 
 def run(out_dir: Path, bundle_path: Path, *, progress: bool = True) -> dict[str, Any]:
     """Every setting on the bundle's local model and heads; JSON to ``out_dir/int8.json``."""
-    from splitserve.models.natural import NATURAL_RECIPES, PhotoViews, heldout_views, prepare_images, training_files
+    from splitserve.models.natural import (
+        NATURAL_RECIPES,
+        PhotoViews,
+        heldout_views,
+        prepare_images,
+        training_files,
+    )
     from splitserve.models.zoo import cache_dir
 
     out_dir = Path(out_dir)

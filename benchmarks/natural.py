@@ -25,10 +25,11 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, features
+from tqdm.auto import tqdm
+
 from splitserve.core import codec
 from splitserve.core.bundle import Bundle
 from splitserve.models.export import ort_session, run_batched
-from tqdm.auto import tqdm
 
 from ._machine import machine_info
 

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import torch
+
 from splitserve.models import get_backbone
 from splitserve.models.export import export_bundle
 from splitserve.models.natural import (

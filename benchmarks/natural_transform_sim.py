@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
 from splitserve.models import get_backbone
 from splitserve.models.natural import (
     NATURAL_RECIPES,

@@ -509,7 +509,7 @@ class _RelayServer:
             for task in rest:  # a reset, or the other direction idles on: drop the connection
                 task.cancel()
             await asyncio.gather(*rest, return_exceptions=True)
-        except (OSError, asyncio.TimeoutError, asyncio.CancelledError):  # cancelled: the relay is closing
+        except (TimeoutError, OSError, asyncio.CancelledError):  # cancelled: the relay is closing
             pass
         finally:
             for w in (writer, up_writer):
@@ -542,7 +542,7 @@ class _RelayServer:
                 if not data:
                     ended = True
                     break
-        except (OSError, asyncio.TimeoutError):
+        except (TimeoutError, OSError):
             pass
         finally:
             if not ended:  # a reset, an idle timeout, or the relay shutting down

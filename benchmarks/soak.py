@@ -71,8 +71,16 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
-from splitserve.benchmarks.stack import SERVER_NAME, Endpoint, free_port, http_get, make_pki
-from splitserve.benchmarks.stack import stop_process, wait_until
+
+from splitserve.benchmarks.stack import (
+    SERVER_NAME,
+    Endpoint,
+    free_port,
+    http_get,
+    make_pki,
+    stop_process,
+    wait_until,
+)
 from splitserve.core.bundle import OFFLOAD_SPLIT, Bundle
 from splitserve.core.errors import SplitServeError
 from splitserve.protos.v1 import inference_pb2 as pb

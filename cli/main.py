@@ -13,7 +13,6 @@ import click
 
 from splitserve.core.cli_errors import ErrorLineGroup, fail
 
-
 # Which extra installs a module the commands import lazily.
 _EXTRA_OF = {
     "torch": "train", "torchvision": "train", "compressai": "train", "onnx": "train", "onnxscript": "train",

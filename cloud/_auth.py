@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+
 from splitserve.core.errors import ConfigError
 
 __all__ = ["CallInfo", "CallInterceptor", "current_call", "load_tokens"]
@@ -75,7 +76,7 @@ def load_tokens(path: str | Path) -> frozenset[str]:
     return tokens
 
 
-class CallInterceptor(grpc.aio.ServerInterceptor):
+class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc has no type hints: the base is Any
     """Authenticates calls (when ``tokens`` is given) and records their arrival.
 
     Args:

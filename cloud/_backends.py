@@ -25,6 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 import onnxruntime as ort
 from numpy.typing import NDArray
+
 from splitserve.core.errors import BundleError, InferenceError, ModelNotReadyError
 
 from ._registry import OUTPUT, TailSpec

@@ -40,6 +40,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
+
 from splitserve.core.codec import EntropyTables, decode, symbols_crc32
 from splitserve.core.errors import DecodeError
 
@@ -180,8 +181,9 @@ def _decode_image(data: bytes, layout: ImageLayout, codec: str) -> NDArray[Any]:
                 )
             if codec == "jpeg" and (img.info.get("progressive") or img.info.get("progression")):
                 raise DecodeError("progressive JPEG is refused: offloaded JPEGs are baseline")
-            if getattr(img, "n_frames", 1) != 1:
-                raise DecodeError(f"{name} with {img.n_frames} frames is refused: offloaded images are stills")
+            frames = getattr(img, "n_frames", 1)  # multi-frame formats only (GIF, APNG, TIFF, WebP)
+            if frames != 1:
+                raise DecodeError(f"{name} with {frames} frames is refused: offloaded images are stills")
             pixels = np.asarray(img, dtype=np.uint8)
     except DecodeError:
         raise

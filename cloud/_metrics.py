@@ -33,6 +33,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+
 from splitserve.core.errors import ConfigError
 
 __all__ = ["HTTP_IDLE_TIMEOUT_S", "STAGES", "UNKNOWN", "Metrics", "MetricsHTTPServer"]

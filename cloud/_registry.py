@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from splitserve.core.bundle import OFFLOAD_SPLIT, Bundle
 from splitserve.core.codec import CODEC_NAME, STREAM_VERSION, EntropyTables
 from splitserve.core.errors import (

@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+
 from splitserve.core.errors import (
     DeadlineExceededError,
     InferenceError,

@@ -6,6 +6,7 @@ import asyncio
 import logging
 
 import click
+
 from splitserve.core.cli_errors import ErrorLineGroup
 from splitserve.core.errors import SplitServeError
 

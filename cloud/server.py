@@ -33,6 +33,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+
 from splitserve.core.bundle import Bundle
 from splitserve.core.errors import ConfigError, DuplicateRegistrationError, SplitServeError
 from splitserve.core.signing import load_trusted_keys
@@ -374,6 +375,7 @@ def _check_port_free(address: str) -> None:
 
 def _bind(server: grpc.aio.Server, config: CloudConfig) -> int:
     _check_port_free(config.address)
+    port: int  # grpc is untyped: add_*_port return the bound port, 0 when binding failed
     try:
         if config.tls_cert:
             port = server.add_secure_port(config.address, _server_credentials(config))

@@ -34,6 +34,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError, Message
 from numpy.typing import NDArray
+
 from splitserve.core.bundle import OFFLOAD_SPLIT
 from splitserve.core.codec import CODEC_NAME
 from splitserve.core.errors import (
@@ -415,7 +416,7 @@ class SplitInferenceServicer(pb_grpc.SplitInferenceServicer):
                 return await work
             try:
                 return await asyncio.wait_for(work, timeout_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise DeadlineExceededError(
                     f"deadline of {timeout_s * 1e3:.1f} ms exceeded before the reply was ready"
                 ) from None
@@ -581,7 +582,7 @@ class _Stream:
                 received = time.perf_counter()
                 try:
                     await asyncio.wait_for(self._limiter.acquire(self._client), stall)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     await self._context.abort(
                         grpc.StatusCode.RESOURCE_EXHAUSTED,
                         f"the client read no reply for {stall:g} s while {self._limiter.limit} waited: stream ended",

@@ -485,7 +485,7 @@ class Bundle:
             except (tarfile.TarError, OSError) as exc:  # FilterError: members that leave the folder, links
                 tmp.cleanup()
                 raise BundleError(f"bundle archive {path} is refused: {exc}") from exc
-            entries = [p for p in Path(tmp.name).iterdir()]
+            entries = list(Path(tmp.name).iterdir())
             root = entries[0] if len(entries) == 1 and entries[0].is_dir() else Path(tmp.name)
         elif path.is_dir():
             root = path

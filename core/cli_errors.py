@@ -7,6 +7,7 @@ Used by the top-level CLI and by the edge and cloud groups (which also run on th
 from __future__ import annotations
 
 import sys
+from typing import NoReturn
 
 import click
 
@@ -15,7 +16,7 @@ from .errors import SplitServeError
 __all__ = ["ErrorLineGroup", "fail"]
 
 
-def fail(message: str, code: int = 2) -> None:
+def fail(message: str, code: int = 2) -> NoReturn:
     """Print ``error: message`` to stderr and exit with ``code``."""
     click.echo(f"error: {message}", err=True)
     sys.exit(code)

@@ -58,13 +58,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from .errors import CodecError, CodecVersionError, DecodeError
 
 try:  # the C inner loops, built at install where a C compiler exists; the same bytes either way
     from . import _rans
 except ImportError:  # pragma: no cover - depends on the install
-    _rans = None
+    # The module's stub types _rans as present; NATIVE (below) gates every call into it.
+    _rans = None  # type: ignore[assignment]
     logging.getLogger(__name__).warning(
         "splitserve.core._rans is not built (no C compiler at install): the codec runs its Python loops, "
         "4-15x slower (a 588-symbol latent: 0.2-0.4 ms instead of 0.02-0.12 ms per encode or decode); "
@@ -88,6 +90,11 @@ __all__ = [
     "quantize",
     "symbols_crc32",
 ]
+
+Symbols = NDArray[np.int32]
+"""Quantized latent symbols, (C, H, W) or flat, as the coder reads and writes them."""
+_Ints = NDArray[np.int64]  # per symbol: coded frequency, cumulative frequency, raw value
+_Flags = NDArray[np.bool_]  # per symbol: escaped (out of its channel's table)
 
 CODEC_NAME = "bigrans"
 CODEC_VERSION = 2
@@ -158,7 +165,7 @@ class EntropyTables:
                     f"entropy tables: channel {c} frequencies must be >= 1, at least 2 bins, and sum to {total}"
                 )
         # The coder's layout: per channel, bins by falling frequency (ties by bin), see the module doc.
-        order = tuple(tuple(sorted(range(len(r)), key=lambda b, r=r: (-r[b], b))) for r in self.freqs)
+        order = tuple(_by_falling_frequency(r) for r in self.freqs)
         rank = []
         for o in order:
             inv = [0] * len(o)
@@ -238,7 +245,12 @@ def _cumsum(row: tuple[int, ...]) -> list[int]:
     return out
 
 
-def quantize(y: np.ndarray, tables: EntropyTables) -> np.ndarray:
+def _by_falling_frequency(row: tuple[int, ...]) -> tuple[int, ...]:
+    """The bins of one channel's ``row`` by falling frequency, ties by bin."""
+    return tuple(sorted(range(len(row)), key=lambda b: (-row[b], b)))
+
+
+def quantize(y: NDArray[np.floating[Any]], tables: EntropyTables) -> Symbols:
     """Latent ``y`` of shape (C, H, W) to integer symbols ``round(y / step - median)``."""
     if y.ndim != 3 or y.shape[0] != tables.channels:
         raise CodecError(f"latent shape {tuple(y.shape)} does not match {tables.channels} channels")
@@ -247,12 +259,12 @@ def quantize(y: np.ndarray, tables: EntropyTables) -> np.ndarray:
     return np.clip(q, -_RAW_HALF, _RAW_HALF - 1).astype(np.int32)
 
 
-def dequantize(q: np.ndarray, tables: EntropyTables) -> np.ndarray:
+def dequantize(q: Symbols, tables: EntropyTables) -> NDArray[np.float32]:
     med = np.asarray(tables.medians, dtype=np.float32)[:, None, None]
     return ((q.astype(np.float32) + med) * np.float32(tables.step)).astype(np.float32)
 
 
-def _lookup(q: np.ndarray, tables: EntropyTables) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _lookup(q: Symbols, tables: EntropyTables) -> tuple[_Ints, _Ints, _Flags]:
     """Per symbol (flattened C-major): its coded frequency, its coded cumulative frequency, and
     whether it is out of its channel's table (sent as the escape bin plus the raw value)."""
     c, h, w = q.shape
@@ -267,7 +279,7 @@ def _lookup(q: np.ndarray, tables: EntropyTables) -> tuple[np.ndarray, np.ndarra
     return table[1, chans, ranks], table[2, chans, ranks], escaped.reshape(-1)
 
 
-def encode_symbols(q: np.ndarray, tables: EntropyTables) -> bytes:
+def encode_symbols(q: Symbols, tables: EntropyTables) -> bytes:
     """Entropy-code integer symbols of shape (C, H, W)."""
     freqs, cdfs, escaped = _lookup(q, tables)
     raw = q.reshape(-1).astype(np.int64) + _RAW_HALF
@@ -276,7 +288,7 @@ def encode_symbols(q: np.ndarray, tables: EntropyTables) -> bytes:
     return _encode_stream(freqs, cdfs, escaped, raw, tables.precision_bits, tables.chunk_symbols)
 
 
-def _encode_stream32_py(freqs: np.ndarray, cdfs: np.ndarray, escaped: np.ndarray, raw: np.ndarray, shift: int) -> bytes:
+def _encode_stream32_py(freqs: _Ints, cdfs: _Ints, escaped: _Flags, raw: _Ints, shift: int) -> bytes:
     """Version 3: the 32-bit state, renormalized a byte at a time (rANS codes in reverse)."""
     out = bytearray()  # the bytes in the order they are emitted; the stream is the state, then them reversed
     x = _L32
@@ -296,15 +308,15 @@ def _encode_stream32_py(freqs: np.ndarray, cdfs: np.ndarray, escaped: np.ndarray
     return x.to_bytes(4, "big") + bytes(reversed(out))
 
 
-def _encode_stream32_c(freqs: np.ndarray, cdfs: np.ndarray, escaped: np.ndarray, raw: np.ndarray, shift: int) -> bytes:
+def _encode_stream32_c(freqs: _Ints, cdfs: _Ints, escaped: _Flags, raw: _Ints, shift: int) -> bytes:
     """:func:`_encode_stream32_py` in the C module: the same bytes."""
     c = np.ascontiguousarray
     flags = c(escaped, dtype=np.uint8)
-    return _rans.encode_stream32(c(freqs), c(cdfs), flags, c(raw), shift)  # type: ignore[union-attr]
+    return _rans.encode_stream32(c(freqs), c(cdfs), flags, c(raw), shift)
 
 
 def _encode_stream_py(
-    freqs: np.ndarray, cdfs: np.ndarray, escaped: np.ndarray, raw: np.ndarray, shift: int, chunk_len: int
+    freqs: _Ints, cdfs: _Ints, escaped: _Flags, raw: _Ints, shift: int, chunk_len: int
 ) -> bytes:
     """Every chunk coded on its own, each but the last prefixed by its byte length (LEB128)."""
     out = bytearray()
@@ -319,7 +331,7 @@ def _encode_stream_py(
 
 
 def _encode_chunk_py(
-    freqs: np.ndarray, cdfs: np.ndarray, escaped: np.ndarray, raw: np.ndarray, shift: int
+    freqs: _Ints, cdfs: _Ints, escaped: _Flags, raw: _Ints, shift: int
 ) -> bytes:
     """One chunk (rANS codes in reverse)."""
     x = 1
@@ -339,15 +351,15 @@ def _encode_chunk_py(
 
 
 def _encode_stream_c(
-    freqs: np.ndarray, cdfs: np.ndarray, escaped: np.ndarray, raw: np.ndarray, shift: int, chunk_len: int
+    freqs: _Ints, cdfs: _Ints, escaped: _Flags, raw: _Ints, shift: int, chunk_len: int
 ) -> bytes:
     """:func:`_encode_stream_py` in one call of the C module: the same bytes."""
     flags = np.ascontiguousarray(escaped, dtype=np.uint8)
     c = np.ascontiguousarray
-    return _rans.encode_chunks(c(freqs), c(cdfs), flags, c(raw), shift, chunk_len)  # type: ignore[union-attr]
+    return _rans.encode_chunks(c(freqs), c(cdfs), flags, c(raw), shift, chunk_len)
 
 
-def decode_symbols(data: bytes, shape: tuple[int, int, int], tables: EntropyTables) -> np.ndarray:
+def decode_symbols(data: bytes, shape: tuple[int, int, int], tables: EntropyTables) -> Symbols:
     """Inverse of :func:`encode_symbols`; raises :class:`DecodeError` on any inconsistency."""
     c, h, w = shape
     if c != tables.channels or h <= 0 or w <= 0:
@@ -376,7 +388,7 @@ def _max_chunk_bits(tables: EntropyTables) -> int:
     return tables.precision_bits + 1 + _RAW_BITS
 
 
-def _decode_stream_py(data: bytes, out: np.ndarray, hw: int, tables: EntropyTables) -> int:
+def _decode_stream_py(data: bytes, out: NDArray[np.int32], hw: int, tables: EntropyTables) -> int:
     """All ``len(out)`` symbols of a stream into ``out``: 0, or the first problem (:data:`_DECODE_ERRORS`)."""
     n, pos, chunk_len = len(out), 0, tables.chunk_symbols
     for start in range(0, n, chunk_len):
@@ -399,7 +411,7 @@ def _decode_stream_py(data: bytes, out: np.ndarray, hw: int, tables: EntropyTabl
     return 5 if pos != len(data) else 0
 
 
-def _decode_chunk_py(chunk: bytes, out: np.ndarray, start: int, hw: int, tables: EntropyTables) -> bool:
+def _decode_chunk_py(chunk: bytes, out: NDArray[np.int32], start: int, hw: int, tables: EntropyTables) -> bool:
     """Decode ``len(out)`` symbols from flat position ``start``; whether the state came back to 1."""
     freqs, orders, shift = tables._coded_freqs, tables._order, tables.precision_bits  # type: ignore[attr-defined]
     cdfs = tables._coded_cdfs  # type: ignore[attr-defined]
@@ -422,16 +434,16 @@ def _decode_chunk_py(chunk: bytes, out: np.ndarray, start: int, hw: int, tables:
     return x == 1
 
 
-def _decode_stream_c(data: bytes, out: np.ndarray, hw: int, tables: EntropyTables) -> int:
+def _decode_stream_c(data: bytes, out: NDArray[np.int32], hw: int, tables: EntropyTables) -> int:
     """:func:`_decode_stream_py` in one call of the C module: the same symbols and the same status."""
     pad = tables._padded  # type: ignore[attr-defined]
-    return int(_rans.decode_chunks(  # type: ignore[union-attr]
+    return int(_rans.decode_chunks(
         data, out, hw, pad[2], pad[3], tables._lengths, tables._offsets,  # type: ignore[attr-defined]
         tables.precision_bits, tables.chunk_symbols, _max_chunk_bits(tables),
     ))
 
 
-def _decode_stream32_py(data: bytes, out: np.ndarray, hw: int, tables: EntropyTables) -> int:
+def _decode_stream32_py(data: bytes, out: NDArray[np.int32], hw: int, tables: EntropyTables) -> int:
     """Version 3, the inverse of :func:`_encode_stream32_py`: 0, or the first problem (:data:`_DECODE_ERRORS`)."""
     freqs, orders, shift = tables._coded_freqs, tables._order, tables.precision_bits  # type: ignore[attr-defined]
     cdfs = tables._coded_cdfs  # type: ignore[attr-defined]
@@ -463,33 +475,33 @@ def _decode_stream32_py(data: bytes, out: np.ndarray, hw: int, tables: EntropyTa
     return 4 if x != _L32 else 5 if pos != n else 0
 
 
-def _decode_stream32_c(data: bytes, out: np.ndarray, hw: int, tables: EntropyTables) -> int:
+def _decode_stream32_c(data: bytes, out: NDArray[np.int32], hw: int, tables: EntropyTables) -> int:
     """:func:`_decode_stream32_py` in the C module: the same symbols and the same status."""
     pad = tables._padded  # type: ignore[attr-defined]
-    return int(_rans.decode_stream32(  # type: ignore[union-attr]
+    return int(_rans.decode_stream32(
         data, out, hw, pad[2], pad[3], tables._lengths, tables._offsets, tables.precision_bits,  # type: ignore[attr-defined]
     ))
 
 
-def encode(y: np.ndarray, tables: EntropyTables) -> tuple[bytes, np.ndarray]:
+def encode(y: NDArray[np.floating[Any]], tables: EntropyTables) -> tuple[bytes, Symbols]:
     """Quantize and code a latent of shape (C, H, W); returns the stream and the symbols."""
     q = quantize(y, tables)
     return encode_symbols(q, tables), q
 
 
-def decode(data: bytes, shape: tuple[int, int, int], tables: EntropyTables) -> tuple[np.ndarray, np.ndarray]:
+def decode(data: bytes, shape: tuple[int, int, int], tables: EntropyTables) -> tuple[NDArray[np.float32], Symbols]:
     """Decode a stream to the dequantized latent ``y_hat`` (float32) and its symbols."""
     q = decode_symbols(data, shape, tables)
     return dequantize(q, tables), q
 
 
-def predicted_bits(q: np.ndarray, tables: EntropyTables) -> float:
+def predicted_bits(q: Symbols, tables: EntropyTables) -> float:
     """Information content of symbols under the tables, in bits: what an ideal coder would emit."""
     freqs, _, escaped = _lookup(q, tables)
     return float(-np.log2(freqs / (1 << tables.precision_bits)).sum()) + int(escaped.sum()) * _RAW_BITS
 
 
-def symbols_crc32(q: np.ndarray) -> int:
+def symbols_crc32(q: Symbols) -> int:
     """CRC32 of the symbols as little-endian int32: sent beside the stream so a desync is an error."""
     return zlib.crc32(np.ascontiguousarray(q, dtype="<i4").tobytes())
 

@@ -10,8 +10,10 @@ import gzip
 import os
 import struct
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from .errors import ConfigError
 
@@ -36,7 +38,7 @@ _FILES = {
 }
 
 
-def _read_idx(path: Path) -> np.ndarray:
+def _read_idx(path: Path) -> NDArray[Any]:
     with gzip.open(path, "rb") as f:
         data = f.read()
     zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
@@ -46,7 +48,7 @@ def _read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
-def load_fashion_mnist(split: str = "test", root: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+def load_fashion_mnist(split: str = "test", root: Path | None = None) -> tuple[NDArray[Any], NDArray[Any]]:
     """Images ``(N, 1, 28, 28)`` uint8 and labels ``(N,)`` int64 of the ``train`` or ``test`` split.
 
     Raises:

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import importlib.metadata as md
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 from PIL import Image
 
 from .errors import ConfigError
@@ -49,7 +51,7 @@ def package_file(dist: str, rel: str) -> Path:
     return path
 
 
-def center_crop(pixels: np.ndarray, resize: int = 256, crop: int = 224) -> np.ndarray:
+def center_crop(pixels: NDArray[Any], resize: int = 256, crop: int = 224) -> NDArray[Any]:
     """The model input ``(3, crop, crop)`` uint8: short side resized to ``resize`` (bilinear), centre crop.
 
     The same operations as the edge client's preprocessing of an image file.

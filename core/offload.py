@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from .errors import BundleError, RequestError
 from .png import png_bytes
@@ -52,7 +53,7 @@ class OffloadLevel:
         """``"png"``, ``"jpeg q90"``: what a person reads in a table."""
         return self.codec if self.quality is None else f"{self.codec} q{self.quality}"
 
-    def encode(self, x: np.ndarray) -> bytes:
+    def encode(self, x: NDArray[Any]) -> bytes:
         """The payload of this level for model input ``x`` (C, H, W) uint8."""
         return encode_image(x, self.codec, self.quality)
 
@@ -94,7 +95,7 @@ class OffloadLevel:
             )
 
 
-def encode_image(x: np.ndarray, codec: str, quality: int | None = None) -> bytes:
+def encode_image(x: NDArray[Any], codec: str, quality: int | None = None) -> bytes:
     """``x`` (C, H, W) uint8 with 1 or 3 channels as a PNG, or as a baseline JPEG or lossy WebP at
     ``quality`` (Pillow's defaults otherwise: 4:2:0 chroma for JPEG, method 4 for WebP).
 

@@ -34,8 +34,10 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 from PIL import Image, ImageOps
 
 from .errors import ConfigError
@@ -339,7 +341,7 @@ class Photo:
     def path(self, root: Path) -> Path:
         return root / self.source / self.file
 
-    def read(self, root: Path) -> np.ndarray:
+    def read(self, root: Path) -> NDArray[Any]:
         """``(H, W, 3)`` uint8, EXIF orientation applied."""
         with Image.open(self.path(root)) as im:
             return np.asarray(ImageOps.exif_transpose(im).convert("RGB"), dtype=np.uint8)
@@ -359,7 +361,7 @@ class Corpus:
             raise ConfigError(f"unknown split {name!r} (train or heldout)")
         return [p for p in self.photos if p.split == name]
 
-    def read(self, photo: Photo) -> np.ndarray:
+    def read(self, photo: Photo) -> NDArray[Any]:
         return photo.read(self.root)
 
     def digest(self, split: str) -> str:
@@ -482,7 +484,7 @@ def build_source(
                 file=name, sha256=digest, bytes=len(data), width=size[0], height=size[1], licence=src.licence,
                 label=label,
             ))
-    listed = {m for m in src.excluded}
+    listed = set(src.excluded)
     meta = {
         "format_version": FORMAT_VERSION, "source": src.name, "registry": src.registry, "split": src.split,
         "photos": [asdict(p) for p in photos], "skipped": dict(skipped), "review_exclusions": len(listed),

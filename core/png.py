@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import struct
 import zlib
+from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from .errors import RequestError
 
@@ -21,7 +23,7 @@ _SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _NONE, _PAETH = 0, 4
 
 
-def png_bytes(x: np.ndarray) -> bytes:
+def png_bytes(x: NDArray[Any]) -> bytes:
     """A lossless 8-bit PNG (grey for 1 channel, RGB for 3) of ``x`` (C, H, W) uint8.
 
     Grey rows are stored unfiltered, zlib level 9 (on Fashion-MNIST within 2% of Pillow's adaptive
@@ -44,7 +46,7 @@ def png_bytes(x: np.ndarray) -> bytes:
     return _SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(raw, level)) + _chunk(b"IEND", b"")
 
 
-def _paeth(rows: np.ndarray, bpp: int) -> np.ndarray:
+def _paeth(rows: NDArray[Any], bpp: int) -> NDArray[np.uint8]:
     """PNG filter type 4 on every row (``bpp`` bytes per pixel): each byte minus its Paeth predictor."""
     x = rows.astype(np.int16)
     left = np.zeros_like(x)
@@ -55,7 +57,7 @@ def _paeth(rows: np.ndarray, bpp: int) -> np.ndarray:
     diag[1:, bpp:] = x[:-1, :-bpp]
     p = left + up - diag
     pa, pb, pc = np.abs(p - left), np.abs(p - up), np.abs(p - diag)
-    pred = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, up, diag))
+    pred: NDArray[np.int16] = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, up, diag))
     return ((x - pred) & 0xFF).astype(np.uint8)
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
+from numpy.typing import NDArray
 
 __all__ = ["THREADS_ENV", "TritonPythonModel"]
 
@@ -69,7 +70,7 @@ class TritonPythonModel:
         """Release the ONNX Runtime session."""
         self._session = None
 
-    def _feed(self, request: Any) -> dict[str, np.ndarray]:
+    def _feed(self, request: Any) -> dict[str, NDArray[Any]]:
         feed = {}
         for name, dtype in self._inputs:
             tensor = pb_utils.get_input_tensor_by_name(request, name)
@@ -78,7 +79,7 @@ class TritonPythonModel:
             feed[name] = np.ascontiguousarray(tensor.as_numpy(), dtype=dtype)
         return feed
 
-    def _run(self, feeds: list[dict[str, np.ndarray]]) -> list[list[np.ndarray]]:
+    def _run(self, feeds: list[dict[str, NDArray[Any]]]) -> list[list[NDArray[Any]]]:
         names = [name for name, _ in self._outputs]
         return [self._session.run(names, feed) for feed in feeds]
 
@@ -93,7 +94,7 @@ class TritonPythonModel:
             self._response([out[lo:hi] for out in outputs]) for lo, hi in zip(bounds[:-1], bounds[1:])
         ]
 
-    def _response(self, outputs: list[np.ndarray]) -> Any:
+    def _response(self, outputs: list[NDArray[Any]]) -> Any:
         tensors = [
             pb_utils.Tensor(name, np.ascontiguousarray(out, dtype=dtype))
             for (name, dtype), out in zip(self._outputs, outputs)

@@ -27,8 +27,10 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from .bundle import OFFLOAD_SPLIT, Manifest
 
@@ -102,7 +104,7 @@ def wire_id(manifest: Manifest) -> int:
     return value or 1
 
 
-def top_k(logits: np.ndarray, k: int) -> tuple[tuple[int, ...], tuple[float, ...]]:
+def top_k(logits: NDArray[Any], k: int) -> tuple[tuple[int, ...], tuple[float, ...]]:
     """The ``k`` most likely classes and their softmax probabilities, highest first (edge and endpoint)."""
     z = logits.astype(np.float64) - float(np.max(logits))
     p = np.exp(z)

@@ -60,6 +60,8 @@ class AsyncEdgeClient(BaseEdgeClient):
         transport: how to reach the endpoint (default: :class:`AsyncGrpcTransport` to ``endpoint``).
     """
 
+    transport: AsyncBaseTransport | None
+
     def __init__(
         self,
         bundle: Bundle | str | Path,

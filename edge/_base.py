@@ -58,7 +58,7 @@ from ._policy import EdgePolicy, PolicyLike, plan_policy
 from ._request import Job, Probe, build_request
 from ._results import Result, Timings
 from ._runtime import EdgeRuntime, ImageLike
-from ._transports.base import ServerLoad, item_error
+from ._transports.base import ServerLoad, Wire, item_error
 
 __all__ = ["BaseEdgeClient"]
 
@@ -97,6 +97,9 @@ class BaseEdgeClient:
         BundleError: the bundle is missing, damaged, or lacks a model the client needs.
         ConfigError: an unknown policy or option, or a remote policy without an endpoint.
     """
+
+    transport: Wire | None
+    """How requests reach the endpoint; each client kind sets its own (None: local only)."""
 
     def __init__(
         self,

@@ -10,7 +10,7 @@ builds over every option of the bundle once it has measured the device.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, Union, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from splitserve.core.bundle import Manifest
 from splitserve.core.errors import ConfigError
@@ -133,7 +133,7 @@ class _Pinned:
         """A pinned option sends no probes."""
 
 
-PolicyLike = Union[EdgePolicy, FixedPolicy, str]
+PolicyLike = EdgePolicy | FixedPolicy | str
 
 
 def plan_policy(policy: PolicyLike, manifest: Manifest) -> EdgePolicy | str:

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
-import numpy as np
+from numpy.typing import NDArray
+
 from splitserve.core.bundle import OFFLOAD_SPLIT
 from splitserve.core.codec import CODEC_NAME
 from splitserve.orchestrator import Option, SplitDecision
@@ -33,7 +35,7 @@ class Job:
     """One input on its way through the client."""
 
     request_id: str
-    x: np.ndarray
+    x: NDArray[Any]
     start: float
     deadline: float
     decision: SplitDecision
@@ -55,14 +57,14 @@ class Job:
 class Probe:
     """A background link probe the orchestrator asked for (a ping, or a real request of ~n bytes)."""
 
-    x: np.ndarray | None
+    x: NDArray[Any] | None
     option: Option | None = None
     request: pb.InferRequest | None = None
     wire_bytes: int = 0
 
 
 def build_request(
-    runtime: EdgeRuntime, request_id: str, d: SplitDecision, x: np.ndarray, *, top_k: int
+    runtime: EdgeRuntime, request_id: str, d: SplitDecision, x: NDArray[Any], *, top_k: int
 ) -> tuple[pb.InferRequest, float, float]:
     """The request for decision ``d`` on input ``x``, with head and encoding times (ms)."""
     m = runtime.manifest

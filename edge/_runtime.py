@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 import onnxruntime as ort
+from numpy.typing import NDArray
 
 from splitserve.core import codec
 from splitserve.core.bundle import Bundle
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
 
 __all__ = ["EdgeRuntime", "ImageLike", "load_session", "png_bytes", "session_options", "to_input"]
 
-ImageLike = Union[np.ndarray, "Image.Image", str, Path, bytes]
+ImageLike = Union[NDArray[Any], "Image.Image", str, Path, bytes]
 """An input: a uint8 array ``(C, H, W)``, ``(H, W)`` or ``(H, W, C)`` of the model's size, an
 ``(H, W, C)`` photo of any size, a PIL image, an image file, or the bytes of one (JPEG, PNG, WebP...);
 photos, images, files and bytes need pillow and get the bundle's preprocessing; arrays of the model's
@@ -80,8 +81,8 @@ class _Model:
         self.input = session.get_inputs()[0].name
         self.output = [session.get_outputs()[0].name]
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        out: np.ndarray = self.session.run(self.output, {self.input: x[None]})[0][0]
+    def __call__(self, x: NDArray[Any]) -> NDArray[Any]:
+        out: NDArray[Any] = self.session.run(self.output, {self.input: x[None]})[0][0]
         return out
 
 
@@ -132,32 +133,32 @@ class EdgeRuntime:
         """The precision kept for each head and for ``local``."""
         return {**{s: h.precision for s, h in self.heads.items()}, "local": self.local_model.precision}
 
-    def to_input(self, image: ImageLike) -> np.ndarray:
+    def to_input(self, image: ImageLike) -> NDArray[Any]:
         """The model input for ``image`` (see :func:`to_input`)."""
         return to_input(image, self.input_shape, self.manifest.preprocess)
 
-    def head(self, split: str, x: np.ndarray) -> np.ndarray:
+    def head(self, split: str, x: NDArray[Any]) -> NDArray[Any]:
         """Latent ``y`` (C, H, W) float32 of input ``x`` at ``split``."""
         with self._device_work():
             return self.heads[split](x)
 
-    def encode(self, split: str, level: int, y: np.ndarray) -> tuple[bytes, int]:
+    def encode(self, split: str, level: int, y: NDArray[Any]) -> tuple[bytes, int]:
         """Entropy-code ``y`` with the tables of (split, level); returns the bitstream and symbols' CRC32."""
         with self._device_work():
             data, symbols = codec.encode(y, self.tables[(split, level)])
             return data, codec.symbols_crc32(symbols)
 
-    def local(self, x: np.ndarray) -> np.ndarray:
+    def local(self, x: NDArray[Any]) -> NDArray[Any]:
         """Logits of the whole model on input ``x``."""
         with self._device_work():
             return self.local_model(x)
 
-    def png(self, x: np.ndarray) -> bytes:
+    def png(self, x: NDArray[Any]) -> bytes:
         """Lossless PNG of input ``x``: the payload of the offload option (level 0)."""
         with self._device_work():
             return png_bytes(x)
 
-    def offload_image(self, x: np.ndarray, level: int = 0) -> tuple[str, bytes]:
+    def offload_image(self, x: NDArray[Any], level: int = 0) -> tuple[str, bytes]:
         """The payload of offload ``level`` for input ``x``: its codec and bytes (0: PNG, else the manifest's
         JPEG/WebP level, encoded with the function the exporter priced it with).
 
@@ -227,7 +228,7 @@ class EdgeRuntime:
         return _fastest(models, self._sample)
 
 
-def _fastest(models: list[_Model], x: np.ndarray) -> _Model:
+def _fastest(models: list[_Model], x: NDArray[Any]) -> _Model:
     """The model with the lowest median time on ``x``, timed in interleaved rounds (fair under load)."""
     times: list[list[float]] = [[] for _ in models]
     for model in models:
@@ -256,7 +257,7 @@ def _median_ms(fn: Any, repeats: int) -> float:
 
 def to_input(
     image: ImageLike, shape: tuple[int, ...], preprocess: dict[str, Any] | None = None
-) -> np.ndarray:
+) -> NDArray[Any]:
     """Turn ``image`` into the model's uint8 input of ``shape`` (C, H, W), C-contiguous.
 
     Arrays must already have the model's size: ``(C, H, W)``, ``(1, C, H, W)``, ``(H, W, C)``, or
@@ -270,9 +271,10 @@ def to_input(
     photo = isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[2] == c and image.shape[:2] != (h, w)
     if isinstance(image, np.ndarray) and not (photo and image.dtype == np.uint8 and c in (1, 3)):
         return _from_array(image, (c, h, w))
-    if isinstance(image, (bytes, bytearray, memoryview)):
-        image = io.BytesIO(bytes(image))
-    elif not isinstance(image, (str, Path, np.ndarray)) and type(image).__module__.split(".")[0] != "PIL":
+    source: ImageLike | io.BytesIO = image
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        source = io.BytesIO(bytes(source))
+    elif not isinstance(source, (str, Path, np.ndarray)) and type(source).__module__.split(".")[0] != "PIL":
         raise RequestError(
             f"an input must be a numpy array, a PIL image, an image file or its bytes, not {type(image).__name__}"
         )
@@ -280,20 +282,20 @@ def to_input(
         from PIL import Image, ImageOps
     except ModuleNotFoundError as exc:
         raise RequestError("reading image files needs pillow (pip install pillow); arrays do not") from exc
-    if isinstance(image, Image.Image):
-        return _from_pil(image, (c, h, w), preprocess or {})
-    if isinstance(image, np.ndarray):  # an (H, W, C) photo of another size than the model's input
-        return _from_pil(Image.fromarray(image[:, :, 0] if c == 1 else image), (c, h, w), preprocess or {})
+    if isinstance(source, Image.Image):
+        return _from_pil(source, (c, h, w), preprocess or {})
+    if isinstance(source, np.ndarray):  # an (H, W, C) photo of another size than the model's input
+        return _from_pil(Image.fromarray(source[:, :, 0] if c == 1 else source), (c, h, w), preprocess or {})
     try:
-        with Image.open(image) as im:
+        with Image.open(source) as im:
             im.load()
             return _from_pil(ImageOps.exif_transpose(im), (c, h, w), preprocess or {})
     except (OSError, ValueError) as exc:
-        name = "the given bytes" if isinstance(image, io.BytesIO) else image
+        name = "the given bytes" if isinstance(source, io.BytesIO) else source
         raise RequestError(f"cannot read image {name}: {exc}") from exc
 
 
-def _from_array(a: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+def _from_array(a: NDArray[Any], shape: tuple[int, int, int]) -> NDArray[Any]:
     if a.dtype != np.uint8:
         raise RequestError(f"input arrays must be uint8 (the model's input), got {a.dtype}")
     c, h, w = shape
@@ -308,7 +310,7 @@ def _from_array(a: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
-def _from_pil(im: Image.Image, shape: tuple[int, int, int], preprocess: dict[str, Any]) -> np.ndarray:
+def _from_pil(im: Image.Image, shape: tuple[int, int, int], preprocess: dict[str, Any]) -> NDArray[Any]:
     from PIL import Image
 
     c, h, w = shape

@@ -64,6 +64,8 @@ class EdgeClient(BaseEdgeClient):
             print(result.label, result.computed, result.bytes_sent, result.timings.total_ms)
     """
 
+    transport: BaseTransport | None
+
     def __init__(
         self,
         bundle: Bundle | str | Path,

@@ -24,6 +24,8 @@ from typing import Any
 
 import click
 import numpy as np
+from numpy.typing import NDArray
+
 from splitserve.core.bundle import Bundle
 from splitserve.core.cli_errors import ErrorLineGroup
 from splitserve.core.errors import SplitServeError
@@ -50,7 +52,7 @@ class _Source:
     index: int | None = None
 
 
-def _frames(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+def _frames(path: Path, shape: tuple[int, ...]) -> NDArray[Any]:
     """The frames of a ``.npy`` or raw file as a (memory-mapped) batch ``(N, ...)``."""
     if path.suffix.lower() != ".npy":
         frame = math.prod(shape)
@@ -60,7 +62,7 @@ def _frames(path: Path, shape: tuple[int, ...]) -> np.ndarray:
                 f"{path}: {size} bytes is not a whole number of {frame}-byte frames {shape}"
             )
         return np.memmap(path, dtype=np.uint8, mode="r").reshape(-1, *shape)
-    a: np.ndarray = np.load(path, mmap_mode="r")
+    a: NDArray[Any] = np.load(path, mmap_mode="r")
     if a.dtype != np.uint8:
         raise click.UsageError(f"{path}: .npy frames must be uint8, not {a.dtype}")
     c, h, w = shape
@@ -103,7 +105,7 @@ def iter_inputs(paths: tuple[Path, ...], shape: tuple[int, ...]) -> tuple[list[s
     sources = _sources(paths, shape)
 
     def frames() -> Iterator[Any]:
-        batch: tuple[Path, np.ndarray] | None = None
+        batch: tuple[Path, NDArray[Any]] | None = None
         for s in sources:
             if s.index is None:
                 yield s.path

@@ -16,7 +16,6 @@ int8 export, bundles) treats a user's network like a registered one.
 from __future__ import annotations
 
 import dataclasses
-
 import hashlib
 import importlib
 import importlib.util
@@ -29,9 +28,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageOps
-from splitserve.core.errors import ConfigError, UnknownSplitPointError
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
+
+from splitserve.core.errors import ConfigError, UnknownSplitPointError
 
 from ._config import BackboneCfg, SplitPointCfg
 from ._split import Normalize, SplitBackbone

@@ -23,6 +23,9 @@ from typing import NamedTuple
 import numpy as np
 import onnxruntime as ort
 import torch
+from torch import nn
+from tqdm.auto import tqdm
+
 from splitserve.core import codec
 from splitserve.core.bundle import (
     CodecInfo,
@@ -38,8 +41,6 @@ from splitserve.core.bundle import (
 )
 from splitserve.core.offload import OffloadLevel, encode_image
 from splitserve.core.png import png_bytes as encode_png
-from torch import nn
-from tqdm.auto import tqdm
 
 from ._split import SplitBackbone, count_macs
 from .split_model import SplitModel

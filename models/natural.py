@@ -58,12 +58,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageEnhance, ImageOps
+from torch import nn
+from tqdm.auto import tqdm
+
 from splitserve.core.bundle import Bundle
 from splitserve.core.errors import ConfigError, SplitServeError
 from splitserve.core.natural_images import PHOTO_FILES, center_crop, package_file, random_crop_box
 from splitserve.core.photo_corpus import load_corpus
-from torch import nn
-from tqdm.auto import tqdm
 
 from ._config import BottleneckCfg
 from ._registry import get_backbone

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from splitserve.core.bundle import Bundle
 from splitserve.core.datasets import load_fashion_mnist
 
@@ -204,7 +205,7 @@ def build_bundle(recipe_name: str, out_dir: Path | None = None, *, force: bool =
         try:
             Bundle.open(out_dir).close()
             return out_dir
-        except Exception:  # a stale or damaged bundle is rebuilt
+        except Exception:  # noqa: BLE001 - a stale or damaged bundle is rebuilt
             pass
     teacher, _ = trained_backbone(recipe)
     models = {s: trained_split(recipe, teacher, s) for s in recipe.splits}

@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
+
 from splitserve.core.bundle import Manifest
 from splitserve.core.errors import ConfigError
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
+
 from splitserve.core.errors import DuplicateRegistrationError, RegistryError
 
 from ._typing import BoolArray, FloatArray

@@ -34,7 +34,6 @@ import heapq
 from collections.abc import Callable
 from dataclasses import dataclass
 
-
 import numpy as np
 
 from ._typing import BoolArray, FloatArray, IntArray

@@ -36,6 +36,7 @@ __all__ = [
     "BaseTransport",
     "ServerLoad",
     "StreamCall",
+    "Wire",
     "item_error",
     "status_name",
 ]
@@ -147,7 +148,7 @@ class AsyncStreamCall(ABC):
         """Refer to :meth:`StreamCall.cancel`."""
 
 
-class _Wire:
+class Wire:
     """What both transport kinds share: the bundle requests are for, and their size on the wire."""
 
     def use_bundle(self, manifest: Manifest) -> None:
@@ -162,7 +163,7 @@ class _Wire:
         return 0
 
 
-class BaseTransport(_Wire, ABC):
+class BaseTransport(Wire, ABC):
     """A synchronous transport."""
 
     @abstractmethod
@@ -190,7 +191,7 @@ class BaseTransport(_Wire, ABC):
         """Release the connection (idempotent)."""
 
 
-class AsyncBaseTransport(_Wire, ABC):
+class AsyncBaseTransport(Wire, ABC):
     """An asyncio transport; each verb refers to :class:`BaseTransport`'s."""
 
     @abstractmethod

@@ -114,4 +114,5 @@ def v1_request_bytes(request: pb.InferRequest, *, stream: bool, tls: bool = Fals
 
 def message_bytes(request: pb.InferRequest) -> int:
     """The message plus gRPC's prefix (what a transport without HTTP/2, such as the mock, moves)."""
-    return request.ByteSize() + GRPC_PREFIX_BYTES
+    size: int = request.ByteSize()
+    return size + GRPC_PREFIX_BYTES

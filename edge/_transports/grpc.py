@@ -14,6 +14,7 @@ answers UNIMPLEMENTED (one from before the compact wire) turns it back to ``Infe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import queue
@@ -356,10 +357,8 @@ class _AsyncGrpcStreamCall(AsyncStreamCall):
             raise UnavailableError("the stream is closed", request_id=request.request_id) from exc
 
     async def done_writing(self) -> None:
-        try:
-            await self._call.done_writing()
-        except (grpc.RpcError, asyncio.InvalidStateError):
-            pass  # the stream already ended; its reader reports why
+        with contextlib.suppress(grpc.RpcError, asyncio.InvalidStateError):  # the stream already ended;
+            await self._call.done_writing()  # its reader reports why
 
     async def __aiter__(self) -> AsyncIterator[pb.InferResponse]:
         try:

@@ -24,7 +24,7 @@ import queue
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any, Union
+from typing import Any
 
 from splitserve.core.errors import (
     ClientClosedError,
@@ -39,9 +39,9 @@ from .base import AsyncBaseTransport, AsyncStreamCall, BaseTransport, ServerLoad
 
 __all__ = ["Handler", "MockTransport"]
 
-Request = Union[pb.InferRequest, pb.ListModelsRequest]
-Reply = Union[pb.InferResponse, pb.ListModelsResponse, pb.Load]
-Handler = Callable[[Request], Union[Reply, Awaitable[Reply]]]
+Request = pb.InferRequest | pb.ListModelsRequest
+Reply = pb.InferResponse | pb.ListModelsResponse | pb.Load
+Handler = Callable[[Request], Reply | Awaitable[Reply]]
 _END = object()
 
 
@@ -88,7 +88,7 @@ class MockTransport(BaseTransport, AsyncBaseTransport):
     async def infer_async(self, request: pb.InferRequest, *, timeout_s: float) -> pb.InferResponse:
         try:
             reply = await asyncio.wait_for(self._call_async(request), timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise DeadlineExceededError("Deadline Exceeded", request_id=request.request_id) from None
         assert isinstance(reply, pb.InferResponse)
         return reply

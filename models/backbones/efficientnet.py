@@ -27,8 +27,9 @@ import io
 from collections import OrderedDict
 from pathlib import Path
 
-from splitserve.core.errors import ConfigError
 from torch import nn
+
+from splitserve.core.errors import ConfigError
 
 from .._config import BackboneCfg, BottleneckCfg, SplitPointCfg
 from .._registry import register_backbone

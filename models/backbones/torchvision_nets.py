@@ -23,9 +23,10 @@ from collections import OrderedDict
 from pathlib import Path
 
 import torch
-from splitserve.core.errors import ConfigError
 from torch import nn
 from torchvision import models as tvm
+
+from splitserve.core.errors import ConfigError
 
 from .._config import BackboneCfg, BottleneckCfg, SplitPointCfg
 from .._registry import register_backbone

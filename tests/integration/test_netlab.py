@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from splitserve.benchmarks.adaptation import run
 from splitserve.benchmarks.netlab import DelayRelay, Filler, Netlab, TraceFollower, unavailable_reason
 from splitserve.orchestrator.traces import step_trace

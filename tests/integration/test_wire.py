@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
+
 from splitserve.benchmarks.wire import TARGETS, run
 from splitserve.core.wire import WINDOW_UPDATES_BYTES
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from splitserve.benchmarks.soak import SoakConfig, check, run_soak, summarize
 
 _MISSING = [

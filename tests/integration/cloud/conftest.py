@@ -21,6 +21,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from PIL import Image
+
 from splitserve.benchmarks.stack import Endpoint, free_port
 from splitserve.cloud import CloudConfig, CloudServer, create_server
 from splitserve.core import codec

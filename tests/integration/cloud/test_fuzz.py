@@ -18,6 +18,7 @@ import grpc
 import psutil
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from splitserve.core import codec
 from splitserve.protos.v1 import inference_pb2 as pb
 

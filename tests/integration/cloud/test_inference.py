@@ -14,6 +14,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
 from splitserve.cloud import SERVICE_NAME
 from splitserve.protos.v1 import inference_pb2 as pb
 

@@ -12,6 +12,7 @@ import urllib.request
 
 import grpc
 import pytest
+
 from splitserve.protos.v1 import inference_pb2 as pb
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"

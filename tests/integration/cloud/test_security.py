@@ -7,6 +7,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from splitserve.benchmarks.stack import make_pki
 from splitserve.protos.v1 import inference_pb2 as pb
 from splitserve.protos.v1 import inference_pb2_grpc as pb_grpc

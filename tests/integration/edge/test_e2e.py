@@ -153,9 +153,8 @@ def test_bearer_token(start_endpoint, tmp_path: Path, bundle: Bundle, eval_set: 
     strict = EdgeConfig(fallback=False)
     with EdgeClient(
         bundle, endpoint.target, credentials=Credentials(token="wrong"), policy="stem@0", config=strict
-    ) as c:
-        with pytest.raises(AuthenticationError):
-            c.infer(image)
+    ) as c, pytest.raises(AuthenticationError):
+        c.infer(image)
 
 
 @pytest.fixture(scope="module")

@@ -83,9 +83,11 @@ def test_retries_run_out_then_the_device_answers(flaky: tuple[Flaky, str], bundl
         results = [client.infer(IMAGE) for _ in range(3)]
     assert all(r.computed == "local" and "UnavailableError" in (r.fallback_reason or "") for r in results)
     assert list(servicer.attempts.values()) == [2, 2, 2]
-    with EdgeClient(bundle, target, policy="stem@0", config=EdgeConfig(fallback=False)) as client:
-        with pytest.raises(UnavailableError, match="warming up"):
-            client.infer(IMAGE)
+    with (
+        EdgeClient(bundle, target, policy="stem@0", config=EdgeConfig(fallback=False)) as client,
+        pytest.raises(UnavailableError, match="warming up"),
+    ):
+        client.infer(IMAGE)
 
 
 def test_the_deadline_reaches_the_server_and_holds(flaky: tuple[Flaky, str], bundle: Bundle) -> None:

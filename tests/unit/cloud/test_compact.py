@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 import numpy as np
 import pytest
+
 from splitserve.cloud._auth import CallInterceptor
 from splitserve.core import codec
 from splitserve.core.bundle import Bundle

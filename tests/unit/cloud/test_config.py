@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from click.testing import CliRunner
+
 from splitserve.cloud import CloudConfig
 from splitserve.cloud.cli import cloud
 from splitserve.core.errors import ConfigError

@@ -8,6 +8,7 @@ import io
 import numpy as np
 import pytest
 from PIL import Image
+
 from splitserve.cloud._decode import Decoder, ImageLayout, TablesRef
 from splitserve.cloud._metrics import Metrics
 from splitserve.core import codec

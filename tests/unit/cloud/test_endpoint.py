@@ -10,6 +10,7 @@ import urllib.request
 from types import ModuleType
 
 import pytest
+
 import splitserve.cloud
 from splitserve.cloud._auth import load_tokens
 from splitserve.cloud._metrics import Metrics, MetricsHTTPServer
@@ -100,6 +101,7 @@ def test_metrics_outlive_the_drain_by_the_linger(test_bundle):
     import time
 
     import grpc
+
     from splitserve.cloud import CloudConfig, create_server
     from splitserve.protos.v1 import inference_pb2 as pb
     from splitserve.protos.v1 import inference_pb2_grpc as pb_grpc

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 
 import pytest
+
 from splitserve.cloud._metrics import Metrics, MetricsHTTPServer
 from splitserve.cloud.server import _check_port_free
 from splitserve.core.errors import ConfigError

@@ -8,6 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
+
 from splitserve.cloud._registry import ModelRegistry, ServedBundle, version_key
 from splitserve.core.bundle import OFFLOAD_SPLIT, Bundle
 from splitserve.core.errors import DuplicateRegistrationError, UnknownModelError

@@ -9,6 +9,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+
 from splitserve.cloud import TailResult
 from splitserve.cloud._auth import CallInterceptor
 from splitserve.cloud._decode import Decoder

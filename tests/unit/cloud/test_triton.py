@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+
 from splitserve.cloud import LocalTriton, TritonBackend
 from splitserve.cloud._registry import ServedBundle
 from splitserve.cloud._triton import _error, _server_env

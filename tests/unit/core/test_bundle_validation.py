@@ -10,6 +10,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+
 from splitserve.core.bundle import MANIFEST_FORMAT, MANIFEST_VERSION, Bundle, Manifest, sha256_file
 from splitserve.core.errors import BundleError
 
@@ -154,6 +155,7 @@ def test_signed_bundles_open_only_with_a_trusted_key_and_an_untouched_manifest(t
 
 def test_cli_keygen_and_export_sign(tmp_path):
     from click.testing import CliRunner
+
     from splitserve.cli.main import cli
 
     res = CliRunner().invoke(cli, ["keygen", str(tmp_path / "k")])

@@ -20,7 +20,7 @@ def make_tables(channels: int, bins: int = 11, step: float = 1.0, seed: int = 0)
     """Discretized Gaussians of different widths per channel, plus an escape bin of frequency 1."""
     rng = np.random.default_rng(seed)
     rows = []
-    for c in range(channels):
+    for _c in range(channels):
         width = 0.3 + 3 * rng.random()
         p = np.exp(-0.5 * ((np.arange(bins) - bins // 2) / width) ** 2)
         f = np.maximum(1, np.floor(p / p.sum() * ((1 << 16) - bins - 1))).astype(int).tolist() + [1]

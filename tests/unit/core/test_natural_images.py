@@ -7,6 +7,7 @@ import importlib.metadata as md
 import numpy as np
 import pytest
 from PIL import Image
+
 from splitserve.core import natural_images as ni
 from splitserve.core.errors import ConfigError
 

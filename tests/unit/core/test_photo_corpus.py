@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+
 from splitserve.core import photo_corpus as pc
 from splitserve.core.errors import ConfigError
 

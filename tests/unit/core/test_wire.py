@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+
 from splitserve.core.bundle import OFFLOAD_SPLIT, Bundle, OffloadInfo
 from splitserve.core.wire import (
     GRPC_PREFIX_BYTES,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 
 import numpy as np
@@ -154,7 +155,9 @@ def test_open_builds_the_client_without_blocking_the_loop(
                 await asyncio.sleep(0.001)
 
         task = asyncio.create_task(ticker())
-        client = await AsyncEdgeClient.open(bundle.root, transport=MockTransport(tail), policy="layer1@0", config=FAST)
+        # a 20x slower device: opening (which times every head) takes long enough to count the ticks
+        config = dataclasses.replace(FAST, device_slowdown=20.0)
+        client = await AsyncEdgeClient.open(bundle.root, transport=MockTransport(tail), policy="layer1@0", config=config)
         opened_ticks = ticks
         task.cancel()
         async with client:

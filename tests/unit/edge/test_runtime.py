@@ -13,8 +13,8 @@ from PIL import Image
 from splitserve.core import codec
 from splitserve.core.bundle import Bundle
 from splitserve.core.errors import RequestError
-from splitserve.edge import EdgeRuntime
 from splitserve.core.wire import top_k
+from splitserve.edge import EdgeRuntime
 from splitserve.edge._runtime import _fastest, to_input
 
 SHAPE = (1, 28, 28)

@@ -9,7 +9,10 @@ Three proofs, cheapest first:
 3. a brand-new virtual environment gets ``pip install .[edge]``, runs the same requests, and its
    installed size is measured (target: at most 200 MiB, pip and setuptools of the venv itself excluded).
 
-Proofs 2 and 3 install from a copy of the source tree, so the checkout is never written to.
+Proofs 2 and 3 install from a copy of the source tree, so the checkout is never written to; they need a
+package index and minutes (marked ``pip``, outside the fast tier). The packaging error proof 3 exists to
+catch, a subpackage that ``pyproject.toml`` does not list (the wheel installs without it and the first
+import fails on the device), is also checked statically, in milliseconds: that test fails, never skips.
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
+from typing import Any
 
+import pytest
 
 ROOT = Path(__file__).resolve().parents[3]
 FORBIDDEN = {"torch", "torchvision", "compressai", "triton", "nvidia-pytriton", "tritonclient"}
@@ -87,6 +92,7 @@ def test_edge_runs_without_importing_torch(bundle_path: Path) -> None:
     assert got["kinds"] == ["local", "local+fallback", "offload", "split"]
 
 
+@pytest.mark.pip
 def test_edge_extra_resolves_without_torch(tmp_path: Path) -> None:
     src = _source_copy(tmp_path / "src")
     report = tmp_path / "report.json"
@@ -110,14 +116,41 @@ def test_edge_extra_resolves_without_torch(tmp_path: Path) -> None:
     assert {"onnxruntime", "numpy", "grpcio", "protobuf", "splitserve"} <= names, sorted(names)
 
 
-def _edge_packages_listed() -> bool:
-    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
-    needed = {"splitserve.edge." + p.name for p in (ROOT / "edge").iterdir() if (p / "__init__.py").exists()}
-    return needed <= set(packages)
+def unlisted_packages(pyproject: dict[str, Any], root: Path) -> list[str]:
+    """Packages under the part folders (every folder with an ``__init__.py``) that ``[tool.setuptools]
+    packages`` leaves out: a wheel built from ``pyproject`` would install without them."""
+    setuptools = pyproject["tool"]["setuptools"]
+    listed = set(setuptools["packages"])
+    found = [
+        ".".join([package, *init.parent.relative_to(root / folder).parts])
+        for package, folder in setuptools["package-dir"].items()
+        for init in (root / folder).rglob("__init__.py")
+    ]
+    return sorted(name for name in found if name not in listed)
 
 
+def _pyproject() -> dict[str, Any]:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def test_pyproject_lists_every_subpackage_a_wheel_must_ship() -> None:
+    missing = unlisted_packages(_pyproject(), ROOT)
+    assert not missing, f"pyproject.toml [tool.setuptools] packages misses {missing}: a wheel would install without them"
+
+
+def test_the_packaging_check_finds_a_subpackage_left_out() -> None:
+    """The check above is not vacuous: with ``splitserve.edge._transports`` dropped from the list it names it."""
+    pyproject = _pyproject()
+    packages = pyproject["tool"]["setuptools"]["packages"]
+    assert "splitserve.edge._transports" in packages and (ROOT / "edge/_transports/__init__.py").is_file()
+    pyproject["tool"]["setuptools"]["packages"] = [p for p in packages if p != "splitserve.edge._transports"]
+    assert unlisted_packages(pyproject, ROOT) == ["splitserve.edge._transports"]
+
+
+@pytest.mark.pip
 def test_fresh_venv_with_only_the_edge_extra(tmp_path: Path, bundle_path: Path) -> None:
-    assert _edge_packages_listed(), "pyproject.toml does not list every splitserve.edge subpackage: a wheel would miss them"
+    missing = unlisted_packages(_pyproject(), ROOT)
+    assert not missing, f"pyproject.toml [tool.setuptools] packages misses {missing}: a wheel would install without them"
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     python = str(venv / "bin" / "python")

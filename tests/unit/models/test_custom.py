@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+
 from splitserve.core.bundle import Bundle
 from splitserve.core.errors import ConfigError, UnknownSplitPointError
 from splitserve.models.custom import ModelSpec, cut_points, export_user_model, load_factory, split_model
@@ -134,6 +135,7 @@ def test_export_from_a_folder_of_unlabelled_images(user_file, tmp_path, monkeypa
 
 def test_cli_errors_are_one_line_with_a_nonzero_exit(user_file, tmp_path):
     from click.testing import CliRunner
+
     from splitserve.cli.main import cli
 
     empty = tmp_path / "empty"

@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torchvision import models as tvm
+
 from splitserve.core.errors import ConfigError
 from splitserve.models import get_backbone, get_backbone_cfg, list_backbones, list_split_points
 from splitserve.models._split import count_macs
@@ -17,7 +19,6 @@ from splitserve.models.backbones.torchvision_nets import mobilenet_v3_large, res
 from splitserve.models.bottleneck import BottleneckCodec
 from splitserve.models.export import export_onnx, ort_session
 from splitserve.models.split_model import SplitModel
-from torchvision import models as tvm
 
 IMAGENET = ("efficientnet_lite0", "resnet50", "mobilenet_v3_large")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import onnx
 import pytest
 import torch
+
 from splitserve.core import codec
 from splitserve.core.bundle import Bundle
 from splitserve.core.datasets import load_fashion_mnist
@@ -130,6 +131,7 @@ def test_fine_tuned_head_is_a_student_copy_and_the_teacher_stays_frozen():
 
 def test_recipes_command_lists_every_recipe_with_its_training_length() -> None:
     from click.testing import CliRunner
+
     from splitserve.cli.main import cli
     from splitserve.models.zoo import RECIPES
 

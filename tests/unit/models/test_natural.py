@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+
 from splitserve.benchmarks.natural import _agreement, _encode, _summary, wilson_interval
 from splitserve.core import codec
 from splitserve.core.errors import ConfigError

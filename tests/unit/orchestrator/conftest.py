@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from splitserve.core.bundle import Manifest
 from splitserve.orchestrator import DeviceLatency, Profile, example_profile_path
 

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from splitserve.benchmarks.adaptation import run
 from splitserve.orchestrator import Profile, example_profile_path
 
@@ -91,7 +92,7 @@ def test_stand_in_device_takes_the_profiles_device_times() -> None:
     assert 5.5 <= took_ms(runtime.head, "block1", 0) < 5.5 + 20.0
     assert 26.5 <= took_ms(runtime.head, "block3", 0) < 26.5 + 20.0
     assert 35.0 <= took_ms(runtime.local, 0) < 35.0 + 20.0
-    assert 0.75 <= took_ms(runtime.offload_image, 0)
+    assert took_ms(runtime.offload_image, 0) >= 0.75
 
 
 def test_a_profile_measured_from_another_bundle_is_refused(tmp_path: Path, test_bundle: Path) -> None:

@@ -49,6 +49,7 @@ def test_plot_writes_a_png(tmp_path: Path) -> None:
 
 def test_bench_adaptation_takes_a_device_class_for_a_measured_profile(tmp_path: Path) -> None:
     from click.testing import CliRunner
+
     from splitserve.cli.main import cli
 
     runner = CliRunner()

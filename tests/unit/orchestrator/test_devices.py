@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from splitserve.core.errors import ConfigError
 from splitserve.orchestrator import DEVICE_CLASSES, device_class
 

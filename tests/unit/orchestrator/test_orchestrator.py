@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+
 from splitserve.core.bundle import Manifest
 from splitserve.core.errors import ConfigError
 from splitserve.orchestrator import (

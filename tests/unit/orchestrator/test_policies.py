@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from splitserve.core.errors import DuplicateRegistrationError, RegistryError
 from splitserve.orchestrator import DecisionState, Option, create_policy, list_policies, register_policy
 from splitserve.orchestrator.policies import MaxAccuracyPolicy, MinLatencyPolicy, MpcPolicy

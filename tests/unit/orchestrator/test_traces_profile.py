@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from splitserve.core.bundle import Manifest
 from splitserve.core.errors import ConfigError
 from splitserve.orchestrator import DeviceLatency, Profile, Trace, trace_set
