@@ -16,3 +16,12 @@ def test_supported_pythons_are_declared_consistently():
     assert versions == {"3.11", "3.12"}
     assert f"{sys.version_info.major}.{sys.version_info.minor}" in versions  # this test run is one of them
     assert "Python 3.11 or 3.12" in (ROOT / "README.md").read_text()
+
+
+def test_every_part_apps_import_ships_py_typed():
+    """PEP 561: the parts an app imports say they are typed (the marker in the tree and in the wheel)."""
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    for part in ("core", "edge", "cloud", "orchestrator", "protos"):
+        assert (ROOT / part / "py.typed").is_file(), part
+        assert "py.typed" in setuptools["package-data"][f"splitserve.{part}"], part
+    assert "*.pyi" in setuptools["package-data"]["splitserve.core"]  # the C codec's stub, core/_rans.pyi
