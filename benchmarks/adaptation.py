@@ -72,6 +72,7 @@ from splitserve.orchestrator import (
     example_profile_path,
     trace_set,
 )
+from splitserve.orchestrator.simulate import lognormal_factors
 from splitserve.orchestrator.traces import with_queue_cycle
 
 from .netlab import (
@@ -584,7 +585,7 @@ class _EmulatedClient:
         cfg, prof = job.config, job.profile
         n = int(job.trace.duration_s * 1000.0 / cfg.interval_ms) + 1
         rng = np.random.default_rng(cfg.seed)
-        factors = [_mean_one(rng, cv, n) for cv in (prof.device_cv, prof.payload_cv, prof.server_cv)]
+        factors = [lognormal_factors(rng, cv, n) for cv in (prof.device_cv, prof.payload_cv, prof.server_cv)]
         self.dev_f, self.pay_f, self.srv_f = factors
         self.orch = orchestrator_factory(prof, cfg, job.policy)(time.monotonic) if job.policy else None
         self._conn: socket.socket | None = None
@@ -856,11 +857,6 @@ def _live_client_main(spec_path: str) -> None:
             )
             print(json.dumps(dataclasses.asdict(record)), flush=True)
             i += 1
-
-
-def _mean_one(rng: np.random.Generator, cv: float, n: int) -> np.ndarray:
-    s = np.sqrt(np.log1p(cv**2))
-    return rng.lognormal(-0.5 * s**2, s, n) if cv > 0 else np.ones(n)
 
 
 def _run_of(name: str, records: Sequence[RequestRecord], profile: Profile) -> Run:

@@ -41,7 +41,7 @@ from .profile import Profile
 from .traces import Trace
 from .types import Decider, Observation, ProbeResult, ServerTimings
 
-__all__ = ["Metrics", "Run", "SimConfig", "Simulation", "metrics_of"]
+__all__ = ["Metrics", "Run", "SimConfig", "Simulation", "lognormal_factors", "metrics_of"]
 
 _DECODE_SHARE = 0.25  # share of server time reported as decode_ms (the rest as tail_ms)
 
@@ -149,9 +149,9 @@ class Simulation:
         n = int(trace.duration_s * 1000.0 / cfg.interval_ms)
         self.t_s = np.arange(n) * cfg.interval_ms / 1000.0
         rng = np.random.default_rng(cfg.seed)
-        self._dev_f = _mean_one(rng, profile.device_cv, n)
-        self._pay_f = _mean_one(rng, profile.payload_cv, n)
-        self._srv_f = _mean_one(rng, profile.server_cv, n)
+        self._dev_f = lognormal_factors(rng, profile.device_cv, n)
+        self._pay_f = lognormal_factors(rng, profile.payload_cv, n)
+        self._srv_f = lognormal_factors(rng, profile.server_cv, n)
         self.accuracy = np.array([o.accuracy for o in opts])
         self.eligible = self.accuracy >= cfg.accuracy_floor - 1e-9
         self.remote = np.array([o.remote for o in opts])
@@ -298,7 +298,7 @@ class Simulation:
         return t + net / 1000.0, ProbeResult(wire_bytes, net, queue_ms=queue)
 
 
-def _mean_one(rng: np.random.Generator, cv: float, n: int) -> FloatArray:
+def lognormal_factors(rng: np.random.Generator, cv: float, n: int) -> FloatArray:
     """Log-normal factors with mean 1 and coefficient of variation ``cv``."""
     s = np.sqrt(np.log1p(cv**2))
     return rng.lognormal(-0.5 * s**2, s, n) if cv > 0 else np.ones(n)
