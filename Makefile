@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test check venv data system-deps protos lock bench-rate-accuracy clean
+.PHONY: demo test test-fast check venv data system-deps protos lock bench-rate-accuracy clean
 
 demo: venv  ## Run the demo: held-out photos through split EfficientNet-Lite0, the real endpoint, the edge client.
 	$(BIN)/splitserve demo
@@ -26,6 +26,11 @@ check: venv  ## Static checks: ruff on the whole repo, mypy --strict on core, ed
 	@mkdir -p $(TYPECHECK)/splitserve
 	@for part in $(TYPED_PARTS) protos; do ln -sfn ../../../$$part $(TYPECHECK)/splitserve/$$part; done
 	cd $(TYPECHECK) && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml $(addprefix -p splitserve.,$(TYPED_PARTS))
+
+# The fast tier (tests/conftest.py --fast): unit tests of core, edge, cloud and orchestrator on the committed
+# tiny bundle (tests/fixtures/tiny_bundle), no training, torch unimportable from the interpreter's start.
+test-fast: venv data  ## The fast tier: torch-free unit tests on a tiny committed bundle, under a minute.
+	PYTHONPATH=tests/fixtures/no_torch $(BIN)/python -m pytest -q --fast
 
 venv: $(STAMP)
 

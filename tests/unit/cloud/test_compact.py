@@ -33,13 +33,13 @@ def _run_request(b: Bundle, **fields) -> pb.RunRequest:
 
 
 @pytest.fixture
-def bundle(test_bundle):
-    b = Bundle.open(test_bundle)
+def bundle(tiny_bundle):
+    b = Bundle.open(tiny_bundle)
     yield b
     b.close()
 
 
-def test_run_answers_like_infer_in_a_few_bytes(test_bundle, bundle):
+def test_run_answers_like_infer_in_a_few_bytes(tiny_bundle, bundle):
     request = _run_request(bundle, top_k=1)
 
     async def scenario(stub, backend, metrics, channel):
@@ -52,7 +52,7 @@ def test_run_answers_like_infer_in_a_few_bytes(test_bundle, bundle):
         assert timed.HasField("timings") and timed.timings.total_ms >= 0
         assert _count(metrics, "OK") == 2
 
-    _run(test_bundle, {}, scenario)
+    _run(tiny_bundle, {}, scenario)
 
 
 @pytest.mark.parametrize(
@@ -65,7 +65,7 @@ def test_run_answers_like_infer_in_a_few_bytes(test_bundle, bundle):
         ({"data": b"\x01\x02"}, grpc.StatusCode.INVALID_ARGUMENT, ""),
     ],
 )
-def test_bad_compact_requests_get_their_status(test_bundle, bundle, fields, code, text):
+def test_bad_compact_requests_get_their_status(tiny_bundle, bundle, fields, code, text):
     request = _run_request(bundle, **fields)
 
     async def scenario(stub, backend, metrics, channel):
@@ -74,10 +74,10 @@ def test_bad_compact_requests_get_their_status(test_bundle, bundle, fields, code
         assert info.value.code() == code and text in info.value.details()
         assert (await stub.Run(_run_request(bundle), timeout=10)).classes  # still serving
 
-    _run(test_bundle, {}, scenario)
+    _run(tiny_bundle, {}, scenario)
 
 
-def test_a_stream_numbers_items_and_keeps_its_first_messages_settings(test_bundle, bundle):
+def test_a_stream_numbers_items_and_keeps_its_first_messages_settings(tiny_bundle, bundle):
     first = _run_request(bundle, top_k=2, timings_every=3, deadline_ms=5000)
     later = _run_request(bundle, bundle=0)
     bad = _run_request(bundle, bundle=0, option=999)
@@ -91,18 +91,18 @@ def test_a_stream_numbers_items_and_keeps_its_first_messages_settings(test_bundl
             assert len(by_seq[seq].classes) == 2 and not by_seq[seq].HasField("error")
         assert [seq for seq, r in by_seq.items() if r.HasField("timings")] == [0, 3]
 
-    _run(test_bundle, {}, scenario)
+    _run(tiny_bundle, {}, scenario)
 
 
-def test_a_stream_without_a_bundle_answers_each_item_with_an_error(test_bundle, bundle):
+def test_a_stream_without_a_bundle_answers_each_item_with_an_error(tiny_bundle, bundle):
     async def scenario(stub, backend, metrics, channel):
         replies = [r async for r in stub.RunStream(iter([_run_request(bundle, bundle=0)] * 2), timeout=10)]
         assert {r.error.code for r in replies} == {grpc.StatusCode.INVALID_ARGUMENT.value[0]}
 
-    _run(test_bundle, {}, scenario)
+    _run(tiny_bundle, {}, scenario)
 
 
-def test_malformed_compact_messages_are_invalid_argument(test_bundle):
+def test_malformed_compact_messages_are_invalid_argument(tiny_bundle):
     garbage = b"\x1a\xff\xff\xff\x0f"  # field 3 (data) with a length far beyond the message
 
     async def scenario(stub, backend, metrics, channel):
@@ -115,10 +115,10 @@ def test_malformed_compact_messages_are_invalid_argument(test_bundle):
         (reply,) = [pb.RunReply.FromString(r) async for r in stream(iter([garbage]), timeout=10)]
         assert reply.seq == 0 and reply.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
 
-    _run(test_bundle, {}, scenario)
+    _run(tiny_bundle, {}, scenario)
 
 
-def test_ping_reports_the_load(test_bundle, bundle):
+def test_ping_reports_the_load(tiny_bundle, bundle):
     async def scenario(stub, backend, metrics, channel):
         idle = await stub.Ping(pb.PingRequest(), timeout=10)
         assert idle.queue_dms == 0
@@ -127,7 +127,7 @@ def test_ping_reports_the_load(test_bundle, bundle):
         assert loaded.tail_dms > 0  # the fake tail takes delay_s
         assert loaded.ByteSize() <= 6
 
-    _run(test_bundle, {"delay_s": 0.02}, scenario)
+    _run(tiny_bundle, {"delay_s": 0.02}, scenario)
 
 
 def test_item_numbers_wrap_at_the_modulus():
@@ -144,12 +144,12 @@ class _OldEndpoint(CallInterceptor):
 
 
 @pytest.mark.parametrize("old", [False, True], ids=["new endpoint", "old endpoint"])
-def test_the_edge_client_speaks_compact_and_falls_back_to_v1_on_an_old_endpoint(test_bundle, old):
+def test_the_edge_client_speaks_compact_and_falls_back_to_v1_on_an_old_endpoint(tiny_bundle, old):
     images = [np.full((28, 28), i * 20, np.uint8) for i in range(4)]
     config = EdgeConfig(fallback=False, retry_attempts=1, remeasure_s=0.0, timeout_s=10.0)
 
     async def scenario(stub, backend, metrics, channel):
-        client = await AsyncEdgeClient.open(test_bundle, _TARGET["address"], policy="stem@0", config=config)
+        client = await AsyncEdgeClient.open(tiny_bundle, _TARGET["address"], policy="stem@0", config=config)
         async with client:
             assert client.transport.compact
             result = await client.infer(images[0])
@@ -159,4 +159,4 @@ def test_the_edge_client_speaks_compact_and_falls_back_to_v1_on_an_old_endpoint(
         assert result.remote and all(r.remote for r in streamed)
         assert {r.top1 for r in [result, *streamed]} == {int(np.argmax(backend.logits))}
 
-    _run(test_bundle, {}, scenario, interceptor=_OldEndpoint() if old else None)
+    _run(tiny_bundle, {}, scenario, interceptor=_OldEndpoint() if old else None)

@@ -17,8 +17,8 @@ from splitserve.core.errors import DecodeError
 
 
 @pytest.fixture(scope="module")
-def latent(test_bundle):
-    bundle = Bundle.open(test_bundle)
+def latent(tiny_bundle):
+    bundle = Bundle.open(tiny_bundle)
     info = bundle.manifest.split("stem")
     rel = info.level(0).tables
     tables = bundle.tables("stem", 0)

@@ -26,7 +26,7 @@ def test_public_names_are_exported():
     assert public - {"annotations"} == set(splitserve.cloud.__all__)
 
 
-def test_a_serving_endpoint_never_imports_torch(test_bundle):
+def test_a_serving_endpoint_never_imports_torch(tiny_bundle):
     code = textwrap.dedent(
         f"""
         import asyncio, sys
@@ -35,7 +35,7 @@ def test_a_serving_endpoint_never_imports_torch(test_bundle):
         from splitserve.protos.v1 import inference_pb2 as pb, inference_pb2_grpc as pb_grpc
 
         async def main():
-            config = CloudConfig(bundles=({str(test_bundle)!r},), address="127.0.0.1:0", metrics_port=-1)
+            config = CloudConfig(bundles=({str(tiny_bundle)!r},), address="127.0.0.1:0", metrics_port=-1)
             server, port = await create_server(config)
             async with grpc.aio.insecure_channel(f"127.0.0.1:{{port}}") as channel:
                 stub = pb_grpc.SplitInferenceStub(channel)
@@ -95,7 +95,7 @@ def test_metrics_http_server_paths():
         http.close()
 
 
-def test_metrics_outlive_the_drain_by_the_linger(test_bundle):
+def test_metrics_outlive_the_drain_by_the_linger(tiny_bundle):
     """Regression (soak): the counts of the last scrape interval were lost with a stopping endpoint."""
     import asyncio
     import time
@@ -108,7 +108,7 @@ def test_metrics_outlive_the_drain_by_the_linger(test_bundle):
 
     async def main() -> None:
         config = CloudConfig(
-            bundles=(str(test_bundle),),
+            bundles=(str(tiny_bundle),),
             address="127.0.0.1:0",
             metrics_host="127.0.0.1",
             metrics_port=0,

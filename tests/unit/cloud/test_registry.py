@@ -15,12 +15,12 @@ from splitserve.core.errors import DuplicateRegistrationError, UnknownModelError
 
 
 @pytest.fixture(scope="module")
-def versions(test_bundle, tmp_path_factory):
+def versions(tiny_bundle, tmp_path_factory):
     """The test bundle served as versions 1.9, 1.10 and 1.2."""
     served = []
     for version in ("1.9", "1.10", "1.2"):
         root = tmp_path_factory.mktemp("v") / "bundle"
-        shutil.copytree(test_bundle, root)
+        shutil.copytree(tiny_bundle, root)
         manifest = json.loads((root / "manifest.json").read_text())
         manifest["version"] = version
         (root / "manifest.json").write_text(json.dumps(manifest))
@@ -32,15 +32,15 @@ def test_versions_compare_naturally():
     assert sorted(["1.10", "1.9", "1.2", "2", "1.9a"], key=version_key) == ["1.2", "1.9", "1.9a", "1.10", "2"]
 
 
-def test_served_bundle_precomputes_the_request_path(test_bundle):
-    served = ServedBundle.from_bundle(Bundle.open(test_bundle))
+def test_served_bundle_precomputes_the_request_path(tiny_bundle):
+    served = ServedBundle.from_bundle(Bundle.open(tiny_bundle))
     m = served.bundle.manifest
     assert set(served.tails) == {s.name for s in m.splits} | {OFFLOAD_SPLIT}
     stem = served.tails["stem"]
     assert (stem.input_name, stem.input_dtype, stem.triton_model) == (
         "y_hat",
         np.float32,
-        "fmnist_resnet_tail_stem",
+        "fmnist_tiny_tail_stem",
     )
     assert served.tails[OFFLOAD_SPLIT].input_dtype == np.uint8
     assert served.image_pixels == 28 * 28

@@ -75,14 +75,14 @@ Scenario = Callable[[pb_grpc.SplitInferenceStub, FakeBackend, Metrics, grpc.aio.
 
 
 def _run(
-    test_bundle: Path,
+    tiny_bundle: Path,
     backend_kwargs: dict,
     scenario: Scenario,
     limit: int = 64,
     interceptor: CallInterceptor | None = None,
 ) -> None:
     async def main() -> None:
-        bundle = Bundle.open(test_bundle)
+        bundle = Bundle.open(tiny_bundle)
         registry = ModelRegistry()
         registry.add(ServedBundle.from_bundle(bundle))
         backend = FakeBackend(len(bundle.manifest.classes), **backend_kwargs)
@@ -113,21 +113,21 @@ def _run(
 def _count(metrics: Metrics, status: str) -> float:
     value = metrics.registry.get_sample_value(
         "splitserve_requests_total",
-        {"model": "fmnist_resnet", "version": "1", "split": "stem", "level": "0", "status": status},
+        {"model": "fmnist_tiny", "version": "1", "split": "stem", "level": "0", "status": status},
     )
     return value or 0.0
 
 
-def _bundle_requests(test_bundle: Path, n: int, **fields) -> list[pb.InferRequest]:
-    bundle = Bundle.open(test_bundle)
+def _bundle_requests(tiny_bundle: Path, n: int, **fields) -> list[pb.InferRequest]:
+    bundle = Bundle.open(tiny_bundle)
     try:
         return [_request(bundle, f"r{i}", **fields) for i in range(n)]
     finally:
         bundle.close()
 
 
-def test_unary_deadline_cancels_the_work_and_counts_deadline_exceeded(test_bundle):
-    (request,) = _bundle_requests(test_bundle, 1)
+def test_unary_deadline_cancels_the_work_and_counts_deadline_exceeded(tiny_bundle):
+    (request,) = _bundle_requests(tiny_bundle, 1)
 
     async def scenario(stub, backend, metrics, channel):
         with pytest.raises(grpc.aio.AioRpcError) as info:
@@ -138,11 +138,11 @@ def test_unary_deadline_cancels_the_work_and_counts_deadline_exceeded(test_bundl
         assert _count(metrics, "DEADLINE_EXCEEDED") == 1
         assert metrics.registry.get_sample_value("splitserve_inflight_requests") == 0
 
-    _run(test_bundle, {"delay_s": 2.0}, scenario)
+    _run(tiny_bundle, {"delay_s": 2.0}, scenario)
 
 
-def test_draining_refuses_new_calls_unavailable_while_calls_in_flight_finish(test_bundle):
-    first, second = _bundle_requests(test_bundle, 2)
+def test_draining_refuses_new_calls_unavailable_while_calls_in_flight_finish(tiny_bundle):
+    first, second = _bundle_requests(tiny_bundle, 2)
     interceptor = CallInterceptor()
 
     async def scenario(stub, backend, metrics, channel):
@@ -160,11 +160,11 @@ def test_draining_refuses_new_calls_unavailable_while_calls_in_flight_finish(tes
         assert (await in_flight).request_id == first.request_id
         assert await interceptor.wait_idle(1.0)
 
-    _run(test_bundle, {"delay_s": 2.0}, scenario, interceptor=interceptor)
+    _run(tiny_bundle, {"delay_s": 2.0}, scenario, interceptor=interceptor)
 
 
-def test_stream_item_deadline_is_honoured_per_item(test_bundle):
-    fast, slow = _bundle_requests(test_bundle, 2)
+def test_stream_item_deadline_is_honoured_per_item(tiny_bundle):
+    fast, slow = _bundle_requests(tiny_bundle, 2)
     slow.deadline_ms = 100
 
     async def scenario(stub, backend, metrics, channel):
@@ -175,11 +175,11 @@ def test_stream_item_deadline_is_honoured_per_item(test_bundle):
         assert "deadline of 100.0 ms exceeded" in by_id["r1"].error.message
         assert not by_id["r0"].HasField("error") and list(by_id["r0"].classes)[:1] == [9]
 
-    _run(test_bundle, {}, scenario)
+    _run(tiny_bundle, {}, scenario)
 
 
-def test_per_client_concurrency_limit(test_bundle):
-    requests = _bundle_requests(test_bundle, 5)
+def test_per_client_concurrency_limit(tiny_bundle):
+    requests = _bundle_requests(tiny_bundle, 5)
 
     async def scenario(stub, backend, metrics, channel):
         calls = [stub.Infer(r, timeout=10) for r in requests]
@@ -191,22 +191,22 @@ def test_per_client_concurrency_limit(test_bundle):
         backend.delay_s = 0.0
         assert len((await stub.Infer(requests[0], timeout=10)).classes) == 5  # slots were given back
 
-    _run(test_bundle, {"delay_s": 1.0}, scenario, limit=2)
+    _run(tiny_bundle, {"delay_s": 1.0}, scenario, limit=2)
 
 
-def test_streams_wait_for_free_slots_instead_of_refusing_items(test_bundle):
-    requests = _bundle_requests(test_bundle, 12)
+def test_streams_wait_for_free_slots_instead_of_refusing_items(tiny_bundle):
+    requests = _bundle_requests(tiny_bundle, 12)
 
     async def scenario(stub, backend, metrics, channel):
         replies = [r async for r in stub.InferStream(iter(requests), timeout=10)]
         assert sorted(r.request_id for r in replies) == sorted(r.request_id for r in requests)
         assert not any(r.HasField("error") for r in replies)
 
-    _run(test_bundle, {"delay_s": 0.05}, scenario, limit=2)
+    _run(tiny_bundle, {"delay_s": 0.05}, scenario, limit=2)
 
 
-def test_a_stream_cancelled_midway_gives_back_every_slot(test_bundle):
-    requests = _bundle_requests(test_bundle, 40)
+def test_a_stream_cancelled_midway_gives_back_every_slot(tiny_bundle):
+    requests = _bundle_requests(tiny_bundle, 40)
 
     async def scenario(stub, backend, metrics, channel):
         call = stub.InferStream(iter(requests), timeout=10)
@@ -216,10 +216,10 @@ def test_a_stream_cancelled_midway_gives_back_every_slot(test_bundle):
         replies = await asyncio.gather(*(stub.Infer(r, timeout=10) for r in requests[:3]))
         assert [r.request_id for r in replies] == ["r0", "r1", "r2"]
 
-    _run(test_bundle, {"delay_s": 0.02}, scenario, limit=3)
+    _run(tiny_bundle, {"delay_s": 0.02}, scenario, limit=3)
 
 
-def test_bytes_that_are_not_a_message_are_invalid_argument(test_bundle):
+def test_bytes_that_are_not_a_message_are_invalid_argument(tiny_bundle):
     garbage = b"\x0a\xff\xff\xff\x0f"  # field 1 with a length far beyond the message
 
     async def scenario(stub, backend, metrics, channel):
@@ -236,7 +236,7 @@ def test_bytes_that_are_not_a_message_are_invalid_argument(test_bundle):
             await listing(garbage, timeout=10)
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
-    _run(test_bundle, {}, scenario)
+    _run(tiny_bundle, {}, scenario)
 
 
 @pytest.mark.parametrize(
@@ -247,8 +247,8 @@ def test_bytes_that_are_not_a_message_are_invalid_argument(test_bundle):
         (RuntimeError("boom"), grpc.StatusCode.INTERNAL, "internal error: RuntimeError"),
     ],
 )
-def test_backend_failures_map_to_their_status_and_the_server_keeps_serving(test_bundle, error, code, text):
-    (request,) = _bundle_requests(test_bundle, 1)
+def test_backend_failures_map_to_their_status_and_the_server_keeps_serving(tiny_bundle, error, code, text):
+    (request,) = _bundle_requests(tiny_bundle, 1)
 
     async def scenario(stub, backend, metrics, channel):
         with pytest.raises(grpc.aio.AioRpcError) as info:
@@ -257,12 +257,12 @@ def test_backend_failures_map_to_their_status_and_the_server_keeps_serving(test_
         backend.error = None
         assert (await stub.Infer(request, timeout=10)).request_id == "r0"
 
-    _run(test_bundle, {"error": error}, scenario)
+    _run(tiny_bundle, {"error": error}, scenario)
 
 
-def test_limits_are_per_connection_not_per_address(test_bundle):
+def test_limits_are_per_connection_not_per_address(tiny_bundle):
     """Two connections from one address (a NAT, a proxy) each get the whole limit."""
-    requests = _bundle_requests(test_bundle, 3)
+    requests = _bundle_requests(tiny_bundle, 3)
 
     async def scenario(stub, backend, metrics, channel):
         busy = [stub.Infer(r, timeout=10) for r in requests[:2]]  # this connection's two slots
@@ -273,12 +273,12 @@ def test_limits_are_per_connection_not_per_address(test_bundle):
         assert reply.request_id == "r2"
         await asyncio.gather(*busy)
 
-    _run(test_bundle, {"delay_s": 0.6}, scenario, limit=2)
+    _run(tiny_bundle, {"delay_s": 0.6}, scenario, limit=2)
 
 
-def test_a_stream_whose_client_stops_reading_is_ended(test_bundle):
+def test_a_stream_whose_client_stops_reading_is_ended(tiny_bundle):
     """Replies pile up unread (the client's slots stay held): the stream ends RESOURCE_EXHAUSTED, slots back."""
-    requests = _bundle_requests(test_bundle, 10)
+    requests = _bundle_requests(tiny_bundle, 10)
 
     class Aborted(Exception):
         pass
@@ -294,7 +294,7 @@ def test_a_stream_whose_client_stops_reading_is_ended(test_bundle):
             raise Aborted(details)
 
     async def main() -> None:
-        bundle = Bundle.open(test_bundle)
+        bundle = Bundle.open(tiny_bundle)
         registry = ModelRegistry()
         registry.add(ServedBundle.from_bundle(bundle))
         metrics = Metrics()

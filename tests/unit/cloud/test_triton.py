@@ -76,11 +76,12 @@ def _init(python_model, bundle: Bundle, triton_model: str, max_batch_size: int):
 
 
 @pytest.mark.parametrize("max_batch_size", [0, 64])
-def test_python_model_runs_each_request_of_a_batch(python_model, test_bundle, max_batch_size):
-    bundle = Bundle.open(test_bundle)
-    model, reference = _init(python_model, bundle, "fmnist_resnet_tail_stem", max_batch_size)
+def test_python_model_runs_each_request_of_a_batch(python_model, tiny_bundle, max_batch_size):
+    bundle = Bundle.open(tiny_bundle)
+    model, reference = _init(python_model, bundle, "fmnist_tiny_tail_stem", max_batch_size)
     rng = np.random.default_rng(0)
-    inputs = [rng.normal(size=(n, 8, 7, 7)).astype(np.float32) for n in (1, 3, 2)]
+    shape = bundle.manifest.split("stem").latent_shape
+    inputs = [rng.normal(size=(n, *shape)).astype(np.float32) for n in (1, 3, 2)]
     responses = model.execute([{"y_hat": _Tensor("y_hat", x)} for x in inputs])
     assert len(responses) == 3
     for x, response in zip(inputs, responses, strict=True):
@@ -92,31 +93,33 @@ def test_python_model_runs_each_request_of_a_batch(python_model, test_bundle, ma
     model.finalize()
 
 
-def test_python_model_answers_every_request_with_the_error(python_model, test_bundle):
-    model, _ = _init(python_model, Bundle.open(test_bundle), "fmnist_resnet_tail_stem", 64)
-    responses = model.execute([{"y_hat": _Tensor("y_hat", np.zeros((1, 8, 7, 7), np.float32))}, {}])
+def test_python_model_answers_every_request_with_the_error(python_model, tiny_bundle):
+    bundle = Bundle.open(tiny_bundle)
+    model, _ = _init(python_model, bundle, "fmnist_tiny_tail_stem", 64)
+    y_hat = np.zeros((1, *bundle.manifest.split("stem").latent_shape), np.float32)
+    responses = model.execute([{"y_hat": _Tensor("y_hat", y_hat)}, {}])
     assert [r.output_tensors for r in responses] == [[], []]
     assert all("no input tensor 'y_hat'" in r.error for r in responses)
 
 
-def test_the_bundle_ships_this_exact_python_model(test_bundle):
-    shipped = sorted((Path(test_bundle) / "triton" / "python").glob("*/1/model.py"))
+def test_the_bundle_ships_this_exact_python_model(tiny_bundle):
+    shipped = sorted((Path(tiny_bundle) / "triton" / "python").glob("*/1/model.py"))
     assert shipped and all(p.read_bytes() == TRITON_PYTHON_MODEL.read_bytes() for p in shipped)
 
 
-def test_staging_renames_per_version_and_never_writes_into_the_bundle(test_bundle, tmp_path):
-    served = ServedBundle.from_bundle(Bundle.open(test_bundle))
-    before = sorted(p.relative_to(test_bundle) for p in Path(test_bundle).rglob("*"))
+def test_staging_renames_per_version_and_never_writes_into_the_bundle(tiny_bundle, tmp_path):
+    served = ServedBundle.from_bundle(Bundle.open(tiny_bundle))
+    before = sorted(p.relative_to(tiny_bundle) for p in Path(tiny_bundle).rglob("*"))
     local = LocalTriton(workdir=tmp_path)
     name = local.stage(served.tails["stem"])
-    assert name == "fmnist_resnet_tail_stem__fmnist_resnet__1"
+    assert name == "fmnist_tiny_tail_stem__fmnist_tiny__1"
     staged = local.repository / name
-    assert 'name: "fmnist_resnet_tail_stem__fmnist_resnet__1"' in (staged / "config.pbtxt").read_text()
-    assert 'fmnist_resnet_tail_stem"' not in (staged / "config.pbtxt").read_text()
+    assert 'name: "fmnist_tiny_tail_stem__fmnist_tiny__1"' in (staged / "config.pbtxt").read_text()
+    assert 'fmnist_tiny_tail_stem"' not in (staged / "config.pbtxt").read_text()
     assert (staged / "1" / "model.onnx").resolve() == (
         served.tails["stem"].triton_dir / "1" / "model.onnx"
     ).resolve()
-    assert sorted(p.relative_to(test_bundle) for p in Path(test_bundle).rglob("*")) == before
+    assert sorted(p.relative_to(tiny_bundle) for p in Path(tiny_bundle).rglob("*")) == before
     local.unstage(name)
     assert not staged.exists()
 

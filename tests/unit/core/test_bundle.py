@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import shutil
 import tarfile
+from pathlib import Path
 
 import pytest
 
@@ -14,9 +16,9 @@ from splitserve.core.errors import BundleError, IntegrityError, UnknownModelErro
 
 
 @pytest.fixture()
-def bundle_copy(test_bundle, tmp_path):
+def bundle_copy(tiny_bundle, tmp_path):
     dst = tmp_path / "bundle"
-    shutil.copytree(test_bundle, dst)
+    shutil.copytree(tiny_bundle, dst)
     return dst
 
 
@@ -27,10 +29,10 @@ def _relist(root, rel):
     (root / "manifest.json").write_text(json.dumps(m))
 
 
-def test_opens_and_exposes_manifest(test_bundle):
-    b = Bundle.open(test_bundle)
+def test_opens_and_exposes_manifest(tiny_bundle):
+    b = Bundle.open(tiny_bundle)
     m = b.manifest
-    assert m.name == "fmnist_resnet" and len(m.classes) == 10
+    assert m.name == "fmnist_tiny" and len(m.classes) == 10
     assert [s.name for s in m.splits] == ["stem", "layer1"]
     for s in m.splits:
         assert b.path(s.head_int8).exists() and b.path(s.tail_onnx).exists()
@@ -44,12 +46,11 @@ def test_opens_and_exposes_manifest(test_bundle):
         m.splits[0].level(9)
 
 
-def test_the_manifest_reads_back_exactly_as_the_exporter_wrote_it(test_bundle):
-    """``Manifest.to_dict`` inverts ``from_dict`` byte for byte on the test bundle and cached natural bundles."""
-    from splitserve.models.zoo import cache_dir
-
-    natural = sorted((cache_dir() / "bundles").glob("efficientnet_lite0-natural-*/manifest.json"))
-    for path in [test_bundle / "manifest.json", *natural]:
+def test_the_manifest_reads_back_exactly_as_the_exporter_wrote_it(tiny_bundle):
+    """``Manifest.to_dict`` inverts ``from_dict`` byte for byte on the tiny bundle and cached natural bundles."""
+    cache = Path(os.environ.get("SPLITSERVE_CACHE", Path.home() / ".cache" / "splitserve"))  # models.zoo.cache_dir, torch-free
+    natural = sorted((cache / "bundles").glob("efficientnet_lite0-natural-*/manifest.json"))
+    for path in [tiny_bundle / "manifest.json", *natural]:
         text = path.read_text()
         raw = json.loads(text)
         m = Manifest.from_dict(raw)
@@ -97,7 +98,7 @@ def test_pickle_is_refused_even_with_a_matching_hash(bundle_copy):
 
 
 def test_foreign_python_model_is_refused(bundle_copy):
-    rel = "triton/python/fmnist_resnet_full/1/model.py"
+    rel = "triton/python/fmnist_tiny_full/1/model.py"
     (bundle_copy / rel).write_text("import os\nos.system('true')\n")
     _relist(bundle_copy, rel)
     with pytest.raises(BundleError, match="not the python-backend model shipped"):
@@ -113,10 +114,10 @@ def test_corrupt_manifest_is_refused(bundle_copy):
         Bundle.open(bundle_copy)
 
 
-def test_tar_bundle_opens(test_bundle, tmp_path):
+def test_tar_bundle_opens(tiny_bundle, tmp_path):
     tar_path = tmp_path / "bundle.tar"
     with tarfile.open(tar_path, "w") as tar:
-        tar.add(test_bundle, arcname="fmnist")
+        tar.add(tiny_bundle, arcname="fmnist")
     b = Bundle.open(tar_path)
-    assert b.manifest.name == "fmnist_resnet"
+    assert b.manifest.name == "fmnist_tiny"
     b.close()

@@ -22,8 +22,8 @@ from splitserve.core.wire import (
 
 
 @pytest.fixture(scope="module")
-def manifest(test_bundle):
-    bundle = Bundle.open(test_bundle)
+def manifest(tiny_bundle):
+    bundle = Bundle.open(tiny_bundle)
     bundle.close()
     return bundle.manifest
 

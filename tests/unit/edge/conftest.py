@@ -90,13 +90,13 @@ class TailHandler:
 
 
 @pytest.fixture(scope="session")
-def bundle_path(test_bundle: Path) -> Path:
-    return test_bundle
+def bundle_path(tiny_bundle: Path) -> Path:
+    return tiny_bundle
 
 
 @pytest.fixture(scope="session")
-def bundle(test_bundle: Path) -> Iterator[Bundle]:
-    b = Bundle.open(test_bundle)
+def bundle(tiny_bundle: Path) -> Iterator[Bundle]:
+    b = Bundle.open(tiny_bundle)
     yield b
     b.close()
 

@@ -37,7 +37,7 @@ def test_edge_benchmark_writes_its_report(tmp_path: Path, bundle_path: Path) -> 
     assert set(report["met"]) == {"speedup", "client_overhead_ms"}
 
 
-def test_the_orchestrator_cost_is_measured_on_a_bundle_with_lossy_offload_levels(test_bundle) -> None:  # noqa: ANN001
+def test_the_orchestrator_cost_is_measured_on_a_bundle_with_lossy_offload_levels(tiny_bundle) -> None:  # noqa: ANN001
     """A colour bundle's JPEG/WebP offload levels are options too: each needs a device time."""
     from dataclasses import replace
     from types import SimpleNamespace
@@ -46,7 +46,7 @@ def test_the_orchestrator_cost_is_measured_on_a_bundle_with_lossy_offload_levels
     from splitserve.core.bundle import Bundle
     from splitserve.core.offload import OffloadLevel
 
-    manifest = Bundle.open(test_bundle).manifest
+    manifest = Bundle.open(tiny_bundle).manifest
     offload = replace(manifest.offload, levels=(*manifest.offload.levels, OffloadLevel(1, "jpeg", 90, 400.0, 0.9)))
     colour = SimpleNamespace(manifest=replace(manifest, offload=offload))
     costs = _orchestrator_ms(colour, repeats=20)

@@ -95,6 +95,6 @@ def test_stand_in_device_takes_the_profiles_device_times() -> None:
     assert took_ms(runtime.offload_image, 0) >= 0.75
 
 
-def test_a_profile_measured_from_another_bundle_is_refused(tmp_path: Path, test_bundle: Path) -> None:
+def test_a_profile_measured_from_another_bundle_is_refused(tmp_path: Path, tiny_bundle: Path) -> None:
     with pytest.raises(ValueError, match="are not the options"):
-        run(tmp_path, example_profile_path(), bundle=test_bundle, traces=("step",), log=lambda _: None)
+        run(tmp_path, example_profile_path(), bundle=tiny_bundle, traces=("step",), log=lambda _: None)
