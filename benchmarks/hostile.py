@@ -285,97 +285,122 @@ def _payloads(bundle_path: Path) -> list[tuple[str, bytes]]:
     return cases
 
 
-def _worker(kind: str, spec: dict[str, Any], report_path: Path) -> None:
-    stop = threading.Event()
-    counts: Counter[str] = Counter()
-    lock = threading.Lock()
+class _Tally:
+    """Counts of what a hostile worker's threads saw."""
 
-    def count(key: str) -> None:
-        with lock:
-            counts[key] += 1
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self._lock = threading.Lock()
 
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    target, started = spec["target"], time.monotonic()
+    def __call__(self, key: str) -> None:
+        with self._lock:
+            self.counts[key] += 1
+
+
+def _payload_threads(spec: dict[str, Any], stop: threading.Event, count: _Tally) -> list[threading.Thread]:
+    """Four threads sending every pathological payload in turn, paced to ``spec["rate"]`` a second."""
+    cases = _payloads(Path(spec["bundle"]))
     options = [("grpc.max_send_message_length", 64 << 20)]
-    threads: list[threading.Thread] = []
-    if kind == "payloads":
-        cases = _payloads(Path(spec["bundle"]))
 
-        def send() -> None:
-            with grpc.insecure_channel(target, options=options) as channel:
-                call = channel.unary_unary(_INFER)  # raw bytes both ways
-                i = 0
-                while not stop.is_set():
-                    name, data = cases[i % len(cases)]
-                    try:
-                        call(data, timeout=10.0)
-                        count(f"{name}: OK")
-                    except grpc.RpcError as exc:
-                        count(f"{name}: {exc.code().name}")
-                    i += 1
-                    stop.wait(4 / spec["rate"])
-
-        threads = [threading.Thread(target=send) for _ in range(4)]
-    elif kind in ("never_read", "slow_read"):
-        requests = _normal_requests(Path(spec["bundle"]))
-
-        def flood() -> None:
-            with grpc.insecure_channel(target) as channel:
-                call = channel.stream_stream(_STREAM, pb.InferRequest.SerializeToString, pb.InferResponse.FromString)
-
-                def items() -> Iterator[pb.InferRequest]:  # paced: these hold slots and buffers, not the CPU
-                    i = 0
-                    while not stop.wait(1.0 / spec["stream_rate"]):
-                        count("items written")
-                        yield requests[i % len(requests)]
-                        i += 1
-
-                replies = call(items())
+    def send() -> None:
+        with grpc.insecure_channel(spec["target"], options=options) as channel:
+            call = channel.unary_unary(_INFER)  # raw bytes both ways
+            i = 0
+            while not stop.is_set():
+                name, data = cases[i % len(cases)]
                 try:
-                    if kind == "never_read":
-                        stop.wait()
-                        count(f"stream at the end: {'running' if replies.running() else replies.code().name}")
-                    else:
-                        for _ in replies:
-                            count("replies read")
-                            if stop.wait(1.0):
-                                break
+                    call(data, timeout=10.0)
+                    count(f"{name}: OK")
                 except grpc.RpcError as exc:
-                    count(f"stream ended: {exc.code().name}")
-                replies.cancel()
+                    count(f"{name}: {exc.code().name}")
+                i += 1
+                stop.wait(4 / spec["rate"])
 
-        threads = [threading.Thread(target=flood) for _ in range(4)]
-    elif kind == "idle":
-        socks = []
-        host, port = target.rsplit(":", 1)
-        for p in (int(port), spec["metrics_port"]):
-            for _ in range(200):
-                s = socket.socket()
-                try:
-                    s.connect((host, p))
-                    socks.append((p, s))
-                    count(f"connected to {'gRPC' if p == int(port) else 'metrics'}")
-                except OSError:
-                    count("refused")
-        stop.wait()
-        for p, s in socks:  # which ones the endpoint closed: a read returns b"" on a closed connection
-            s.setblocking(False)
+    return [threading.Thread(target=send) for _ in range(4)]
+
+
+def _stream_threads(
+    spec: dict[str, Any], stop: threading.Event, count: _Tally, *, read: bool
+) -> list[threading.Thread]:
+    """Four streams writing valid requests at ``spec["stream_rate"]``; reading one reply a second, or none."""
+    requests = _normal_requests(Path(spec["bundle"]))
+
+    def flood() -> None:
+        with grpc.insecure_channel(spec["target"]) as channel:
+            call = channel.stream_stream(_STREAM, pb.InferRequest.SerializeToString, pb.InferResponse.FromString)
+
+            def items() -> Iterator[pb.InferRequest]:  # paced: these hold slots and buffers, not the CPU
+                i = 0
+                while not stop.wait(1.0 / spec["stream_rate"]):
+                    count("items written")
+                    yield requests[i % len(requests)]
+                    i += 1
+
+            replies = call(items())
             try:
-                closed = s.recv(1) == b""
-            except BlockingIOError:
-                closed = False
+                if not read:
+                    stop.wait()
+                    count(f"stream at the end: {'running' if replies.running() else replies.code().name}")
+                else:
+                    for _ in replies:
+                        count("replies read")
+                        if stop.wait(1.0):
+                            break
+            except grpc.RpcError as exc:
+                count(f"stream ended: {exc.code().name}")
+            replies.cancel()
+
+    return [threading.Thread(target=flood) for _ in range(4)]
+
+
+def _idle_connections(spec: dict[str, Any], stop: threading.Event, count: _Tally) -> list[threading.Thread]:
+    """200 idle connections to each port until stopped, then which ones the endpoint closed (no threads)."""
+    socks = []
+    host, port = spec["target"].rsplit(":", 1)
+    for p in (int(port), spec["metrics_port"]):
+        for _ in range(200):
+            s = socket.socket()
+            try:
+                s.connect((host, p))
+                socks.append((p, s))
+                count(f"connected to {'gRPC' if p == int(port) else 'metrics'}")
             except OSError:
-                closed = True
-            count(f"{'gRPC' if p == int(port) else 'metrics'} connections closed by the endpoint" if closed else
-                  f"{'gRPC' if p == int(port) else 'metrics'} connections still open")
-            s.close()
+                count("refused")
+    stop.wait()
+    for p, s in socks:  # which ones the endpoint closed: a read returns b"" on a closed connection
+        s.setblocking(False)
+        try:
+            closed = s.recv(1) == b""
+        except BlockingIOError:
+            closed = False
+        except OSError:
+            closed = True
+        what = "gRPC" if p == int(port) else "metrics"
+        count(f"{what} connections closed by the endpoint" if closed else f"{what} connections still open")
+        s.close()
+    return []
+
+
+def _worker(kind: str, spec: dict[str, Any], report_path: Path) -> None:
+    """One hostile kind in this process until SIGINT; its counts go to ``report_path``."""
+    stop, count = threading.Event(), _Tally()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    started = time.monotonic()
+    if kind == "payloads":
+        threads = _payload_threads(spec, stop, count)
+    elif kind in ("never_read", "slow_read"):
+        threads = _stream_threads(spec, stop, count, read=kind == "slow_read")
+    elif kind == "idle":
+        threads = _idle_connections(spec, stop, count)
+    else:
+        raise ValueError(f"unknown hostile kind {kind!r} (one of {HOSTILE_KINDS})")
     for t in threads:
         t.daemon = True
         t.start()
     stop.wait()
     for t in threads:
         t.join(10.0)
-    report_path.write_text(json.dumps({"seconds": round(time.monotonic() - started, 1), "counts": dict(counts)}))
+    report_path.write_text(json.dumps({"seconds": round(time.monotonic() - started, 1), "counts": dict(count.counts)}))
 
 
 def _alive(process: psutil.Process) -> bool:
