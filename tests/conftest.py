@@ -60,7 +60,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "pip: installs packages with pip (a package index, minutes)")
     if not config.getoption("--fast"):
         return
-    loaded = sorted(name for name in ("torch", "torchvision", "compressai") if name in sys.modules)
+    loaded = sorted(n for n in ("torch", "torchvision", "compressai") if sys.modules.get(n) is not None)
     if loaded:
         raise pytest.UsageError(f"--fast runs torch-free, but {loaded} were imported before the tests started")
     # Children (endpoints, decode workers, the CLI) block torch from their start through sitecustomize;
