@@ -81,10 +81,80 @@ def _best_codec_at(baselines: list[dict[str, Any]], accuracy: float) -> dict[str
     return min(ok, key=lambda b: b["bytes_per_sample"]) if ok else None
 
 
-def run(recipe: str, out_dir: Path, *, progress: bool = True) -> dict[str, Any]:
-    """Build (or reuse) the recipe's bundle, measure everything, write JSON + PNG; returns the result."""
+def _split_points(
+    bundle: Bundle, split: Any, images: np.ndarray, labels: np.ndarray, ref_pred: np.ndarray
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Bytes, accuracy and fidelity of every level of ``split`` with int8 and fp32 heads; real against
+    predicted bytes for the int8 heads."""
+    points: list[dict[str, Any]] = []
+    rate_check: list[dict[str, Any]] = []
+    tail = ort_session(bundle.path(split.tail_onnx))
+    for int8 in (True, False):
+        y = run_batched(ort_session(bundle.path(split.head_int8 if int8 else split.head_fp32)), images)
+        for lv in split.levels:
+            tables = bundle.tables(split.name, lv.level)
+            q = np.stack([codec.quantize(v, tables) for v in y])
+            nbytes = np.array([len(codec.encode_symbols(v, tables)) for v in q])
+            pred = run_batched(tail, np.stack([codec.dequantize(v, tables) for v in q])).argmax(1)
+            points.append(
+                {
+                    "split": split.name,
+                    "level": lv.level,
+                    "int8": int8,
+                    "bytes_per_sample": float(nbytes.mean()),
+                    "accuracy": float((pred == labels).mean()),
+                    "fidelity": float((pred == ref_pred).mean()),
+                    "head_mac_share": split.head_mac_share,
+                }
+            )
+            if int8:
+                predicted = sum(codec.predicted_bits(v, tables) for v in q) / 8
+                rate_check.append(
+                    {"split": split.name, "level": lv.level, "real_bytes": float(nbytes.sum()),
+                     "predicted_bytes": float(predicted), "ratio": float(nbytes.sum() / predicted)}
+                )
+    return points, rate_check
+
+
+def _head_latency(bundle: Bundle, split: Any, images: np.ndarray) -> dict[str, Any]:
+    fp32_ms = _median_ms(ort_session(bundle.path(split.head_fp32), threads=1), images)
+    int8_ms = _median_ms(ort_session(bundle.path(split.head_int8), threads=1), images)
+    return {"split": split.name, "fp32_ms": fp32_ms, "int8_ms": int8_ms, "speedup": fp32_ms / int8_ms}
+
+
+def _feature_baseline(teacher: Any, split: str, images: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """The backbone's own features at ``split``, 8-bit quantized and zstd-compressed."""
     import torch
 
+    n = len(images)
+    with torch.no_grad():
+        feats = np.concatenate(
+            [teacher.forward_edge(torch.from_numpy(images[i : i + 1000]), split).numpy() for i in range(0, n, 1000)]
+        )
+        nbytes_f, deq = _features_zstd(feats)
+        pred = np.concatenate(
+            [teacher.forward_cloud(torch.from_numpy(deq[i : i + 1000]), split).argmax(1).numpy()
+             for i in range(0, n, 1000)]
+        )
+    return {"name": f"features8bit+zstd@{split}", "bytes_per_sample": nbytes_f, "accuracy": float((pred == labels).mean())}
+
+
+def _image_baselines(full: Any, images: np.ndarray, labels: np.ndarray) -> list[dict[str, Any]]:
+    """The whole model on PNG, lossless WebP and each WebP / JPEG quality of the images."""
+    codecs: list[tuple[str, str, dict[str, Any]]] = [("png", "PNG", {"optimize": True}),
+                                                     ("webp-lossless", "WEBP", {"lossless": True, "quality": 100})]
+    codecs += [(f"webp-q{q}", "WEBP", {"quality": q}) for q in WEBP_QUALITIES]
+    codecs += [(f"jpeg-q{q}", "JPEG", {"quality": q}) for q in JPEG_QUALITIES]
+    baselines = []
+    for name, fmt, params in codecs:
+        nbytes_c, decoded = _image_codec(images, fmt, **params)
+        acc = float((run_batched(full, decoded).argmax(1) == labels).mean())
+        baselines.append({"name": name, "bytes_per_sample": nbytes_c, "accuracy": acc})
+    return baselines
+
+
+def run(recipe: str, out_dir: Path, *, progress: bool = True) -> dict[str, Any]:
+    """Build (or reuse) the recipe's bundle, measure everything, write JSON + PNG; returns the result."""
     from splitserve.models.zoo import RECIPES, build_bundle, trained_backbone
 
     out_dir = Path(out_dir)
@@ -105,57 +175,14 @@ def run(recipe: str, out_dir: Path, *, progress: bool = True) -> dict[str, Any]:
     baselines: list[dict[str, Any]] = []
     bar = tqdm(total=len(m.splits) * 2 + 3, desc="rate-accuracy", unit="step", disable=not progress)
     for s in m.splits:
-        tail = ort_session(bundle.path(s.tail_onnx))
-        for int8 in (True, False):
-            head_path = bundle.path(s.head_int8 if int8 else s.head_fp32)
-            y = run_batched(ort_session(head_path), images)
-            for lv in s.levels:
-                tables = bundle.tables(s.name, lv.level)
-                q = np.stack([codec.quantize(v, tables) for v in y])
-                nbytes = np.array([len(codec.encode_symbols(v, tables)) for v in q])
-                pred = run_batched(tail, np.stack([codec.dequantize(v, tables) for v in q])).argmax(1)
-                points.append(
-                    {
-                        "split": s.name,
-                        "level": lv.level,
-                        "int8": int8,
-                        "bytes_per_sample": float(nbytes.mean()),
-                        "accuracy": float((pred == labels).mean()),
-                        "fidelity": float((pred == ref_pred).mean()),
-                        "head_mac_share": s.head_mac_share,
-                    }
-                )
-                if int8:
-                    predicted = sum(codec.predicted_bits(v, tables) for v in q) / 8
-                    rate_check.append(
-                        {"split": s.name, "level": lv.level, "real_bytes": float(nbytes.sum()),
-                         "predicted_bytes": float(predicted), "ratio": float(nbytes.sum() / predicted)}
-                    )
-            bar.update()
-        fp32_ms = _median_ms(ort_session(bundle.path(s.head_fp32), threads=1), images)
-        int8_ms = _median_ms(ort_session(bundle.path(s.head_int8), threads=1), images)
-        heads.append({"split": s.name, "fp32_ms": fp32_ms, "int8_ms": int8_ms, "speedup": fp32_ms / int8_ms})
-        with torch.no_grad():
-            feats = np.concatenate(
-                [teacher.forward_edge(torch.from_numpy(images[i : i + 1000]), s.name).numpy() for i in range(0, n, 1000)]
-            )
-            nbytes_f, deq = _features_zstd(feats)
-            pred = np.concatenate(
-                [teacher.forward_cloud(torch.from_numpy(deq[i : i + 1000]), s.name).argmax(1).numpy()
-                 for i in range(0, n, 1000)]
-            )
-        baselines.append({"name": f"features8bit+zstd@{s.name}", "bytes_per_sample": nbytes_f,
-                          "accuracy": float((pred == labels).mean())})
+        split_points, split_check = _split_points(bundle, s, images, labels, ref_pred)
+        points += split_points
+        rate_check += split_check
         bar.update()
-
-    codecs: list[tuple[str, str, dict[str, Any]]] = [("png", "PNG", {"optimize": True}),
-                                                     ("webp-lossless", "WEBP", {"lossless": True, "quality": 100})]
-    codecs += [(f"webp-q{q}", "WEBP", {"quality": q}) for q in WEBP_QUALITIES]
-    codecs += [(f"jpeg-q{q}", "JPEG", {"quality": q}) for q in JPEG_QUALITIES]
-    for name, fmt, params in codecs:
-        nbytes_c, decoded = _image_codec(images, fmt, **params)
-        acc = float((run_batched(full, decoded).argmax(1) == labels).mean())
-        baselines.append({"name": name, "bytes_per_sample": nbytes_c, "accuracy": acc})
+        heads.append(_head_latency(bundle, s, images))
+        baselines.append(_feature_baseline(teacher, s.name, images, labels))
+        bar.update()
+    baselines += _image_baselines(full, images, labels)
     bar.update()
     local_acc = float((run_batched(ort_session(bundle.path(m.local.int8)), images).argmax(1) == labels).mean())
     baselines.append({"name": "local-only (int8 whole model)", "bytes_per_sample": 0.0, "accuracy": local_acc})
