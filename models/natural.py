@@ -412,6 +412,9 @@ def distill(
 
     ``steps`` stops early (the run stays resumable); the returned model has its CDFs updated.
     Progress goes to ``run_dir/progress.jsonl`` (one JSON object per ``log_every`` steps).
+
+    Longer than the house's ~80 lines on purpose: one resumable loop whose model, optimizer, schedule,
+    data stream and checkpoint every step shares; split apart, each part would take most of them as arguments.
     """
     torch.set_num_threads(os.cpu_count() or 1)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

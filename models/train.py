@@ -136,6 +136,9 @@ def train_split(
     there too, at that learning rate, so the head learns features that code cheaply. Batches are
     augmented with flips and, with ``shift_px``, random shifts. Both stages add ``rate_weight`` times the rate in bits per
     image at a rate level drawn at random for each batch, so every level's entropy model is trained.
+
+    Longer than the house's ~80 lines on purpose: the two stages share the models, optimizers, augmentation
+    and rate-level draw of one loop; split apart, each part would take most of them as arguments.
     """
     if len(images) < batch:
         raise ValueError(f"train_split needs at least one batch of {batch} images, got {len(images)}")
