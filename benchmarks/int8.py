@@ -72,9 +72,9 @@ def quantize(fp32_path: Path, out_path: Path, calib: np.ndarray, setting: Settin
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from splitserve.models.export import _Calibration
+    from splitserve.models.export import Calibration
 
-    class Reader(_Calibration, CalibrationDataReader):
+    class Reader(Calibration, CalibrationDataReader):
         pass
 
     method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,

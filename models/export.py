@@ -47,6 +47,7 @@ from .split_model import SplitModel
 
 __all__ = [
     "MIN_INT8_IN_CHANNELS",
+    "Calibration",
     "EvalData",
     "export_bundle",
     "export_onnx",
@@ -87,7 +88,7 @@ def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, input_name
         )
 
 
-class _Calibration:
+class Calibration:
     """ONNX Runtime calibration reader over uint8 image batches."""
 
     def __init__(self, images: np.ndarray, input_name: str, batch: int = 64) -> None:
@@ -148,7 +149,7 @@ def quantize_int8(
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    class Reader(_Calibration, CalibrationDataReader):
+    class Reader(Calibration, CalibrationDataReader):
         pass
 
     with tempfile.TemporaryDirectory() as tmp:
