@@ -704,7 +704,7 @@ class EdgeClientRunner:
     profile's ``timeout_ms`` for the remote part plus the client's reserve for a local run. Every byte,
     probe, timing and fallback is the real client's. With ``stand_in`` the client's device work (heads,
     the local model, PNG encoding) is padded by a sleep to the profile's device times (a profile scaled
-    by ``--device-factor`` or given MACs by ``--mac-rate``; see :func:`_stand_in_device`), and the
+    by ``--device-factor`` or given MACs by ``--mac-rate``; see ``EdgeRuntime.emulate``), and the
     orchestrator gets the client's start-up measurement taken again on the padded device: this CPU
     standing in for a slower, steady device, as in the simulator.
 
@@ -789,34 +789,6 @@ _LIVE_ENDPOINT_PORT = 50051
 _LIVE_METRICS_PORT = 9464  # the lab's cloud namespace is the endpoint's alone: fixed ports are free
 
 
-def _stand_in_device(runtime: Any, profile: Profile) -> None:
-    """Pad ``runtime``'s device work to ``profile``'s device times: a steady device slower than this CPU.
-
-    The head of a split takes the profile's time for that split (head and entropy coding together;
-    the real coding then adds its own ~0.3 ms), the local model the profile's local time, the PNG
-    encoding (PNG, JPEG or WebP) its offload level's time. The same numbers the simulator uses, in every live run alike: padding
-    to a multiple of each run's own CPU time made the stand-in device differ by up to 30% between
-    runs (ONNX Runtime's thread split changes the calling thread's share), which the live oracle,
-    built from other runs, then counted against the orchestrator.
-    """
-    split_ms = {e.option.split: e.device_ms for e in profile.entries if e.option.kind == "split"}
-    local_ms = profile.entry("local").device_ms
-    offload_ms = {e.option.level or 0: e.device_ms for e in profile.entries if e.option.kind == "offload"}
-
-    def padded(fn: Callable[..., Any], target_ms: Callable[..., float]) -> Callable[..., Any]:
-        def run(*args: Any, **kwargs: Any) -> Any:
-            t0 = time.perf_counter()
-            out = fn(*args, **kwargs)
-            time.sleep(max(target_ms(*args) / 1e3 - (time.perf_counter() - t0), 0.0))
-            return out
-
-        return run
-
-    runtime.head = padded(runtime.head, lambda split, *_: split_ms[split])
-    runtime.local = padded(runtime.local, lambda *_: local_ms)
-    runtime.offload_image = padded(runtime.offload_image, lambda _x, level=0: offload_ms[level])
-
-
 def _live_client_main(spec_path: str) -> None:
     """The client process of :class:`EdgeClientRunner`: one JSON line per request on stdout."""
     from splitserve.core.bundle import Bundle
@@ -838,7 +810,11 @@ def _live_client_main(spec_path: str) -> None:
     config = EdgeConfig(timeout_s=spec["timeout_ms"] / 1000.0)
     with EdgeClient(spec["bundle"], spec["address"], policy=policy, config=config) as client:
         if spec["stand_in"]:
-            _stand_in_device(client.runtime, profile)
+            # The profile's device times, absolute (the same numbers the simulator uses, in every live run
+            # alike): padding to a multiple of each run's own CPU time made the stand-in device differ by up
+            # to 30% between runs, which the live oracle, built from other runs, counted against the
+            # orchestrator.
+            client.runtime.emulate(profile.device_latency())
             client.use_device_latency(client.runtime.measure())  # the start-up measurement, padded
         # SimConfig.timeout_ms is how long a remote request may take before the device answers; the
         # client's timeout also holds the reserve for that local run, so it gets the two together.

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import io
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
@@ -111,6 +111,7 @@ class EdgeRuntime:
     ) -> None:
         self.bundle = bundle
         self.slowdown = slowdown
+        self.emulated: DeviceLatency | None = None
         self.manifest = m = bundle.manifest
         self.input_shape: tuple[int, ...] = tuple(m.input_shape)
         self._threads = threads
@@ -137,9 +138,19 @@ class EdgeRuntime:
         """The model input for ``image`` (see :func:`to_input`)."""
         return to_input(image, self.input_shape, self.manifest.preprocess)
 
+    def emulate(self, device: DeviceLatency | None) -> None:
+        """Stand in for a device with these times (``None``: run at this machine's pace again).
+
+        Each head, the local model and each offload level's encoding is then padded by a sleep to
+        ``device``'s time for it; the entropy coding is not padded (a head's time includes it). Absolute
+        times, unlike ``slowdown``'s multiple of each call's own duration: every run of a harness sees the
+        same device whatever share of the CPU it gets.
+        """
+        self.emulated = device
+
     def head(self, split: str, x: NDArray[Any]) -> NDArray[Any]:
         """Latent ``y`` (C, H, W) float32 of input ``x`` at ``split``."""
-        with self._device_work():
+        with self._device_work(lambda d: d.head_ms[split]):
             return self.heads[split](x)
 
     def encode(self, split: str, level: int, y: NDArray[Any]) -> tuple[bytes, int]:
@@ -150,12 +161,12 @@ class EdgeRuntime:
 
     def local(self, x: NDArray[Any]) -> NDArray[Any]:
         """Logits of the whole model on input ``x``."""
-        with self._device_work():
+        with self._device_work(lambda d: d.local_ms):
             return self.local_model(x)
 
     def png(self, x: NDArray[Any]) -> bytes:
         """Lossless PNG of input ``x``: the payload of the offload option (level 0)."""
-        with self._device_work():
+        with self._device_work(lambda d: d.offload_ms):
             return png_bytes(x)
 
     def offload_image(self, x: NDArray[Any], level: int = 0) -> tuple[str, bytes]:
@@ -172,18 +183,24 @@ class EdgeRuntime:
             raise UnknownModelError(
                 f"bundle {self.manifest.name!r} has no offload level {level} (levels: {sorted(self.offload_levels)})"
             )
-        with self._device_work():
+        with self._device_work(lambda d: d.offload_level_ms[level]):
             return off.codec, off.encode(x)
 
     @contextlib.contextmanager
-    def _device_work(self) -> Iterator[None]:
-        """Pad the work inside to ``slowdown`` times its duration (nothing when ``slowdown`` is 1)."""
-        if self.slowdown == 1.0:
+    def _device_work(self, emulated_ms: Callable[[DeviceLatency], float] | None = None) -> Iterator[None]:
+        """Pad the work inside to the emulated device's time for it (``emulated_ms``; not padded without
+        one), or else to ``slowdown`` times its duration (nothing when ``slowdown`` is 1)."""
+        if self.emulated is None and self.slowdown == 1.0:
             yield
             return
         t0 = time.perf_counter()
         yield
-        time.sleep((time.perf_counter() - t0) * (self.slowdown - 1.0))
+        took = time.perf_counter() - t0
+        if self.emulated is not None:
+            if emulated_ms is not None:
+                time.sleep(max(emulated_ms(self.emulated) / 1e3 - took, 0.0))
+            return
+        time.sleep(took * (self.slowdown - 1.0))
 
     def measure(self, repeats: int = 10) -> DeviceLatency:
         """Median device time of each option on a fixed sample, in ms.

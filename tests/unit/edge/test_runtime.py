@@ -16,6 +16,7 @@ from splitserve.core.errors import RequestError
 from splitserve.core.wire import top_k
 from splitserve.edge import EdgeRuntime
 from splitserve.edge._runtime import _fastest, to_input
+from splitserve.orchestrator import DeviceLatency
 
 SHAPE = (1, 28, 28)
 
@@ -164,3 +165,22 @@ def test_slowdown_pads_every_kind_of_device_work(
     elapsed = time.perf_counter() - t0
     assert len(slept) == 4 and all(s > 0 for s in slept)  # head, coding, local model, PNG
     assert sum(slept) <= 3.0 * elapsed  # each pad is 3x (slowdown - 1) the work it follows
+
+
+def test_an_emulated_device_pads_each_kind_of_work_to_its_time(bundle: Bundle, images: np.ndarray) -> None:
+    rt = EdgeRuntime(bundle, ["stem"], precision="fp32", slowdown=4.0)
+    rt.emulate(DeviceLatency(head_ms={"stem": 30.0}, local_ms=40.0, offload_ms=20.0))  # absolute: slowdown unused
+    x = images[0]
+
+    def took_ms(fn, *args) -> float:  # noqa: ANN001
+        t0 = time.perf_counter()
+        fn(*args)
+        return (time.perf_counter() - t0) * 1e3
+
+    y = rt.head("stem", x)
+    assert 30.0 <= took_ms(rt.head, "stem", x) < 30.0 + 25.0
+    assert 40.0 <= took_ms(rt.local, x) < 40.0 + 25.0
+    assert 20.0 <= took_ms(rt.png, x) < 20.0 + 25.0
+    assert took_ms(rt.encode, "stem", 1, y) < 10.0  # a head's time includes its coding
+    rt.emulate(None)
+    assert took_ms(rt.local, x) < 40.0

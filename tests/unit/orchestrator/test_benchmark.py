@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -70,29 +69,6 @@ def test_live_needs_a_reachable_lab_or_says_why(tmp_path: Path, monkeypatch: pyt
         tmp_path, example_profile_path(), live=True, traces=("constant",), plots=False, log=lambda _: None
     )
     assert report["live"] == {"skipped": "network namespaces and tc need root"}
-
-
-def test_stand_in_device_takes_the_profiles_device_times() -> None:
-    from types import SimpleNamespace
-
-    from splitserve.benchmarks.adaptation import _stand_in_device
-
-    profile = Profile.load(example_profile_path()).with_device_factor(0.5)  # block1 5.5 ms, local 35 ms
-    runtime = SimpleNamespace(
-        head=lambda split, x: (split, x), local=lambda x: ("local", x), offload_image=lambda x, level=0: ("png", b"")
-    )
-    _stand_in_device(runtime, profile)
-
-    def took_ms(fn, *args) -> float:  # noqa: ANN001
-        t0 = time.perf_counter()
-        fn(*args)
-        return (time.perf_counter() - t0) * 1e3
-
-    assert runtime.head("block1", 7) == ("block1", 7) and runtime.local(3) == ("local", 3)
-    assert 5.5 <= took_ms(runtime.head, "block1", 0) < 5.5 + 20.0
-    assert 26.5 <= took_ms(runtime.head, "block3", 0) < 26.5 + 20.0
-    assert 35.0 <= took_ms(runtime.local, 0) < 35.0 + 20.0
-    assert took_ms(runtime.offload_image, 0) >= 0.75
 
 
 def test_a_profile_measured_from_another_bundle_is_refused(tmp_path: Path, tiny_bundle: Path) -> None:
