@@ -111,7 +111,7 @@ def run_demo(recipe: str = "fmnist_resnet-quick", n_images: int = 2000) -> list[
     print(f"\nsplitserve demo: {len(images)} Fashion-MNIST test images, unsplit model accuracy "
           f"{manifest.unsplit_accuracy:.2%} (manifest, on its eval set)")
     _print_rows(rows, "accuracy")
-    print("\npayload = bitstream (split) or the image (offload: PNG, JPEG or WebP); wire = the whole gRPC request message.")
+    print("\npayload = bitstream (split) or the image (offload: PNG, JPEG or WebP); wire = the request's TCP bytes, gRPC and HTTP/2 framing included.")
     return rows
 
 
@@ -265,7 +265,7 @@ def _print_photo_tables(out: dict[str, Any], n: int, device: str, link: str) -> 
     print(f"link: {link}\n")
     _print_rows(out["rows"], "agreement", breakdown=True)
     print("\nagreement = top-1 equal to the unsplit model in fp32; payload = bitstream (split) or the image (offload: PNG, JPEG or WebP);"
-          "\nwire = the whole gRPC request message; latency = the edge client's, on the emulated device;"
+          "\nwire = the request's TCP bytes, framing included; latency = the edge client's, on the emulated device;"
           "\ndevice / rtt / server = medians of the device's work (decoding the photo included), the round trip"
           "\n(link and endpoint) and the endpoint's own time (decode + tail on this machine's CPU).")
     print("\nthe orchestrator's choice per photo:")
