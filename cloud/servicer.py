@@ -604,8 +604,7 @@ class _Stream:
     def _answered(self, admitted: _Admitted, reply: pb.InferResponse | SplitServeError) -> Message:
         """The reply message of ``admitted``: the answer, or its error."""
         if isinstance(reply, SplitServeError):
-            code = grpc.StatusCode[reply.status].value[0]
-            return pb.InferResponse(request_id=str(admitted.key), error=pb.ItemError(code=code, message=reply.message))
+            return pb.InferResponse(request_id=str(admitted.key), error=_item_error(reply))
         return reply
 
     async def _answer(self, admitted: _Admitted, size: int, received: float) -> None:
@@ -655,8 +654,7 @@ class _CompactStream(_Stream):
     def _answered(self, admitted: _Admitted, reply: pb.InferResponse | SplitServeError) -> Message:
         seq = int(admitted.key)
         if isinstance(reply, SplitServeError):
-            code = grpc.StatusCode[reply.status].value[0]
-            return pb.RunReply(seq=seq, error=pb.ItemError(code=code, message=reply.message))
+            return pb.RunReply(seq=seq, error=_item_error(reply))
         return _compact_reply(reply, seq, timings=admitted.timings)
 
 
@@ -690,6 +688,11 @@ class _Recent:
     def add(self, value: float, now: float) -> None:
         self.value += self.alpha * (value - self.value)
         self.updated = now
+
+
+def _item_error(exc: SplitServeError) -> pb.ItemError:
+    """A stream item's failure as its reply carries it: the gRPC status number and the message."""
+    return pb.ItemError(code=grpc.StatusCode[exc.status].value[0], message=exc.message)
 
 
 def _compact_reply(reply: pb.InferResponse, seq: int, *, timings: bool) -> pb.RunReply:
