@@ -51,10 +51,17 @@ class CompactWire:
         self._index = {(o.split, o.level): i for i, o in enumerate(wire_options(manifest))}
 
     def request(
-        self, request: pb.InferRequest, *, stream: bool, opening: bool = True, deadline_ms: int | None = None
+        self,
+        request: pb.InferRequest,
+        *,
+        stream: bool,
+        opening: bool = True,
+        deadline_ms: int | None = None,
+        payload: bool = True,
     ) -> pb.RunRequest:
         """The compact form of ``request``; ``opening``: the first message of a stream (or a unary call);
-        ``deadline_ms``: the stream deadline to send (default: ``request``'s own, ``0`` keeps the last).
+        ``deadline_ms``: the stream deadline to send (default: ``request``'s own, ``0`` keeps the last);
+        ``payload=False`` leaves the data out (to size the rest).
 
         Raises:
             RequestError: the bundle has no such split and level.
@@ -69,7 +76,7 @@ class CompactWire:
         return pb.RunRequest(
             bundle=self.bundle_id if opening else 0,
             option=option,
-            data=request.tensor.data,
+            data=request.tensor.data if payload else b"",
             check=request.tensor.symbols_crc32,
             deadline_ms=(request.deadline_ms if deadline_ms is None else deadline_ms) if stream else 0,
             top_k=top_k if opening else 0,
@@ -101,9 +108,15 @@ class CompactWire:
 
     def request_bytes(self, request: pb.InferRequest, *, stream: bool, tls: bool = False) -> int:
         """TCP payload bytes ``request`` costs in its compact form (steady state: a stream item after the
-        first, a unary call on a warm connection)."""
-        size = self.request(request, stream=stream, opening=not stream, deadline_ms=0).ByteSize()
+        first, a unary call on a warm connection). Sized without copying the payload."""
+        shell = self.request(request, stream=stream, opening=not stream, deadline_ms=0, payload=False)
+        size = shell.ByteSize() + _bytes_field_size(len(request.tensor.data))
         return stream_item_bytes(size, tls=tls) if stream else unary_request_bytes(size, tls=tls)
+
+
+def _bytes_field_size(n: int) -> int:
+    """Encoded size of a ``bytes`` field number < 16 holding ``n`` bytes (none when empty, as proto3 does)."""
+    return 1 + max(1, (n.bit_length() + 6) // 7) + n if n else 0
 
 
 def v1_request_bytes(request: pb.InferRequest, *, stream: bool, tls: bool = False) -> int:
