@@ -6,7 +6,19 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["photo_eval_set"]
+__all__ = ["bundle_images", "photo_eval_set"]
+
+
+def bundle_images(bundle: Any) -> np.ndarray:
+    """Real unlabelled inputs of the bundle's kind: the Fashion-MNIST test images for a grey bundle, the
+    held-out photo views (the images of :func:`photo_eval_set`) for a colour one."""
+    if bundle.manifest.input_shape[0] == 1:
+        from splitserve.core.datasets import load_fashion_mnist
+
+        return load_fashion_mnist("test")[0]
+    from splitserve.models.natural import heldout_views
+
+    return heldout_views(2)[0]
 
 
 def photo_eval_set(bundle: Any) -> tuple[np.ndarray, np.ndarray]:

@@ -792,10 +792,9 @@ _LIVE_METRICS_PORT = 9464  # the lab's cloud namespace is the endpoint's alone: 
 def _live_client_main(spec_path: str) -> None:
     """The client process of :class:`EdgeClientRunner`: one JSON line per request on stdout."""
     from splitserve.core.bundle import Bundle
-    from splitserve.core.datasets import load_fashion_mnist
     from splitserve.edge import EdgeClient, EdgeConfig
 
-    from ._inputs import photo_eval_set
+    from ._inputs import bundle_images
 
     spec = json.loads(Path(spec_path).read_text())
     profile = Profile.from_dict(spec["profile"])
@@ -806,7 +805,7 @@ def _live_client_main(spec_path: str) -> None:
     if spec["policy"]:
         policy = orchestrator_factory(profile, sim, spec["policy"])(time.monotonic)
     with contextlib.closing(Bundle.open(spec["bundle"])) as bundle:  # a photo bundle sends its held-out photos
-        images = photo_eval_set(bundle)[0] if bundle.manifest.input_shape[0] == 3 else load_fashion_mnist("test")[0]
+        images = bundle_images(bundle)
     config = EdgeConfig(timeout_s=spec["timeout_ms"] / 1000.0)
     with EdgeClient(spec["bundle"], spec["address"], policy=policy, config=config) as client:
         if spec["stand_in"]:

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from splitserve.benchmarks._inputs import bundle_images
 from splitserve.benchmarks._machine import machine_info
 from splitserve.benchmarks.cloud import endpoint
 from splitserve.core.bundle import Bundle
@@ -51,17 +52,6 @@ def kernel_bytes(port: int) -> tuple[int, int]:
     for name, value in _COUNTER.findall(out):
         totals[name] += int(value)
     return totals["bytes_sent"], totals["bytes_received"]
-
-
-def _inputs(bundle: Bundle, n: int) -> np.ndarray:
-    """Real inputs of the bundle's kind: Fashion-MNIST test images, or the held-out photos."""
-    if bundle.manifest.input_shape[0] == 1:
-        from splitserve.core.datasets import load_fashion_mnist
-
-        return load_fashion_mnist("test")[0][:n]
-    from splitserve.models.natural import heldout_views
-
-    return heldout_views(2)[0][:n]
 
 
 def _policy(split: str, level: int, offload: bool) -> str:
@@ -123,7 +113,7 @@ def run(out: Path, bundle_path: Path, *, requests: int = 200, warmup: int = 20, 
     """Measure every option, wire and call kind with ``top_k`` classes per reply; write ``<out>/wire.json``."""
     bundle = Bundle.open(bundle_path)
     options = wire_options(bundle.manifest)
-    images = _inputs(bundle, warmup + requests)
+    images = bundle_images(bundle)[: warmup + requests]
     bundle.close()
     rows: list[dict[str, Any]] = []
     pings: dict[str, dict[str, float]] = {}
