@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,7 +42,6 @@ __all__ = [
     "WINDOW_UPDATES_BYTES",
     "WireOption",
     "offload_codecs",
-    "option_index",
     "stream_item_bytes",
     "top_k",
     "unary_request_bytes",
@@ -122,12 +120,3 @@ def stream_item_bytes(message_bytes: int, *, tls: bool = False) -> int:
 def unary_request_bytes(message_bytes: int, *, tls: bool = False) -> int:
     """TCP payload bytes of one unary call's request of ``message_bytes`` (steady state)."""
     return stream_item_bytes(message_bytes, tls=tls) + UNARY_HEADERS_BYTES
-
-
-def option_index(options: Sequence[WireOption], split: str, level: int) -> int:
-    """The wire index of ``split`` at ``level``.
-
-    Raises:
-        ValueError: the bundle has no such option.
-    """
-    return options.index(WireOption(split, level))

@@ -13,7 +13,6 @@ from splitserve.core.wire import (
     WINDOW_UPDATES_BYTES,
     WireOption,
     offload_codecs,
-    option_index,
     stream_item_bytes,
     unary_request_bytes,
     wire_id,
@@ -43,9 +42,6 @@ def test_options_are_each_splits_levels_then_the_offload_levels(manifest):
     assert list(options[: len(latent)]) == latent
     assert list(options[len(latent) :]) == [WireOption(OFFLOAD_SPLIT, lv) for lv in sorted(offload_codecs(manifest))]
     assert options[-1].offload and not options[0].offload
-    assert option_index(options, latent[1].split, latent[1].level) == 1
-    with pytest.raises(ValueError):
-        option_index(options, "nope", 0)
 
 
 def test_a_manifest_without_offload_figures_still_serves_png(manifest):
